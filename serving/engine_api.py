@@ -1,0 +1,109 @@
+"""What every generation engine takes and returns (no torch): the contract the runner and sampler use."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Message = Mapping[str, str]
+"""One chat message: {"role": ..., "content": ...}."""
+
+
+class FinishReason(enum.Enum):
+    """Why a row stopped: a stop token (EOS) or the batch's max_new_tokens cap."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings shared by the rows of a batch; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    """0 for greedy decoding; above 0, sample from the softmax at this temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding is deterministic argmax."""
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+
+
+@dataclass
+class RowOutput:
+    """One row of a generated batch."""
+
+    token_ids: list[int]
+    """Generated token ids, the stop token excluded."""
+    text: str
+    finish_reason: FinishReason
+    finish_step: int
+    """Decode step (1-based) at which the row finished; equals num_tokens + 1 for a stop, num_tokens at the cap."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of generated tokens kept in the output."""
+        return len(self.token_ids)
+
+
+@dataclass
+class BatchOutput:
+    """A generated batch: its rows in input order and what computing them cost."""
+
+    rows: list[RowOutput]
+    prompt_tokens: int
+    """Real (unpadded) prompt tokens over the rows."""
+    padded_prompt_tokens: int
+    """Prompt positions computed in prefill, padding included (rows x longest prompt)."""
+    decode_steps: int
+    """Token positions generated: the longest row's tokens (plus its stop token)."""
+    row_steps: int
+    """Rows x steps actually computed, finished rows and padding included (fewer with row eviction)."""
+    prefill_s: float
+    decode_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def wall_s(self) -> float:
+        """Prefill plus decode time."""
+        return self.prefill_s + self.decode_s
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens that end up in the outputs."""
+        return sum(row.num_tokens for row in self.rows)
+
+
+class Engine(Protocol):
+    """Batched generation: prompts in, token ids and costs out."""
+
+    def encode(self, prompt: str | Sequence[Message]) -> list[int]:
+        """Token ids of a prompt with the chat template applied (generation prompt added)."""
+        ...
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingParams = GREEDY,
+        seeds: Sequence[int] | None = None,
+    ) -> BatchOutput:
+        """Generate one batch; every row stops at a stop token or after max_new_tokens."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of generated token ids, special tokens dropped."""
+        ...

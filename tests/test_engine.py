@@ -1,0 +1,92 @@
+"""The HF engine on the tiny model: batch invariance, finish flags, caps, costs, sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.engine import EngineConfig, HFEngine
+from serving.engine_api import FinishReason, SamplingParams
+from tests.tiny_model import synthetic_prompts
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_engine: HFEngine) -> list[list[int]]:
+    return [tiny_engine.encode(prompt) for prompt in synthetic_prompts(12, seed=3)]
+
+
+def test_greedy_alone_equals_padded_batch(tiny_engine: HFEngine, prompt_ids: list[list[int]]) -> None:
+    batch = tiny_engine.generate(prompt_ids, 40)
+    assert len({len(ids) for ids in prompt_ids}) > 1, "prompts of different lengths, so rows are padded"
+    for ids, row in zip(prompt_ids, batch.rows, strict=True):
+        alone = tiny_engine.generate([ids], 40).rows[0]
+        assert alone.token_ids == row.token_ids
+        assert alone.finish_reason is row.finish_reason
+
+
+def test_rows_stop_on_eos_and_loop_ends_when_all_finish(tiny_engine: HFEngine, prompt_ids: list[list[int]]) -> None:
+    batch = tiny_engine.generate(prompt_ids, 200)
+    assert all(row.finish_reason is FinishReason.STOP for row in batch.rows)
+    longest = max(row.finish_step for row in batch.rows)
+    assert batch.decode_steps == longest < 200
+    assert batch.row_steps == len(prompt_ids) * batch.decode_steps
+    assert tiny_engine.tokenizer.eos_token_id not in [t for row in batch.rows for t in row.token_ids]
+    for row in batch.rows:
+        assert row.finish_step == row.num_tokens + 1
+        assert row.text == tiny_engine.decode(row.token_ids)
+
+
+def test_cap_marks_rows_length(tiny_engine: HFEngine, prompt_ids: list[list[int]]) -> None:
+    full = tiny_engine.generate(prompt_ids, 200)
+    capped = tiny_engine.generate(prompt_ids, 5)
+    assert capped.decode_steps == 5
+    for whole, row in zip(full.rows, capped.rows, strict=True):
+        assert row.token_ids == whole.token_ids[:5]
+        expected = FinishReason.STOP if whole.num_tokens < 5 else FinishReason.LENGTH
+        assert row.finish_reason is expected
+
+
+def test_evicting_finished_rows_keeps_outputs_and_computes_less(
+    tiny_model_dir, tiny_engine: HFEngine, prompt_ids: list[list[int]]
+) -> None:
+    evicting = HFEngine(tiny_engine.model, tiny_engine.tokenizer, EngineConfig(evict_finished=True))
+    static = tiny_engine.generate(prompt_ids, 200)
+    evicted = evicting.generate(prompt_ids, 200)
+    assert [row.token_ids for row in evicted.rows] == [row.token_ids for row in static.rows]
+    assert evicted.row_steps == sum(row.finish_step for row in static.rows) < static.row_steps
+
+
+def test_sampling_is_reproducible_per_row_seed(tiny_engine: HFEngine, prompt_ids: list[list[int]]) -> None:
+    sampling = SamplingParams(temperature=1.5, top_p=0.95)
+    first = tiny_engine.generate(prompt_ids, 30, sampling, seeds=list(range(len(prompt_ids))))
+    again = tiny_engine.generate(prompt_ids, 30, sampling, seeds=list(range(len(prompt_ids))))
+    other = tiny_engine.generate(prompt_ids, 30, sampling, seeds=[seed + 100 for seed in range(len(prompt_ids))])
+    assert [r.token_ids for r in first.rows] == [r.token_ids for r in again.rows]
+    assert [r.token_ids for r in first.rows] != [r.token_ids for r in other.rows]
+    # A row's sample depends on its own seed, not on the rest of the batch.
+    alone = tiny_engine.generate(prompt_ids[:1], 30, sampling, seeds=[0])
+    assert alone.rows[0].token_ids == first.rows[0].token_ids
+
+
+def test_sampling_params_are_checked() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+
+
+def test_generate_rejects_bad_arguments(tiny_engine: HFEngine, prompt_ids: list[list[int]]) -> None:
+    with pytest.raises(ValueError):
+        tiny_engine.generate([], 4)
+    with pytest.raises(ValueError):
+        tiny_engine.generate(prompt_ids, 0)
+    with pytest.raises(ValueError):
+        tiny_engine.generate(prompt_ids, 4, seeds=[1])
+
+
+def test_chat_template_and_system_prompt(tiny_engine: HFEngine) -> None:
+    ids = tiny_engine.encode("say cat 2 times")
+    text = tiny_engine.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>user\nsay cat 2 times<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n")
+    with_system = HFEngine(tiny_engine.model, tiny_engine.tokenizer, EngineConfig(system_prompt="be brief"))
+    assert tiny_engine.tokenizer.decode(with_system.encode("hi")).startswith("<|im_start|>system\nbe brief")
