@@ -16,6 +16,8 @@ from serving.engine_api import (
     Message,
     RowOutput,
     SamplingParams,
+    encode_chat,
+    model_stop_token_ids,
 )
 from serving.llm import LoadedModel, ModelConfig, load_model
 
@@ -46,7 +48,9 @@ class HFEngine:
         self.config = config or EngineConfig()
         self.device = next(model.parameters()).device
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.stop_token_ids = frozenset(self._model_stop_ids()) | frozenset(self.config.stop_token_ids)
+        self.stop_token_ids = frozenset(
+            model_stop_token_ids(getattr(model, "generation_config", None), tokenizer)
+        ) | frozenset(self.config.stop_token_ids)
         if not self.stop_token_ids:
             raise ValueError("the model has no EOS token and no stop_token_ids were given")
 
@@ -56,27 +60,9 @@ class HFEngine:
         loaded: LoadedModel = load_model(model)
         return cls(loaded.model, loaded.tokenizer, config)
 
-    def _model_stop_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif eos:
-                ids.update(int(token) for token in eos)
-        return ids
-
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if self.config.system_prompt is not None and messages[0].get("role") != "system":
-            messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
-        if self.tokenizer.chat_template is None:
-            text = "\n".join(message["content"] for message in messages) + "\n"
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        return list(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        )
+        return encode_chat(self.tokenizer, prompt, self.config.system_prompt)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of generated token ids, special tokens dropped."""

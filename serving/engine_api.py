@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 Message = Mapping[str, str]
 """One chat message: {"role": ..., "content": ...}."""
@@ -85,6 +85,29 @@ class BatchOutput:
     def generated_tokens(self) -> int:
         """Tokens that end up in the outputs."""
         return sum(row.num_tokens for row in self.rows)
+
+
+def encode_chat(tokenizer: Any, prompt: str | Sequence[Message], system_prompt: str | None = None) -> list[int]:
+    """Token ids of a prompt (a user message or a whole chat) with the tokenizer's chat template applied."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system_prompt is not None and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if tokenizer.chat_template is None:
+        text = "\n".join(message["content"] for message in messages) + "\n"
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def model_stop_token_ids(*sources: Any) -> set[int]:
+    """EOS ids declared by a generation config and/or a tokenizer (an int or a list each)."""
+    ids: set[int] = set()
+    for source in sources:
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(token) for token in eos)
+    return ids
 
 
 class Engine(Protocol):
