@@ -12,20 +12,10 @@ from data_tools.schema import load_length_dataset
 from serving.cli import main
 from serving.config import load_recipe
 from serving.llm import Device, DType
+from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.tiny_model import synthetic_prompts
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model runs several times faster on one thread when the cores are shared (measured 4.5x)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_data(path: Path, count: int) -> Path:

@@ -19,21 +19,11 @@ from serving.engine import EngineConfig, HFEngine
 from serving.engine_api import BatchOutput, Message, SamplingParams
 from serving.errors import InputError, SeqschedError
 from serving.llm import ModelConfig
+from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.tiny_model import synthetic_prompts
 
 TEMPERATURES = (0.0, 0.8, 1.3)
 CAP = 16  # below the longest tiny answers (~25 tokens), so some samples hit the cap
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model runs several times faster on one thread when the cores are shared (measured 4.5x)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Interrupted(RuntimeError):
