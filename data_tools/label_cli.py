@@ -194,7 +194,14 @@ def run_label(
         torn = " (a torn last line was dropped)" if checkpoint.dropped_torn_line else ""
         print(f"resuming: {len(checkpoint.samples)} finished generations in {checkpoint.path}{torn}")
     sampler = LengthSampler(engine, sampler_config, checkpoint, progress=config.progress, on_batch=on_batch)
-    run = sampler.run(requests)
+    try:
+        run = sampler.run(requests)
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped: {len(checkpoint.samples)} finished generations are in {checkpoint.path}; "
+            "run the same command again to resume"
+        )
+        raise
 
     records = [
         build_record(
