@@ -37,8 +37,9 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "label",
         "build length datasets: sample K responses per instruction (also `label import`, `label stats`)",
-        None,
-        "data_tools (the data_tools issue)",
+        "data_tools.label_cli:label_main",
+        "data_tools",
+        "data_tools.label_cli:LabelConfig",
     ),
     Command("train", "train a length predictor and log it to MLflow", None, "lengthpred (the lengthpred issue)"),
     Command("eval", "evaluate a length predictor on a length dataset", None, "lengthpred (the lengthpred issue)"),

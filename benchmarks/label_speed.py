@@ -1,0 +1,158 @@
+"""Label builder vs a naive loop: the same instructions and samples, tokens/s for each and the ratio.
+
+The label builder batches its generations (prompt-length groups for the greedy pass, greedy-length groups
+for the sampled runs) on an engine that evicts finished rows. The naive loop generates one prompt at a
+time with the static engine. Both use the same per-sample seeds, so they draw the same samples.
+
+    python benchmarks/label_speed.py --count 64 --temperatures 0,0.7 --max_new_tokens 128 \
+        --out benchmarks/label/speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from data_tools.io import Request, read_requests  # noqa: E402
+from data_tools.sampler import LengthSampler, SamplerConfig, sample_seed  # noqa: E402
+from serving.engine_api import Engine, SamplingParams  # noqa: E402
+from serving.report import table, write_json  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "sequence-scheduling" / "alpaca-val-10k.json"
+
+
+def run_fast(engine: Engine, requests: list[Request], config: SamplerConfig) -> dict:
+    """The label builder: batched, grouped, evicting engine."""
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    run = LengthSampler(engine, config, checkpoint=None, progress=True).run(requests)
+    wall = time.perf_counter() - started
+    lengths = {f"{key[0]}|{key[1]}|{key[2]}": sample.length for key, sample in run.samples.items()}
+    return {
+        "wall_s": wall,
+        "generated_tokens": run.generated_tokens,
+        "tokens_per_s": run.generated_tokens / wall,
+        "batches": run.batches,
+        "effective_token_ratio": run.metrics()["effective_token_ratio"],
+        "load_avg_before": load,
+        "load_avg_after": os.getloadavg()[0],
+        "lengths": lengths,
+    }
+
+
+def run_naive(engine: Engine, requests: list[Request], config: SamplerConfig) -> dict:
+    """One prompt at a time, static engine, the same seeds."""
+    from tqdm import tqdm
+
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    tokens = 0
+    lengths: dict[str, int] = {}
+    slots = config.sample_slots()
+    bar = tqdm(total=len(requests) * len(slots), unit="gen", desc="naive")
+    for request in requests:
+        prompt_ids = engine.encode(request.chat())
+        for temperature, index in slots:
+            sampling = SamplingParams(temperature=temperature, top_p=config.top_p)
+            seeds = None if sampling.greedy else [sample_seed(config.seed, request.id, temperature, index)]
+            row = engine.generate([prompt_ids], config.max_new_tokens, sampling, seeds=seeds).rows[0]
+            tokens += row.num_tokens
+            lengths[f"{request.id}|{temperature}|{index}"] = row.num_tokens
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - started):.1f}")
+    bar.close()
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "generated_tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "load_avg_before": load,
+        "load_avg_after": os.getloadavg()[0],
+        "lengths": lengths,
+    }
+
+
+def main() -> int:
+    """Run both sides and write JSON + markdown results."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--count", type=int, default=64, help="the first N instructions")
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--temperatures", default="0,0.7")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "label" / "speed"))
+    args = parser.parse_args()
+
+    import torch
+
+    from serving.engine import EngineConfig, HFEngine
+    from serving.llm import load_model
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model)
+    fast_engine = HFEngine(loaded.model, loaded.tokenizer, EngineConfig(evict_finished=True))
+    naive_engine = HFEngine(loaded.model, loaded.tokenizer, EngineConfig(evict_finished=False))
+    requests = read_requests(args.data).requests[: args.count]
+    temperatures = tuple(float(value) for value in args.temperatures.split(","))
+    config = SamplerConfig(
+        temperatures=temperatures, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed
+    )
+    fast = run_fast(fast_engine, requests, config)
+    naive = run_naive(naive_engine, requests, config)
+    same = sum(fast["lengths"][key] == naive["lengths"].get(key) for key in fast["lengths"])
+    greedy_keys = [key for key in fast["lengths"] if key.split("|")[1] == "0.0"]
+    greedy_same = sum(fast["lengths"][key] == naive["lengths"][key] for key in greedy_keys)
+    settings = {
+        "data": Path(args.data).name,
+        "instructions": len(requests),
+        "model": args.model,
+        "temperatures": list(temperatures),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+    }
+    result = {
+        "settings": settings,
+        "command": " ".join(["python", *sys.argv]),
+        "label_builder": {key: value for key, value in fast.items() if key != "lengths"},
+        "naive_loop": {key: value for key, value in naive.items() if key != "lengths"},
+        "speedup_tokens_per_s": fast["tokens_per_s"] / naive["tokens_per_s"],
+        "speedup_wall": naive["wall_s"] / fast["wall_s"],
+        "same_length_samples": f"{same}/{len(fast['lengths'])}",
+        "same_length_greedy": f"{greedy_same}/{len(greedy_keys)}",
+    }
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), result)
+    rows = [
+        {"side": "label builder", **{k: fast[k] for k in ("wall_s", "generated_tokens", "tokens_per_s")}},
+        {"side": "naive loop", **{k: naive[k] for k in ("wall_s", "generated_tokens", "tokens_per_s")}},
+    ]
+    text = table(rows, ["side", "wall_s", "generated_tokens", "tokens_per_s"])
+    summary = (
+        f"# Label builder vs naive loop\n\n`{result['command']}`\n\nsettings: `{json.dumps(settings)}`\n\n{text}\n\n"
+        f"speedup (tokens/s): **{result['speedup_tokens_per_s']:.2f}x**; same sample lengths: "
+        f"{result['same_length_samples']} (greedy {result['same_length_greedy']}); load average before/after: "
+        f"builder {fast['load_avg_before']:.1f}/{fast['load_avg_after']:.1f}, "
+        f"naive {naive['load_avg_before']:.1f}/{naive['load_avg_after']:.1f}\n"
+    )
+    out.with_suffix(".md").write_text(summary, encoding="utf-8")
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
