@@ -79,7 +79,7 @@ def _estimator(regressor: Regressor, alpha: float, c: float, seed: int = 0) -> A
         return Ridge(alpha=alpha)
     if regressor is Regressor.SVR:
         return SVR(C=c, epsilon=0.1, cache_size=1000)
-    return HistGradientBoostingRegressor(loss="absolute_error", max_iter=500, learning_rate=0.05, random_state=seed)
+    return HistGradientBoostingRegressor(loss="absolute_error", max_iter=200, learning_rate=0.1, random_state=seed)
 
 
 def tfidf_pipeline(config: SklearnConfig) -> Any:

@@ -23,14 +23,14 @@ PROMPTS = ["repeat apple 3 times", "please say dog 20 times and be quick", "list
 FRESH_PROCESS = """
 import json, sys
 import mlflow.pyfunc, pandas
+prompts = json.loads(sys.argv[1])
 out = {}
-for uri in sys.argv[1:]:
-    model = mlflow.pyfunc.load_model(uri)
-    lengths = model.predict(pandas.DataFrame({"prompt": %r}))
+for uri in sys.argv[2:]:
+    lengths = mlflow.pyfunc.load_model(uri).predict(pandas.DataFrame({"prompt": prompts}))
+    assert lengths.dtype.kind == "i" and lengths.shape == (len(prompts),), (lengths.dtype, lengths.shape)
     out[uri] = [int(v) for v in lengths]
-    assert all(isinstance(v, (int,)) or hasattr(v, "item") for v in lengths)
 print(json.dumps(out))
-""" % (PROMPTS,)
+"""
 
 
 def _fresh_predict(cwd: Path, *uris: str) -> dict[str, list[int]]:
@@ -38,7 +38,12 @@ def _fresh_predict(cwd: Path, *uris: str) -> dict[str, list[int]]:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(REPO)
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, *uris], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", FRESH_PROCESS, json.dumps(PROMPTS), *uris],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -132,7 +137,8 @@ def test_lora_predictor_registers_and_loads_in_a_fresh_process(
                        "--generative.model.spec", str(tiny_model_dir), "--generative.optim.max_steps", "2",
                        "--generative.optim.batch_size", "8", "--generative.eval_limit", "4",
                        "--validation_limit", "8", "--output_dir", str(tmp_path / "out"), "--progress", "false",
-                       "--tracking-uri", store, "--register-as", "lenpred-lora", "--alias", "champion"]) == 0  # fmt: skip
+                       "--tracking-uri", store, "--register-as", "lenpred-lora",
+                       "--alias", "champion"]) == 0  # fmt: skip
     out = _fresh_predict(tmp_path, "models:/lenpred-lora@champion")["models:/lenpred-lora@champion"]
     assert len(out) == len(PROMPTS) and all(isinstance(value, int) and value >= 0 for value in out)
     # The same predictions as the saved folder gives directly.
