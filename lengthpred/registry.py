@@ -139,7 +139,17 @@ def start_run(
 
 def _experiment_id(name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else mlflow.create_experiment(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """For a sqlite store, artifacts beside the database file (MLflow's default is ./mlruns of the cwd)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None  # a server decides (proxied artifacts), as do other stores
+    database = Path(tracking_uri.removeprefix("sqlite:///")).expanduser()
+    return (database.resolve().parent / "mlruns").as_uri()
 
 
 def _pinned(*names: str) -> list[str]:
