@@ -9,6 +9,7 @@ them together at the end with the full limit. The runner (serving.runner) applie
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Mapping, Sequence
@@ -135,20 +136,23 @@ def batch_size_for(edge: int, cfg: ScheduleConfig, *, cap: int | None = None, va
     return size
 
 
-def request_bins(predicted: Sequence[int], own_limits: Sequence[int], cfg: ScheduleConfig) -> list[int]:
+def request_bins(predicted: Sequence[int], own_limits: Sequence[int] | None, cfg: ScheduleConfig) -> list[int]:
     """Each request's bin edge: its margin-adjusted predicted length rounded up to the bin width, at most the
-    bin of its own limit."""
-    width, limit = cfg.bin_width, cfg.limit
-    ratio, extra = 1.0 + cfg.margin_ratio, cfg.margin_tokens
-    # Written out (not via adjusted_length/bin_cap) because `seqsched plan` runs this over millions of requests.
-    if cfg.margin_ratio:
-        adjusted = [max(1, math.ceil(int(value) * ratio) + extra) for value in predicted]
+    bin of its own limit (own_limits None: every request has the global limit)."""
+    # A lookup table over the predicted values runs in C over millions of requests (`seqsched plan`).
+    largest = max(predicted, default=0)
+    if largest <= _TABLE_MAX:
+        table = [bin_cap(adjusted_length(value, cfg), cfg) for value in range(int(largest) + 1)]
+        bins = list(map(table.__getitem__, predicted))
     else:
-        adjusted = [max(1, int(value) + extra) for value in predicted]
-    bins = [min(limit, -(-value // width) * width) for value in adjusted]
-    if any(own != limit for own in own_limits):
+        bins = [bin_cap(adjusted_length(int(value), cfg), cfg) for value in predicted]
+    if own_limits is not None and any(own != cfg.limit for own in own_limits):
         bins = [min(edge, bin_cap(own, cfg)) for edge, own in zip(bins, own_limits, strict=True)]
     return bins
+
+
+_TABLE_MAX = 1 << 22
+"""Predicted lengths up to this go through a lookup table in request_bins."""
 
 
 def _own_limits(count: int, cfg: ScheduleConfig, limits: Sequence[int] | None) -> list[int]:
@@ -168,26 +172,42 @@ def _chunks(order: Sequence[int], size: int, cap_of: Sequence[int], phase: Phase
 
 
 def _pack_bins(
-    order: Sequence[int], bins: Sequence[int], own: Sequence[int], cfg: ScheduleConfig, phase: Phase, capped: bool
+    order: Sequence[int],
+    bins: Sequence[int],
+    own: Sequence[int],
+    cfg: ScheduleConfig,
+    phase: Phase,
+    capped: bool,
+    uniform_own: int | None = None,
 ) -> list[Batch]:
-    """Walk the requests bin by bin (order sorted by bin); a bin's leftovers that do not fill a batch move on."""
+    """Walk the requests bin by bin (order sorted by bin); a bin's leftovers that do not fill a batch move on.
+
+    uniform_own: every request's own limit when they all share one (skips a per-batch max over a million rows).
+    """
     batches: list[Batch] = []
     pool: list[int] = []
-    position = 0
-    while position < len(order):
-        edge = bins[order[position]]
-        while position < len(order) and bins[order[position]] == edge:
-            pool.append(order[position])
-            position += 1
+
+    def emit(ids: tuple[int, ...], cap: int) -> None:
+        top = uniform_own if uniform_own is not None else max(own[index] for index in ids)
+        batches.append(Batch(ids, min(cap, top), phase))
+
+    # order is sorted by bin: find each bin's slice by bisection instead of walking a million rows in Python.
+    sorted_bins = list(map(bins.__getitem__, order))
+    cap = cfg.limit
+    low = 0
+    while low < len(order):
+        edge = sorted_bins[low]
+        high = bisect.bisect_right(sorted_bins, edge, lo=low)
+        pool.extend(order[low:high])
+        low = high
         cap = edge if capped else cfg.limit
         size = batch_size_for(edge, cfg, cap=cap)
         full = len(pool) - len(pool) % size
         for start in range(0, full, size):
-            ids = tuple(pool[start : start + size])
-            batches.append(Batch(ids, min(cap, max(own[index] for index in ids)), phase))
-        pool = pool[full:]
-        if pool and position == len(order):
-            batches.append(Batch(tuple(pool), min(cap, max(own[index] for index in pool)), phase))
+            emit(tuple(pool[start : start + size]), cap)
+        del pool[:full]
+    if pool:
+        emit(tuple(pool), cap)
     return batches
 
 
@@ -204,12 +224,16 @@ def plan(predicted: Sequence[int], cfg: ScheduleConfig, limits: Sequence[int] | 
     if cfg.strategy is Strategy.SEQSCH:
         order = sorted(range(count), key=predicted.__getitem__)
         return _chunks(order, batch_size_for(cfg.limit, cfg, variable=False), own, Phase.INITIAL)
-    bins = request_bins(predicted, own, cfg)
-    # One integer key per request (bin, then predicted length; ties keep input order since sorted() is stable).
-    spread = max(predicted, default=0) + 1
-    keys = [edge * spread + int(value) for edge, value in zip(bins, predicted, strict=True)]
-    order = sorted(range(count), key=keys.__getitem__)
-    return _pack_bins(order, bins, own, cfg, Phase.INITIAL, capped=cfg.strategy is Strategy.FCR)
+    uniform = limits is None or all(value == cfg.limit for value in own)
+    bins = request_bins(predicted, None if uniform else own, cfg)
+    if uniform:  # bins grow with the predicted length, so sorting by it sorts by bin too (stable: ties in input order)
+        order = sorted(range(count), key=predicted.__getitem__)
+    else:
+        spread = max(predicted, default=0) + 1
+        keys = [edge * spread + value for edge, value in zip(bins, predicted, strict=True)]
+        order = sorted(range(count), key=keys.__getitem__)
+    capped = cfg.strategy is Strategy.FCR
+    return _pack_bins(order, bins, own, cfg, Phase.INITIAL, capped=capped, uniform_own=cfg.limit if uniform else None)
 
 
 def recompute_plan(
@@ -222,25 +246,29 @@ def recompute_plan(
     """
     if not failed:
         return []
-    budget = {index: max(1, min(cfg.limit, (remaining or {}).get(index, cfg.limit))) for index in failed}
     ids = list(dict.fromkeys(failed))
     if len(ids) != len(failed):
         raise ValueError("a request can fail only once")
     size = max(ids) + 1
-    bins = [0] * size
+    if remaining is None or all(remaining.get(index, cfg.limit) >= cfg.limit for index in ids):
+        # From scratch: one budget, one bin; keep the ids in order.
+        order = sorted(ids)
+        bins = [bin_cap(cfg.limit, cfg)] * size
+        return _pack_bins(order, bins, bins, cfg, Phase.RECOMPUTE, capped=True, uniform_own=cfg.limit)
     own = [0] * size
     for index in ids:
-        own[index] = budget[index]
-        bins[index] = bin_cap(budget[index], cfg)
-    order = sorted(ids, key=lambda index: (bins[index], budget[index], index))
+        own[index] = max(1, min(cfg.limit, remaining.get(index, cfg.limit)))
+    bins = [bin_cap(value, cfg) if value else 0 for value in own]
+    # Sort by bin, then budget, then index, as one integer key.
+    keys = [(bins[index] * (cfg.limit + 1) + own[index]) * size + index for index in ids]
+    order = [ids[position] for position in sorted(range(len(ids)), key=keys.__getitem__)]
     return _pack_bins(order, bins, own, cfg, Phase.RECOMPUTE, capped=True)
 
 
 def failed_requests(batches: Sequence[Batch], true_lengths: Sequence[int], limits: Sequence[int]) -> list[int]:
     """The requests whose true length, cut at their own limit, exceeds their batch's cap (in plan order)."""
-    return [
-        index
-        for batch in batches
-        for index in batch.request_ids
-        if min(true_lengths[index], limits[index]) > batch.max_new_tokens
-    ]
+    failed: list[int] = []
+    for batch in batches:
+        cap = batch.max_new_tokens
+        failed.extend(index for index in batch.request_ids if true_lengths[index] > cap and limits[index] > cap)
+    return failed

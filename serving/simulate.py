@@ -128,28 +128,32 @@ def simulate_batches(
     stats = SimStats()
     failed: list[int] = []
     for batch in batches:
-        steps_cap = engine_steps(batch.max_new_tokens, (limits[index] for index in batch.request_ids))
-        finish = []
-        for index in batch.request_ids:
-            length, own = true_lengths[index], limits[index]
-            # A row stops one step after its last token (the stop token) or at the batch's last step.
-            finish.append(min(length + 1, steps_cap))
-            if length < steps_cap or own <= steps_cap:
-                stats.output_tokens += min(length, own)
-            else:
-                failed.append(index)
-                stats.attempt_tokens += steps_cap
-        steps = max(finish)
-        size = len(batch.request_ids)
-        if isinstance(prompt_tokens, int):
-            prompt = prompt_tokens
-        else:
-            prompt = max(prompt_tokens[index] for index in batch.request_ids)
+        ids = batch.request_ids
+        lengths = list(map(true_lengths.__getitem__, ids))
+        budgets = list(map(limits.__getitem__, ids))
+        steps_cap = engine_steps(batch.max_new_tokens, budgets)
+        # A row stops one step after its last token (the stop token) or at the batch's last step; it needs
+        # another pass when it reached the last step with budget left.
+        longest = max(lengths)
+        stats.output_tokens += sum(map(min, lengths, budgets))
+        if longest >= steps_cap and max(budgets) > steps_cap:
+            cut = [
+                (index, min(length, budget))
+                for index, length, budget in zip(ids, lengths, budgets, strict=True)
+                if length >= steps_cap and budget > steps_cap
+            ]
+            failed.extend(index for index, _ in cut)
+            stats.attempt_tokens += steps_cap * len(cut)
+            stats.output_tokens -= sum(tokens for _, tokens in cut)
+        steps = min(longest + 1, steps_cap)
+        size = len(ids)
+        prompt = prompt_tokens if isinstance(prompt_tokens, int) else max(prompt_tokens[index] for index in ids)
         stats.batches += 1
         stats.requests += size
         stats.steps += steps
         stats.time_s += cost.prefill_s(size, prompt)
         if evict_finished:
+            finish = [length + 1 if length < steps_cap else steps_cap for length in lengths]
             stats.row_steps += sum(finish)
             stats.time_s += _evicting_decode_s(sorted(finish), cost, prompt)
         else:
