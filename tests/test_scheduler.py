@@ -104,7 +104,10 @@ def test_recompute_groups_by_remaining_budget() -> None:
     assert all(b.phase is Phase.RECOMPUTE for b in batches)
     assert [(b.request_ids, b.max_new_tokens) for b in batches] == [((3, 9), 30), ((5, 7), 462)]
     scratch = recompute_plan([4, 2], cfg)
-    assert [(b.request_ids, b.max_new_tokens) for b in scratch] == [((2,), 512), ((4,), 512)]  # above the table: batch_size
+    assert [(b.request_ids, b.max_new_tokens) for b in scratch] == [
+        ((2,), 512),
+        ((4,), 512),
+    ]  # above the table: batch_size
     assert recompute_plan([], cfg) == []
     with pytest.raises(ValueError):
         recompute_plan([1, 1], cfg)
