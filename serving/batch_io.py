@@ -98,7 +98,14 @@ def read_batch_input(path: str | Path, fmt: InputFormat = InputFormat.AUTO) -> B
                 raise RecordError(f"invalid JSON ({raw.msg}, column {raw.colno})")
             if not isinstance(raw, Mapping):
                 raise RecordError(f"a record must be a JSON object, got {type(raw).__name__}")
-            record_fmt = detect_format(raw) if fmt is InputFormat.AUTO else fmt
+            record_fmt = fmt
+            if fmt is InputFormat.AUTO:
+                try:
+                    record_fmt = detect_format(raw)
+                except RecordError:
+                    if not formats:
+                        raise
+                    record_fmt = formats[0]  # judge it as the file's format: its error then names the missing field
             formats.append(record_fmt)
             request = PARSERS[record_fmt](raw, str(count + 1))
             if request.id in seen:

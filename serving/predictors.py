@@ -151,7 +151,7 @@ def read_oracle(path: str | Path) -> OracleLengths:
                 raise InputError(path, number, f"invalid JSON ({error.msg})") from None
             if not isinstance(record, Mapping):
                 raise InputError(path, number, "each line must be a JSON object")
-            key = record.get("id", record.get("custom_id"))
+            key = record.get("custom_id", record.get("id"))
             if not isinstance(key, str | int) or isinstance(key, bool):
                 raise InputError(path, number, "missing 'id' (a string)")
             try:

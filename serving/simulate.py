@@ -170,7 +170,7 @@ def _evicting_decode_s(finish_sorted: list[int], cost: StepCost, prompt: int) ->
     for position, step in enumerate(finish_sorted):
         if step > previous:
             span = step - previous
-            context_sum = span * prompt + (previous + step + 1) * span / 2
+            context_sum = span * prompt + (previous + step - 1) * span / 2
             total += span * (cost.fixed_s + cost.per_row_s * (rows - position)) + (
                 cost.per_context_s * (rows - position) * context_sum
             )

@@ -14,6 +14,7 @@ from serving.engine_api import GREEDY, BatchOutput, FinishReason, SamplingParams
 from serving.errors import SeqschedError
 from serving.runner import RunOptions, RunResult, percentile, run
 from serving.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
+from serving.simulate import simulate
 from tests.tiny_model import synthetic_prompts
 
 # Small bins so the tiny model's 1..25-token answers spread over several bins and FCR caps bite.
@@ -202,3 +203,21 @@ def test_percentile() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
     assert percentile([], 50) != percentile([], 50)  # nan
+
+
+@pytest.mark.parametrize("mode", list(RecomputeMode))
+def test_simulator_predicts_the_runs_row_steps(
+    tiny_engine: HFEngine, requests: list[Request], vanilla: RunResult, noisy: list[int], mode: RecomputeMode
+) -> None:
+    """serving.simulate models this engine exactly: same failures, same row-steps, given the true lengths."""
+    true = [record.num_tokens for record in vanilla.records]
+    cfg = replace(BASE, strategy=Strategy.FCR, recompute=mode)
+    result = run(tiny_engine, requests, noisy, cfg)
+    simulated = simulate(noisy, true, cfg)
+    assert sorted(simulated.failed) == [i for i, record in enumerate(result.records) if record.recomputed]
+    assert simulated.total.row_steps == result.metrics.row_steps
+    assert simulated.recompute.row_steps == result.metrics.recompute_row_steps
+    assert simulated.total.output_tokens == result.metrics.generated_tokens
+    assert simulate([0] * len(true), true, replace(BASE, strategy=Strategy.VANILLA)).total.row_steps == (
+        vanilla.metrics.row_steps
+    )
