@@ -62,8 +62,20 @@ COMMANDS: tuple[Command, ...] = (
         "lengthpred",
         "lengthpred.cli:RegisterConfig",
     ),
-    Command("plan", "the scheduler alone: a length trace in, a batch plan out", None, "serving (scheduler)"),
-    Command("serve", "scheduled batch inference with a chosen predictor version", None, "serving (runner)"),
+    Command(
+        "plan",
+        "the scheduler alone: a length trace in, a batch plan out",
+        "serving.plan_trace:plan_main",
+        "serving",
+        "serving.plan_trace:PlanConfig",
+    ),
+    Command(
+        "serve",
+        "scheduled batch inference with a chosen predictor version",
+        "serving.serve:serve_main",
+        "serving",
+        "serving.serve:ServeConfig",
+    ),
     Command("bench", "strategies side by side in one run: table, JSON, plots", None, "serving (bench)"),
 )
 

@@ -1,0 +1,204 @@
+"""Resolve `--predictor` to something that predicts each request's response length.
+
+Specs: `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN/PATH` (an MLflow pyfunc through
+lengthpred.registry), `oracle:FILE` (known lengths by request id), `perception` (ask the served model
+itself, zero-shot) and `none` (no predictions: vanilla only).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from data_tools.io import Request
+from serving.errors import InputError, SeqschedError
+
+if TYPE_CHECKING:
+    from lengthpred.predictor import LengthPredictor
+    from serving.engine_api import Engine
+
+ORACLE_KEYS = ("true", "length", "num_tokens")
+"""Fields an oracle JSONL line may give the length in (the first one present wins)."""
+
+
+class PredictorKind(enum.Enum):
+    """Where predicted lengths come from."""
+
+    NONE = "none"
+    PERCEPTION = "perception"
+    ORACLE = "oracle"
+    REGISTRY = "registry"
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """A parsed `--predictor` value."""
+
+    kind: PredictorKind
+    target: str = ""
+    """The model URI (registry) or the file (oracle)."""
+
+    def __str__(self) -> str:
+        if self.kind is PredictorKind.ORACLE:
+            return f"oracle:{self.target}"
+        return self.target if self.kind is PredictorKind.REGISTRY else self.kind.value
+
+
+def parse_predictor(spec: str) -> PredictorSpec:
+    """Parse a `--predictor` value; a clear error for anything else."""
+    value = spec.strip()
+    if value.lower() in ("", "none"):
+        return PredictorSpec(PredictorKind.NONE)
+    if value.lower() == "perception":
+        return PredictorSpec(PredictorKind.PERCEPTION)
+    if value.startswith("oracle:"):
+        target = value.removeprefix("oracle:")
+        if not target:
+            raise SeqschedError("--predictor oracle:FILE needs a file (JSONL of {id, true} or a length dataset)")
+        return PredictorSpec(PredictorKind.ORACLE, target)
+    if value.startswith(("models:/", "runs:/")):
+        return PredictorSpec(PredictorKind.REGISTRY, value)
+    raise SeqschedError(
+        f"--predictor {spec!r}: expected models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN/PATH, "
+        "oracle:FILE, perception or none"
+    )
+
+
+class RequestPredictor(Protocol):
+    """Predicted response lengths for requests (the runner's view of a predictor)."""
+
+    def predict_requests(self, requests: Sequence[Request]) -> list[int]:
+        """One length (tokens, >= 0) per request, in order."""
+        ...
+
+
+def as_length(value: Any, where: str) -> int:
+    """A predicted length as a non-negative int (pyfunc models may return floats or numpy scalars)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise SeqschedError(f"{where}: predicted length {value!r} is not a number") from error
+    if math.isnan(number) or math.isinf(number):
+        raise SeqschedError(f"{where}: predicted length {value!r} is not finite")
+    return max(0, round(number))
+
+
+@dataclass
+class PromptPredictor:
+    """A LengthPredictor (prompts in) seen as a RequestPredictor: it is given each request's user prompt."""
+
+    predictor: LengthPredictor
+    name: str
+
+    def predict_requests(self, requests: Sequence[Request]) -> list[int]:
+        """One length per request, from its prompt."""
+        values = list(self.predictor.predict([request.prompt for request in requests]))
+        if len(values) != len(requests):
+            raise SeqschedError(f"predictor {self.name}: {len(values)} predictions for {len(requests)} prompts")
+        return [as_length(value, f"predictor {self.name}") for value in values]
+
+
+@dataclass
+class OracleLengths:
+    """Known response lengths by request id (the oracle strategy, or replaying a trace)."""
+
+    lengths: Mapping[str, int]
+    source: str
+
+    def predict_requests(self, requests: Sequence[Request]) -> list[int]:
+        """The known length of each request; an error naming the ids the file lacks."""
+        missing = [request.id for request in requests if request.id not in self.lengths]
+        if missing:
+            shown = ", ".join(repr(value) for value in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise SeqschedError(
+                f"{self.source}: no length for {len(missing)} of {len(requests)} request ids ({shown}); "
+                "the oracle file must cover every request"
+            )
+        return [self.lengths[request.id] for request in requests]
+
+
+def _oracle_line_length(record: Mapping[str, Any]) -> Any:
+    for key in ORACLE_KEYS:
+        if key in record:
+            return record[key]
+    usage = ((record.get("response") or {}).get("body") or {}).get("usage")  # an OpenAI Batch output line
+    if isinstance(usage, Mapping) and "completion_tokens" in usage:
+        return usage["completion_tokens"]
+    raise KeyError
+
+
+def read_oracle(path: str | Path) -> OracleLengths:
+    """Lengths by id from a JSONL file ({"id", "true"|"length"|"num_tokens"}, or OpenAI Batch output lines) or
+    a length dataset folder (its greedy length, else its max length)."""
+    path = Path(path)
+    if path.is_dir():
+        return _oracle_from_dataset(path)
+    if not path.is_file():
+        raise InputError(path, None, "no such oracle file (JSONL of {id, true} lines or a length dataset folder)")
+    lengths: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(path, number, f"invalid JSON ({error.msg})") from None
+            if not isinstance(record, Mapping):
+                raise InputError(path, number, "each line must be a JSON object")
+            key = record.get("custom_id", record.get("id"))
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                raise InputError(path, number, "missing 'id' (a string)")
+            try:
+                value = _oracle_line_length(record)
+            except KeyError:
+                raise InputError(path, number, f"no length: expected one of {list(ORACLE_KEYS)}") from None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(path, number, f"the length must be an integer >= 0, got {value!r}")
+            if str(key) in lengths:
+                raise InputError(path, number, f"duplicate id {key!r}")
+            lengths[str(key)] = value
+    return OracleLengths(lengths, str(path))
+
+
+def _oracle_from_dataset(path: Path) -> OracleLengths:
+    from data_tools.schema import load_length_dataset
+
+    dataset = load_length_dataset(path)
+    columns = set(dataset.column_names)
+    lengths: dict[str, int] = {}
+    for row in dataset:
+        value = row.get("greedy_length") if "greedy_length" in columns else None
+        if value is None:
+            value = row["max_length"] if "max_length" in columns else row["label"]
+        lengths[str(row["id"])] = int(value)
+    return OracleLengths(lengths, str(path))
+
+
+def load_predictor(
+    spec: str | PredictorSpec, engine: Engine | None = None, tracking_uri: str | None = None
+) -> RequestPredictor | None:
+    """The predictor a spec names (None for `none`); perception needs the serving engine."""
+    parsed = parse_predictor(spec) if isinstance(spec, str) else spec
+    if parsed.kind is PredictorKind.NONE:
+        return None
+    if parsed.kind is PredictorKind.ORACLE:
+        return read_oracle(parsed.target)
+    if parsed.kind is PredictorKind.PERCEPTION:
+        if engine is None:
+            raise SeqschedError("--predictor perception asks the served model: it needs the engine")
+        from lengthpred.perception import PerceptionPredictor
+
+        return PromptPredictor(PerceptionPredictor(engine), "perception")
+    try:
+        from lengthpred.registry import load_predictor as load_registered
+    except ImportError as error:
+        raise SeqschedError(
+            f"--predictor {parsed.target}: lengthpred.registry is not available in this build ({error})"
+        ) from error
+    return PromptPredictor(load_registered(parsed.target, tracking_uri=tracking_uri), parsed.target)

@@ -1,0 +1,274 @@
+"""The scheduling policy, pure data in and out (no torch): predicted lengths -> a plan of batches.
+
+The paper's method (Zheng et al. 2023): sort requests by predicted response length, group them into bins
+of `bin_width` tokens, give each bin its own batch size (variable batch size, VBS), cap every batch at its
+bin's length, collect the requests that did not finish by then (failure collection, FCR) and recompute
+them together at the end with the full limit. The runner (serving.runner) applies a plan on an engine;
+`seqsched plan` prints one; serving.simulate predicts what one costs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+PAPER_VBS: dict[int, int] = {50: 256, 100: 128, 150: 64, 200: 32, 250: 16, 300: 16}
+"""The paper's variable batch sizes: a bin capped at up to KEY tokens runs VALUE requests per batch."""
+
+
+class Strategy(enum.Enum):
+    """How requests are grouped into batches."""
+
+    VANILLA = "vanilla"
+    """Input order, fixed batch size, every batch runs until all rows finish (or the limit)."""
+    SEQSCH = "seqsch"
+    """Sorted by predicted length, fixed batch size, no cap below the limit (the paper's 'sort only')."""
+    VBS = "vbs"
+    """Sorted and binned, each bin with its own batch size, no cap below the limit."""
+    FCR = "fcr"
+    """Sorted, binned, VBS, each batch capped at its bin's length; unfinished rows are recomputed (the full method)."""
+
+
+class Phase(enum.Enum):
+    """Which pass over the requests a batch belongs to."""
+
+    INITIAL = "initial"
+    RECOMPUTE = "recompute"
+
+
+class RecomputeMode(enum.Enum):
+    """What FCR does with a request that did not finish within its batch's cap."""
+
+    SCRATCH = "scratch"
+    """Generate it again from its prompt with the full limit (the paper)."""
+    CONTINUE = "continue"
+    """Prefill its prompt plus the tokens already generated and continue with the remaining budget."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Scheduling policy: strategy, limit, bins, batch sizes, token budget and safety margin."""
+
+    strategy: Strategy = Strategy.FCR
+    """vanilla, seqsch (sort only), vbs (sort + variable batch size) or fcr (+ failure collection and recompute)."""
+    limit: int = 512
+    """The most tokens any response may have (a request's own max_tokens can lower it)."""
+    bin_width: int = 50
+    """Width of a length bin in tokens; FCR caps a batch at its bin's upper edge."""
+    batch_size: int = 16
+    """Batch size of vanilla and seqsch, of VBS bins above the table, and of recompute batches."""
+    vbs: dict[int, int] = field(default_factory=lambda: dict(PAPER_VBS))
+    """Variable batch sizes: a batch capped at up to KEY tokens holds VALUE requests (larger caps: batch_size)."""
+    token_budget: int | None = None
+    """If set, a batch holds at most token_budget // max_new_tokens requests (at least one)."""
+    margin_tokens: int = 0
+    """Added to every predicted length before binning (a safety margin against under-estimates)."""
+    margin_ratio: float = 0.0
+    """Predicted lengths are scaled by 1 + margin_ratio before binning (then margin_tokens is added)."""
+    recompute: RecomputeMode = RecomputeMode.SCRATCH
+    """FCR's second pass: scratch (the paper) or continue from the generated prefix."""
+
+    def __post_init__(self) -> None:
+        # YAML/JSON may spell the table's keys as strings; the policy works on integers.
+        object.__setattr__(self, "vbs", {int(cap): int(size) for cap, size in self.vbs.items()})
+        if self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.bin_width < 1:
+            raise ValueError(f"bin_width must be >= 1, got {self.bin_width}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if any(cap < 1 or size < 1 for cap, size in self.vbs.items()):
+            raise ValueError(f"vbs entries must be positive (cap: batch size), got {self.vbs}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
+        if self.margin_tokens < 0 or self.margin_ratio < 0:
+            raise ValueError("margin_tokens and margin_ratio must be >= 0")
+
+    @property
+    def binned(self) -> bool:
+        """True for the strategies that bin requests and use variable batch sizes."""
+        return self.strategy in (Strategy.VBS, Strategy.FCR)
+
+    @property
+    def needs_predictions(self) -> bool:
+        """Every strategy but vanilla orders requests by predicted length."""
+        return self.strategy is not Strategy.VANILLA
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of the plan: which requests (indices into the input) and how many tokens it may generate."""
+
+    request_ids: tuple[int, ...]
+    max_new_tokens: int
+    """The cap: the longest response this batch can complete."""
+    phase: Phase = Phase.INITIAL
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+
+def adjusted_length(predicted: int, cfg: ScheduleConfig) -> int:
+    """A predicted length with the safety margin applied (at least 1)."""
+    scaled = math.ceil(predicted * (1.0 + cfg.margin_ratio)) if cfg.margin_ratio else predicted
+    return max(1, scaled + cfg.margin_tokens)
+
+
+def bin_cap(length: int, cfg: ScheduleConfig) -> int:
+    """The upper edge of the bin holding length (a multiple of bin_width), never above the limit."""
+    return min(cfg.limit, max(1, -(-length // cfg.bin_width)) * cfg.bin_width)
+
+
+def batch_size_for(edge: int, cfg: ScheduleConfig, *, cap: int | None = None, variable: bool | None = None) -> int:
+    """Requests per batch for a bin with upper edge `edge`: the VBS table (or the fixed size), then the token
+    budget applied to the batch's cap (default: the edge)."""
+    variable = cfg.binned if variable is None else variable
+    size = cfg.batch_size
+    if variable:
+        fitting = [key for key in cfg.vbs if edge <= key]
+        if fitting:
+            size = cfg.vbs[min(fitting)]
+    if cfg.token_budget is not None:
+        size = min(size, max(1, cfg.token_budget // (edge if cap is None else cap)))
+    return size
+
+
+def request_bins(predicted: Sequence[int], own_limits: Sequence[int] | None, cfg: ScheduleConfig) -> list[int]:
+    """Each request's bin edge: its margin-adjusted predicted length rounded up to the bin width, at most the
+    bin of its own limit (own_limits None: every request has the global limit)."""
+    # A lookup table over the predicted values runs in C over millions of requests (`seqsched plan`).
+    largest = max(predicted, default=0)
+    if largest <= _TABLE_MAX:
+        table = [bin_cap(adjusted_length(value, cfg), cfg) for value in range(int(largest) + 1)]
+        bins = list(map(table.__getitem__, predicted))
+    else:
+        bins = [bin_cap(adjusted_length(int(value), cfg), cfg) for value in predicted]
+    if own_limits is not None and any(own != cfg.limit for own in own_limits):
+        bins = [min(edge, bin_cap(own, cfg)) for edge, own in zip(bins, own_limits, strict=True)]
+    return bins
+
+
+_TABLE_MAX = 1 << 22
+"""Predicted lengths up to this go through a lookup table in request_bins."""
+
+
+def _own_limits(count: int, cfg: ScheduleConfig, limits: Sequence[int] | None) -> list[int]:
+    if limits is None:
+        return [cfg.limit] * count
+    if len(limits) != count:
+        raise ValueError(f"limits has {len(limits)} entries for {count} requests")
+    return [max(1, min(cfg.limit, int(value))) for value in limits]
+
+
+def _chunks(order: Sequence[int], size: int, cap_of: Sequence[int], phase: Phase) -> list[Batch]:
+    batches = []
+    for start in range(0, len(order), size):
+        ids = tuple(order[start : start + size])
+        batches.append(Batch(ids, max(cap_of[index] for index in ids), phase))
+    return batches
+
+
+def _pack_bins(
+    order: Sequence[int],
+    bins: Sequence[int],
+    own: Sequence[int],
+    cfg: ScheduleConfig,
+    phase: Phase,
+    capped: bool,
+    uniform_own: int | None = None,
+) -> list[Batch]:
+    """Walk the requests bin by bin (order sorted by bin); a bin's leftovers that do not fill a batch move on.
+
+    uniform_own: every request's own limit when they all share one (skips a per-batch max over a million rows).
+    """
+    batches: list[Batch] = []
+    pool: list[int] = []
+
+    def emit(ids: tuple[int, ...], cap: int) -> None:
+        top = uniform_own if uniform_own is not None else max(own[index] for index in ids)
+        batches.append(Batch(ids, min(cap, top), phase))
+
+    # order is sorted by bin: find each bin's slice by bisection instead of walking a million rows in Python.
+    sorted_bins = list(map(bins.__getitem__, order))
+    cap = cfg.limit
+    low = 0
+    while low < len(order):
+        edge = sorted_bins[low]
+        high = bisect.bisect_right(sorted_bins, edge, lo=low)
+        pool.extend(order[low:high])
+        low = high
+        cap = edge if capped else cfg.limit
+        size = batch_size_for(edge, cfg, cap=cap)
+        full = len(pool) - len(pool) % size
+        for start in range(0, full, size):
+            emit(tuple(pool[start : start + size]), cap)
+        del pool[:full]
+    if pool:
+        emit(tuple(pool), cap)
+    return batches
+
+
+def plan(predicted: Sequence[int], cfg: ScheduleConfig, limits: Sequence[int] | None = None) -> list[Batch]:
+    """The initial batches: every request (an index into predicted) exactly once.
+
+    limits are the requests' own caps (OpenAI max_tokens), each lowered to cfg.limit; a batch's
+    max_new_tokens never exceeds the largest own cap in it (the runner cuts each row at its own).
+    """
+    count = len(predicted)
+    own = _own_limits(count, cfg, limits)
+    if cfg.strategy is Strategy.VANILLA:
+        return _chunks(range(count), batch_size_for(cfg.limit, cfg, variable=False), own, Phase.INITIAL)
+    if cfg.strategy is Strategy.SEQSCH:
+        order = sorted(range(count), key=predicted.__getitem__)
+        return _chunks(order, batch_size_for(cfg.limit, cfg, variable=False), own, Phase.INITIAL)
+    uniform = limits is None or all(value == cfg.limit for value in own)
+    bins = request_bins(predicted, None if uniform else own, cfg)
+    if uniform:  # bins grow with the predicted length, so sorting by it sorts by bin too (stable: ties in input order)
+        order = sorted(range(count), key=predicted.__getitem__)
+    else:
+        spread = max(predicted, default=0) + 1
+        keys = [edge * spread + value for edge, value in zip(bins, predicted, strict=True)]
+        order = sorted(range(count), key=keys.__getitem__)
+    capped = cfg.strategy is Strategy.FCR
+    return _pack_bins(order, bins, own, cfg, Phase.INITIAL, capped=capped, uniform_own=cfg.limit if uniform else None)
+
+
+def recompute_plan(
+    failed: Sequence[int], cfg: ScheduleConfig, remaining: Mapping[int, int] | None = None
+) -> list[Batch]:
+    """Batches for the requests that hit their cap, each capped at what it may still generate.
+
+    remaining maps a failed request to the tokens it may still generate (default: cfg.limit, a recompute
+    from scratch); requests are grouped by that budget into bins, so every batch's cap covers all its rows.
+    """
+    if not failed:
+        return []
+    ids = list(dict.fromkeys(failed))
+    if len(ids) != len(failed):
+        raise ValueError("a request can fail only once")
+    size = max(ids) + 1
+    if remaining is None or all(remaining.get(index, cfg.limit) >= cfg.limit for index in ids):
+        # From scratch: one budget, one bin; keep the ids in order.
+        order = sorted(ids)
+        bins = [bin_cap(cfg.limit, cfg)] * size
+        return _pack_bins(order, bins, bins, cfg, Phase.RECOMPUTE, capped=True, uniform_own=cfg.limit)
+    own = [0] * size
+    for index in ids:
+        own[index] = max(1, min(cfg.limit, remaining.get(index, cfg.limit)))
+    bins = [bin_cap(value, cfg) if value else 0 for value in own]
+    # Sort by bin, then budget, then index, as one integer key.
+    keys = [(bins[index] * (cfg.limit + 1) + own[index]) * size + index for index in ids]
+    order = [ids[position] for position in sorted(range(len(ids)), key=keys.__getitem__)]
+    return _pack_bins(order, bins, own, cfg, Phase.RECOMPUTE, capped=True)
+
+
+def failed_requests(batches: Sequence[Batch], true_lengths: Sequence[int], limits: Sequence[int]) -> list[int]:
+    """The requests whose true length, cut at their own limit, exceeds their batch's cap (in plan order)."""
+    failed: list[int] = []
+    for batch in batches:
+        cap = batch.max_new_tokens
+        failed.extend(index for index in batch.request_ids if true_lengths[index] > cap and limits[index] > cap)
+    return failed

@@ -1,0 +1,122 @@
+"""`--predictor` resolution: specs, oracle files, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from data_tools.io import Request
+from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_dataset
+from serving.errors import InputError, SeqschedError
+from serving.predictors import (
+    OracleLengths,
+    PredictorKind,
+    PromptPredictor,
+    load_predictor,
+    parse_predictor,
+    read_oracle,
+)
+
+REQUESTS = [Request(id="a", prompt="one"), Request(id="b", prompt="two two")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind", "target"),
+    [
+        ("none", PredictorKind.NONE, ""),
+        ("perception", PredictorKind.PERCEPTION, ""),
+        ("oracle:lengths.jsonl", PredictorKind.ORACLE, "lengths.jsonl"),
+        ("models:/seqsched-smollm2@champion", PredictorKind.REGISTRY, "models:/seqsched-smollm2@champion"),
+        ("models:/seqsched-smollm2/3", PredictorKind.REGISTRY, "models:/seqsched-smollm2/3"),
+        ("runs:/abc123/predictor", PredictorKind.REGISTRY, "runs:/abc123/predictor"),
+    ],
+)
+def test_parse_predictor(spec: str, kind: PredictorKind, target: str) -> None:
+    parsed = parse_predictor(spec)
+    assert (parsed.kind, parsed.target) == (kind, target)
+    assert str(parsed) == spec
+
+
+@pytest.mark.parametrize("spec", ["oracle:", "mlflow:/x", "ridge", "models/x"])
+def test_bad_specs_say_what_is_accepted(spec: str) -> None:
+    with pytest.raises(SeqschedError, match="oracle:FILE"):
+        parse_predictor(spec)
+
+
+def test_oracle_jsonl_and_batch_output_lines(tmp_path: Path) -> None:
+    path = tmp_path / "lengths.jsonl"
+    path.write_text(
+        '{"id": "a", "true": 12}\n\n{"id": "b", "length": 40}\n'
+        + json.dumps({"custom_id": "c", "response": {"body": {"usage": {"completion_tokens": 9}}}})
+        + "\n"
+    )
+    oracle = read_oracle(path)
+    assert dict(oracle.lengths) == {"a": 12, "b": 40, "c": 9}
+    assert oracle.predict_requests(REQUESTS) == [12, 40]
+    predictor = load_predictor(f"oracle:{path}")
+    assert isinstance(predictor, OracleLengths) and predictor.predict_requests(REQUESTS[::-1]) == [40, 12]
+
+
+def test_oracle_must_cover_every_request(tmp_path: Path) -> None:
+    path = tmp_path / "lengths.jsonl"
+    path.write_text('{"id": "a", "true": 12}\n')
+    with pytest.raises(SeqschedError, match=r"no length for 1 of 2 request ids \('b'\)"):
+        read_oracle(path).predict_requests(REQUESTS)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"id": "a", "true": 1}\n{"id": "b"}\n', ":2: no length"),
+        ('{"id": "a", "true": -1}\n', ":1: the length must be an integer >= 0"),
+        ('{"true": 3}\n', ":1: missing 'id'"),
+        ("nope\n", ":1: invalid JSON"),
+        ('{"id": "a", "true": 1}\n{"id": "a", "true": 2}\n', ":2: duplicate id 'a'"),
+    ],
+)
+def test_bad_oracle_lines(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "lengths.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_oracle(path)
+    with pytest.raises(InputError, match="no such oracle file"):
+        read_oracle(tmp_path / "missing.jsonl")
+
+
+def test_oracle_from_a_length_dataset(tmp_path: Path) -> None:
+    def row(record_id: str, greedy: int | None, longest: int) -> LengthRecord:
+        return LengthRecord(record_id, "p", [longest], [0.7], longest, 50, False, "m", greedy_length=greedy)
+
+    folder = save_length_dataset(
+        tmp_path / "ds",
+        {"train": [row("a", 7, 30), row("b", None, 44)]},
+        LengthDatasetMeta(model="m", temperatures=[0.0], max_new_tokens=512, bucket=50, source="test"),
+    )
+    assert read_oracle(folder).predict_requests(REQUESTS) == [7, 44]
+
+
+def test_prompt_predictor_rounds_and_checks() -> None:
+    class Fake:
+        def __init__(self, values: list[object]) -> None:
+            self.values = values
+
+        def predict(self, prompts: list[str]) -> list[object]:
+            return self.values[: len(prompts)]
+
+    assert PromptPredictor(Fake([12.6, -3.0]), "fake").predict_requests(REQUESTS) == [13, 0]
+    with pytest.raises(SeqschedError, match="not finite"):
+        PromptPredictor(Fake([float("nan"), 1]), "fake").predict_requests(REQUESTS)
+    with pytest.raises(SeqschedError, match="1 predictions for 2 prompts"):
+        PromptPredictor(Fake([1]), "fake").predict_requests(REQUESTS)
+
+
+def test_none_perception_and_registry() -> None:
+    assert load_predictor("none") is None
+    with pytest.raises(SeqschedError, match="needs the engine"):
+        load_predictor("perception")
+    if importlib.util.find_spec("lengthpred.registry") is None:
+        with pytest.raises(SeqschedError, match=r"lengthpred\.registry is not available"):
+            load_predictor("models:/seqsched-smollm2@champion")

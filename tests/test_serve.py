@@ -1,0 +1,90 @@
+"""`seqsched serve` end to end on the tiny model: OpenAI Batch in/out, oracle predictor, metrics JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from serving.config import load_recipe
+from serving.serve import ServeConfig, metrics_path
+from tests.tiny_model import synthetic_prompts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread (see tests/test_runner.py)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch_file(path: Path, prompts: list[str]) -> None:
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"req-{index}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": prompt}], "max_tokens": 40},
+            }
+        )
+        for index, prompt in enumerate(prompts)
+    ]
+    lines.insert(3, '{"custom_id": "broken", "body": {"messages": "nope"}}')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def serve(tiny_model_dir: Path, tmp_path: Path, name: str, *args: str) -> list[dict]:
+    out = tmp_path / f"{name}.jsonl"
+    argv = ["serve", "--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--model.spec", str(tiny_model_dir)]
+    small = ["--limit", "40", "--bin_width", "5", "--batch_size", "4", "--vbs", "{}", "--progress", "false"]
+    assert main([*argv, *small, *args]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_serve_fcr_with_oracle_equals_vanilla(tiny_model_dir: Path, tmp_path: Path) -> None:
+    batch_file(tmp_path / "in.jsonl", synthetic_prompts(14, seed=9))
+    vanilla = serve(tiny_model_dir, tmp_path, "vanilla", "--strategy", "vanilla")
+    assert len(vanilla) == 15 and [line["custom_id"] for line in vanilla][3] == "broken"
+    assert vanilla[3]["response"]["status_code"] == 400 and "body.messages" in vanilla[3]["error"]["message"]
+    # Oracle: the vanilla run's lengths, read back from its OpenAI Batch output (usage.completion_tokens).
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps(line) + "\n" for line in vanilla if line["error"] is None))
+    scheduled = serve(tiny_model_dir, tmp_path, "fcr", "--strategy", "fcr", "--predictor", f"oracle:{oracle}")
+    assert [line["custom_id"] for line in scheduled] == [line["custom_id"] for line in vanilla]
+    for theirs, mine in zip(vanilla, scheduled, strict=True):
+        if theirs["error"] is None:
+            assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"]
+            assert mine["response"]["body"]["usage"] == theirs["response"]["body"]["usage"]
+    metrics = json.loads(metrics_path(tmp_path / "fcr.jsonl").read_text())
+    assert metrics["strategy"] == "fcr" and metrics["requests"] == 14 and metrics["input_errors"] == 1
+    assert metrics["predictor"] == f"oracle:{oracle}" and metrics["config"]["strategy"] == "fcr"
+    assert (
+        metrics["effective_token_ratio"]
+        > json.loads(metrics_path(tmp_path / "vanilla.jsonl").read_text())["effective_token_ratio"]
+    )
+
+
+def test_serve_needs_a_predictor_for_scheduling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    assert main(["serve", "--input", str(tmp_path / "in.jsonl"), "--strategy", "fcr"]) == 2
+    assert "--strategy fcr orders requests by predicted length" in capsys.readouterr().err
+    assert main(["serve", "--input", str(tmp_path / "in.jsonl"), "--predictor", "magic"]) == 2
+    assert "--predictor 'magic'" in capsys.readouterr().err
+
+
+def test_serve_recipes_load() -> None:
+    config = load_recipe(ServeConfig, REPO / "recipes" / "smollm2-cpu" / "serve.yaml")
+    assert config.strategy.value == "fcr" and config.limit == 512 and config.vbs[50] == 256
+    assert config.schedule().vbs == config.vbs
+    paper = load_recipe(ServeConfig, REPO / "recipes" / "vicuna-7b-gpu" / "serve.yaml")
+    assert (paper.batch_size, paper.limit, paper.token_budget) == (16, 512, 12800)

@@ -1,0 +1,78 @@
+"""The torch-free simulator: hand-checked costs and consistency with the scheduler."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from serving.scheduler import Batch, RecomputeMode, ScheduleConfig, Strategy, failed_requests, plan
+from serving.simulate import StepCost, _evicting_decode_s, compare, engine_steps, simulate, simulate_batches
+
+COST = StepCost(fixed_s=0.1, per_row_s=0.01, per_context_s=0.001, prefill_fixed_s=0.5, prefill_token_s=0.002)
+
+
+def test_step_cost_closed_form_matches_a_loop() -> None:
+    batch, steps, prompt = 7, 30, 12
+    looped = sum(COST.step_s(batch, prompt + t) for t in range(1, steps))
+    assert COST.decode_s(batch, steps, prompt) == pytest.approx(looped)
+    assert COST.prefill_s(batch, prompt) == pytest.approx(0.5 + 0.002 * 7 * 12)
+
+
+def test_evicting_decode_matches_a_loop() -> None:
+    finish = [3, 3, 9, 20]
+    looped = sum(COST.step_s(sum(f > t for f in finish), 5 + t) for t in range(1, max(finish)))
+    assert _evicting_decode_s(sorted(finish), COST, 5) == pytest.approx(looped)
+
+
+def test_engine_steps_gives_one_more_step_when_a_row_may_go_on() -> None:
+    assert engine_steps(50, [512, 512]) == 51
+    assert engine_steps(50, [50, 20]) == 50
+
+
+def test_a_batch_by_hand() -> None:
+    # cap 5, limit 20: the engine runs 6 steps; 3 tokens stop at step 4, 10 tokens are cut at 6 and fail.
+    stats, failed = simulate_batches([Batch((0, 1), 5)], [3, 10], [20, 20], COST, prompt_tokens=4)
+    assert failed == [1]
+    assert (stats.steps, stats.row_steps, stats.output_tokens, stats.attempt_tokens) == (6, 12, 3, 6)
+    assert stats.time_s == pytest.approx(COST.prefill_s(2, 4) + COST.decode_s(2, 6, 4))
+    # A row of exactly `cap` tokens still finishes (its stop token comes in the extra step).
+    _, failed = simulate_batches([Batch((0,), 5)], [5], [20], COST)
+    assert failed == []
+
+
+def test_simulated_failures_match_the_plan_contract() -> None:
+    rng = random.Random(1)
+    predicted = [rng.randint(0, 400) for _ in range(500)]
+    true = [max(0, int(p * rng.uniform(0.5, 1.5))) for p in predicted]
+    cfg = ScheduleConfig()
+    result = simulate(predicted, true, cfg, COST)
+    assert result.failed == failed_requests(plan(predicted, cfg), true, [512] * 500)
+    assert result.total.output_tokens == sum(min(t, 512) for t in true)
+    summary = result.summary()
+    assert summary["effective_token_ratio"] == pytest.approx(result.total.output_tokens / result.total.row_steps)
+
+
+def test_oracle_lengths_never_fail_and_continue_costs_less() -> None:
+    rng = random.Random(2)
+    true = [rng.randint(0, 600) for _ in range(400)]
+    assert simulate(true, true, ScheduleConfig(), COST).failed == []
+    under = [t // 2 for t in true]
+    scratch = simulate(under, true, ScheduleConfig(), COST)
+    continued = simulate(under, true, ScheduleConfig(recompute=RecomputeMode.CONTINUE), COST)
+    assert scratch.failed == continued.failed and scratch.failed
+    assert continued.total.output_tokens == scratch.total.output_tokens
+    assert continued.recompute.row_steps < scratch.recompute.row_steps
+    assert continued.total.time_s < scratch.total.time_s
+
+
+def test_compare_lists_every_strategy() -> None:
+    rng = random.Random(3)
+    true = [rng.randint(0, 512) for _ in range(300)]
+    rows = compare(true, true, ScheduleConfig(), COST)
+    assert [row["strategy"] for row in rows] == [strategy.value for strategy in Strategy]
+    vanilla, seqsch = rows[0], rows[1]
+    assert seqsch["effective_token_ratio"] > vanilla["effective_token_ratio"], "sorting pads less"
+    evicted = simulate(true, true, replace(ScheduleConfig(), strategy=Strategy.VANILLA), COST, evict_finished=True)
+    assert evicted.total.row_steps < vanilla["row_steps"]
