@@ -76,7 +76,13 @@ COMMANDS: tuple[Command, ...] = (
         "serving",
         "serving.serve:ServeConfig",
     ),
-    Command("bench", "strategies side by side in one run: table, JSON, plots", None, "serving (bench)"),
+    Command(
+        "bench",
+        "strategies side by side in one run (vanilla, seqsch, vbs, fcr, perception, oracle): table, JSON, plots",
+        "serving.bench:bench_main",
+        "serving",
+        "serving.bench:BenchConfig",
+    ),
 )
 
 

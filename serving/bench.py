@@ -1,0 +1,484 @@
+"""`seqsched bench`: the paper's table, rerun here. Several strategies serve the same prompts in one process, one
+engine, repeated and interleaved so machine noise hits them alike; greedy decoding, so the oracle's lengths are
+exactly the lengths vanilla produced and every strategy's outputs can be checked against vanilla's.
+
+Writes <out>.json (every run, per-request lengths and predictions, the tuned policy), <out>.md (the table and
+where the time goes) and <out>.png (bar charts).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from data_tools.io import InputFormat, Request, read_requests
+from serving.backends import EngineKind, build_engine, set_torch_threads
+from serving.config import parse_config, to_dict
+from serving.engine_api import Engine
+from serving.errors import SeqschedError
+from serving.llm import ModelConfig
+from serving.predictors import PredictorKind, RequestPredictor, load_predictor, parse_predictor
+from serving.report import table, write_json
+from serving.runner import RunOptions, RunResult, run
+from serving.scheduler import ScheduleConfig, Strategy
+
+log = logging.getLogger(__name__)
+
+
+class Source(enum.Enum):
+    """Where a strategy's predicted lengths come from."""
+
+    NONE = "none"
+    PREDICTOR = "predictor"
+    PERCEPTION = "perception"
+    ORACLE = "oracle"
+
+
+class BenchStrategy(enum.Enum):
+    """The table's rows: the paper's ablation plus perception-only and oracle predictions."""
+
+    VANILLA = "vanilla"
+    SEQSCH = "seqsch"
+    VBS = "vbs"
+    FCR = "fcr"
+    FCR_PERCEPTION = "fcr-perception"
+    FCR_ORACLE = "fcr-oracle"
+
+    @property
+    def strategy(self) -> Strategy:
+        """The scheduler strategy this row runs."""
+        return Strategy(self.value.split("-")[0])
+
+    @property
+    def source(self) -> Source:
+        """Where its predictions come from."""
+        if self is BenchStrategy.VANILLA:
+            return Source.NONE
+        if self is BenchStrategy.FCR_PERCEPTION:
+            return Source.PERCEPTION
+        if self is BenchStrategy.FCR_ORACLE:
+            return Source.ORACLE
+        return Source.PREDICTOR
+
+
+ALL_STRATEGIES = tuple(BenchStrategy)
+
+TABLE_COLUMNS = (
+    "strategy",
+    "samples_per_s",
+    "tokens_per_s",
+    "effective_token_ratio",
+    "failure_ratio",
+    "latency_p50_s",
+    "latency_p99_s",
+    "predictor_share",
+    "speedup",
+    "of_oracle",
+    "same_as_vanilla",
+)
+TIME_COLUMNS = (
+    "strategy",
+    "total_s",
+    "predictor_s",
+    "prefill_s",
+    "decode_s",
+    "other_s",
+    "row_steps",
+    "generated_tokens",
+    "padding_share",
+    "recompute_share",
+    "batches",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig(ScheduleConfig):
+    """Strategies side by side on the same prompts: the scheduling fields are the policy of the scheduled rows
+    (seqsch, vbs, fcr); vanilla runs in input order with vanilla_batch_size."""
+
+    input: str = ""
+    """Prompts: ShareGPT/Alpaca JSON(L), plain JSONL {id, prompt}, OpenAI Batch JSONL or a dataset folder."""
+    input_format: InputFormat = InputFormat.AUTO
+    offset: int = 0
+    """Skip this many prompts of the file first."""
+    count: int | None = None
+    """Serve this many prompts (default: all)."""
+    predictor: str = "none"
+    """The predictor of seqsch, vbs and fcr: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., oracle:FILE."""
+    tracking_uri: str | None = None
+    strategies: tuple[BenchStrategy, ...] = ALL_STRATEGIES
+    """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (vanilla always runs: it is the base)."""
+    repeats: int = 1
+    """Rounds over all strategies; each round rotates their order. The table shows each strategy's median round."""
+    vanilla_batch_size: int = 16
+    """The paper's vanilla batch size (seqsch uses it too, so that row shows what sorting alone does)."""
+    tune_data: str | None = None
+    """A length dataset held out from the predictor's training: margin, bin width and VBS are chosen by
+    simulation on the predictor's errors there, with a step cost measured on this engine first."""
+    tune_split: str | None = None
+    tune_start: int = 0
+    tune_limit: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineKind = EngineKind.HF
+    evict_finished: bool = False
+    """Drop finished rows from the KV cache (the paper's engine keeps them)."""
+    torch_threads: int | None = None
+    """CPU threads for torch (default: torch's choice)."""
+    out: str = "outputs/bench/bench"
+    """Writes OUT.json, OUT.md and OUT.png."""
+    progress: bool = True
+
+    def schedule(self) -> ScheduleConfig:
+        """The scheduling part of the config."""
+        from dataclasses import fields
+
+        return ScheduleConfig(**{item.name: getattr(self, item.name) for item in fields(ScheduleConfig)})
+
+
+@dataclass
+class StrategyRun:
+    """One strategy's run in one round."""
+
+    strategy: BenchStrategy
+    round: int
+    result: RunResult
+    predicted: list[int] | None
+    same_as_vanilla: int
+
+
+@dataclass
+class BenchResult:
+    """Every run, the summary rows and what was tuned."""
+
+    runs: list[StrategyRun]
+    rows: list[dict[str, Any]]
+    time_rows: list[dict[str, Any]]
+    policy: ScheduleConfig
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, strategy: BenchStrategy) -> dict[str, Any]:
+        """The summary row of a strategy."""
+        return next(row for row in self.rows if row["strategy"] == strategy.value)
+
+
+def round_order(strategies: Sequence[BenchStrategy], index: int) -> list[BenchStrategy]:
+    """The order of round `index`: vanilla first in round 0 (the oracle needs its lengths), then everything
+    rotated by one per round so no strategy always runs first or last."""
+    others = [item for item in strategies if item is not BenchStrategy.VANILLA]
+    ordered = [BenchStrategy.VANILLA, *others]
+    if index == 0:
+        return ordered
+    shift = index % len(ordered)
+    return ordered[shift:] + ordered[:shift]
+
+
+def strategy_config(strategy: BenchStrategy, policy: ScheduleConfig, vanilla_batch_size: int) -> ScheduleConfig:
+    """The schedule one row runs."""
+    if strategy.strategy in (Strategy.VANILLA, Strategy.SEQSCH):
+        return replace(policy, strategy=strategy.strategy, batch_size=vanilla_batch_size)
+    return replace(policy, strategy=strategy.strategy)
+
+
+def _same(result: RunResult, vanilla: RunResult) -> int:
+    return sum(a.token_ids == b.token_ids for a, b in zip(result.records, vanilla.records, strict=True))
+
+
+def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> tuple[list[dict], list[dict]]:
+    """One row per strategy (its median round by samples/s) with speedup vs vanilla and share of the oracle."""
+    chosen: dict[BenchStrategy, StrategyRun] = {}
+    spread: dict[BenchStrategy, list[float]] = {}
+    for strategy in strategies:
+        mine = sorted(
+            (item for item in runs if item.strategy is strategy), key=lambda r: r.result.metrics.samples_per_s
+        )
+        if mine:
+            chosen[strategy] = mine[(len(mine) - 1) // 2]
+            spread[strategy] = [item.result.metrics.samples_per_s for item in mine]
+    base = chosen[BenchStrategy.VANILLA].result.metrics.samples_per_s
+    oracle = chosen.get(BenchStrategy.FCR_ORACLE)
+    oracle_sps = oracle.result.metrics.samples_per_s if oracle else None
+    rows, time_rows = [], []
+    for strategy, item in chosen.items():
+        metrics = item.result.metrics
+        values = spread[strategy]
+        rows.append(
+            {
+                **metrics.row(),
+                "strategy": strategy.value,
+                "speedup": metrics.samples_per_s / base if base else float("nan"),
+                "of_oracle": metrics.samples_per_s / oracle_sps if oracle_sps else float("nan"),
+                "same_as_vanilla": f"{item.same_as_vanilla}/{metrics.requests}",
+                "rounds": len(values),
+                "samples_per_s_min": min(values),
+                "samples_per_s_max": max(values),
+                "samples_per_s_stdev": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            }
+        )
+        prompt_pad = sum(b.padded_prompt_tokens - b.prompt_tokens for b in item.result.batches)
+        time_rows.append(
+            {
+                "strategy": strategy.value,
+                "total_s": metrics.total_s,
+                "predictor_s": metrics.predictor_s,
+                "prefill_s": metrics.prefill_s,
+                "decode_s": metrics.decode_s,
+                "other_s": max(0.0, metrics.generation_s - metrics.prefill_s - metrics.decode_s),
+                "row_steps": metrics.row_steps,
+                "generated_tokens": metrics.generated_tokens,
+                "padding_share": 1.0 - metrics.effective_token_ratio if metrics.row_steps else 0.0,
+                "recompute_share": metrics.recompute_share,
+                "batches": metrics.batches,
+                "prompt_padding_tokens": prompt_pad,
+            }
+        )
+    return rows, time_rows
+
+
+class _Predictions:
+    """Predicted lengths per source, each prediction timed (it counts in the run's total time)."""
+
+    def __init__(self, engine: Engine, config: BenchConfig, requests: Sequence[Request]) -> None:
+        self.engine, self.config, self.requests = engine, config, requests
+        self.oracle: list[int] | None = None
+        self._predictor: RequestPredictor | None = None
+        self._perception: RequestPredictor | None = None
+
+    def predictor(self) -> RequestPredictor:
+        if self._predictor is None:
+            spec = parse_predictor(self.config.predictor)
+            if spec.kind in (PredictorKind.NONE, PredictorKind.PERCEPTION):
+                raise SeqschedError(
+                    "seqsch, vbs and fcr rows need --predictor (models:/NAME@ALIAS, runs:/..., oracle:FILE); "
+                    "fcr-perception and fcr-oracle rows need none. Drop them with --strategies [vanilla,...]"
+                )
+            loaded = load_predictor(spec, self.engine, self.config.tracking_uri)
+            assert loaded is not None
+            self._predictor = loaded
+        return self._predictor
+
+    def get(self, source: Source) -> tuple[list[int] | None, float]:
+        if source is Source.NONE:
+            return None, 0.0
+        if source is Source.ORACLE:
+            if self.oracle is None:
+                raise RuntimeError("the oracle's lengths come from vanilla's run, which has not run yet")
+            return list(self.oracle), 0.0
+        if source is Source.PERCEPTION:
+            if self._perception is None:
+                self._perception = load_predictor("perception", self.engine)
+            predictor = self._perception
+        else:
+            predictor = self.predictor()
+        assert predictor is not None
+        started = time.perf_counter()
+        values = predictor.predict_requests(self.requests)
+        return values, time.perf_counter() - started
+
+
+def tune_policy(engine: Engine, config: BenchConfig, predictions: _Predictions) -> tuple[ScheduleConfig, dict]:
+    """Margin, bin width and VBS chosen by simulation on held-out predictor errors and this engine's step cost."""
+    from lengthpred.data import load_length_data
+    from serving.costmodel import fit, measure
+    from serving.tuning import tune_margin, tune_vbs
+
+    policy = replace(config.schedule(), strategy=Strategy.FCR)
+    if not config.tune_data:
+        return policy, {}
+    started = time.perf_counter()
+    samples = measure(engine, batch_sizes=(1, 4, 16, 32, 64), prompt_lengths=(32, 160), steps=12)
+    cost = fit(samples)
+    data = load_length_data(config.tune_data, config.tune_split, config.tune_start, config.tune_limit)
+    held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
+    predicted = predictions.predictor().predict_requests(held_out)
+    true = data.max_lengths
+    prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
+    margin = tune_margin(predicted, true, policy, cost, prompt_tokens=prompt_tokens)
+    vbs = tune_vbs(predicted, true, margin.config, cost, prompt_tokens=prompt_tokens)
+    tuned = vbs.config
+    info = {
+        "data": data.source,
+        "records": len(data),
+        "step_cost": asdict(cost),
+        "prompt_tokens": prompt_tokens,
+        "simulated_paper_policy_s": margin.baseline_s,
+        "simulated_after_margin_s": margin.best_s,
+        "simulated_after_vbs_s": vbs.best_s,
+        "margin_tokens": tuned.margin_tokens,
+        "margin_ratio": tuned.margin_ratio,
+        "bin_width": tuned.bin_width,
+        "batch_size": tuned.batch_size,
+        "vbs": tuned.vbs,
+        "tuning_s": time.perf_counter() - started,
+    }
+    return tuned, info
+
+
+def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) -> BenchResult:
+    """Run every strategy `repeats` times, interleaved, and summarize."""
+    if not requests:
+        raise SeqschedError("no prompts to benchmark")
+    if config.repeats < 1:
+        raise SeqschedError(f"--repeats must be >= 1, got {config.repeats}")
+    strategies = [BenchStrategy.VANILLA, *(s for s in config.strategies if s is not BenchStrategy.VANILLA)]
+    predictions = _Predictions(engine, config, requests)
+    policy, tuning = tune_policy(engine, config, predictions)
+    if tuning:
+        print(
+            f"tuned policy: margin +{tuning['margin_tokens']} tokens x{1 + tuning['margin_ratio']:.2f}, bins of "
+            f"{tuning['bin_width']}, vbs {tuning['vbs']}, recompute batch {tuning['batch_size']} (simulated "
+            f"{tuning['simulated_paper_policy_s']:.0f} s -> {tuning['simulated_after_vbs_s']:.0f} s)",
+            flush=True,
+        )
+    options = RunOptions(progress=config.progress)
+    runs: list[StrategyRun] = []
+    vanilla: RunResult | None = None
+    for index in range(config.repeats):
+        for strategy in round_order(strategies, index):
+            predicted, predictor_s = predictions.get(strategy.source)
+            cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
+            result = run(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
+            if vanilla is None:
+                vanilla = result
+                predictions.oracle = [record.num_tokens for record in result.records]
+            same = _same(result, vanilla)
+            runs.append(StrategyRun(strategy, index, result, predicted, same))
+            metrics = result.metrics
+            print(
+                f"round {index + 1}/{config.repeats} {strategy.value}: {metrics.samples_per_s:.3f} samples/s, "
+                f"{metrics.total_s:.1f} s, outputs equal to vanilla's {same}/{metrics.requests}",
+                flush=True,
+            )
+    rows, time_rows = summarize(runs, strategies)
+    return BenchResult(runs, rows, time_rows, policy, tuning)
+
+
+def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Request], extra: dict) -> dict:
+    """Everything the bench measured, as JSON."""
+    vanilla = next(item for item in result.runs if item.strategy is BenchStrategy.VANILLA)
+    return {
+        **extra,
+        "config": to_dict(config),
+        "policy": to_dict(result.policy),
+        "tuning": result.tuning,
+        "table": result.rows,
+        "time": result.time_rows,
+        "ids": [request.id for request in requests],
+        "vanilla_lengths": [record.num_tokens for record in vanilla.result.records],
+        "predicted": {
+            item.strategy.value: item.predicted
+            for item in result.runs
+            if item.round == 0 and item.predicted is not None and item.strategy.source is not Source.ORACLE
+        },
+        "runs": [
+            {"strategy": item.strategy.value, "round": item.round, **item.result.metrics.row()} for item in result.runs
+        ],
+    }
+
+
+def markdown(result: BenchResult, header: str) -> str:
+    """The table and the time breakdown as markdown."""
+    return (
+        f"{header}\n\n{table(result.rows, TABLE_COLUMNS)}\n\nWhere the time goes (seconds of the median round; "
+        f"padding_share = 1 - effective token ratio):\n\n{table(result.time_rows, TIME_COLUMNS)}\n"
+    )
+
+
+def plot(result: BenchResult, path: Path, title: str) -> Path:
+    """Bar charts: samples/s (with speedup) and effective token ratio per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["strategy"] for row in result.rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color="#4477aa")
+    for bar, row in zip(bars, result.rows, strict=True):
+        left.annotate(
+            f"{row['speedup']:.2f}x",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    left.set_ylabel("samples/s")
+    left.set_title("throughput (speedup vs vanilla)")
+    right.bar(names, [row["effective_token_ratio"] for row in result.rows], color="#66aa55")
+    right.set_ylim(0, 1)
+    right.set_title("effective token ratio")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=30)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(staging, dpi=110)
+    plt.close(figure)
+    staging.replace(path)
+    return path
+
+
+def machine() -> str:
+    """A one-line description of this machine (CPU model and count, or the GPU)."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    """`seqsched bench`."""
+    config = parse_config(BenchConfig, argv, prog="seqsched bench")
+    if not config.input:
+        raise SeqschedError("--input is required (a prompts file; the recipe names the shared validation set)")
+    set_torch_threads(config.torch_threads)
+    read = read_requests(config.input, config.input_format)
+    end = None if config.count is None else config.offset + config.count
+    requests = read.requests[config.offset : end]
+    print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
+    started = time.perf_counter()
+    engine = build_engine(config.engine, config.model, evict_finished=config.evict_finished)
+    result = run_bench(engine, requests, config)
+    out = Path(config.out)
+    import torch
+
+    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {machine()}"
+    extra = {
+        "command": "seqsched bench " + " ".join(argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": device,
+        "torch_threads": torch.get_num_threads(),
+        "model": config.model.spec,
+        "engine": config.engine.value,
+        "prompts": len(requests),
+        "wall_s": time.perf_counter() - started,
+    }
+    write_json(out.with_suffix(".json"), report_dict(result, config, requests, extra))
+    header = (
+        f"`{extra['command']}`\n\n{extra['date']}, {device}, torch threads {extra['torch_threads']}; model "
+        f"{config.model.spec} ({config.engine.value} engine); {len(requests)} prompts, limit {config.limit}, "
+        f"greedy; {config.repeats} round(s), median shown"
+    )
+    text = markdown(result, header)
+    staging = out.with_name(f".{out.name}.md.partial")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(out.with_suffix(".md"))
+    png = plot(result, out.with_suffix(".png"), f"{config.model.spec}, {len(requests)} prompts, {device}")
+    print("\n" + text)
+    print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {png}", file=sys.stderr)
+    return 0
