@@ -40,6 +40,8 @@ def test_demo_prints_real_answers(tmp_path: Path, capsys: pytest.CaptureFixture[
     out_dir = tmp_path / "demo"
     argv = [
         "demo",
+        "--mode",
+        "answers",
         "--prompts",
         "3",
         "--max_new_tokens",

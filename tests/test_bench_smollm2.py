@@ -1,0 +1,53 @@
+"""`seqsched bench` and the pipeline demo with the real SmolLM2 (marker: integration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_tools.io import write_jsonl
+from serving.cli import main
+from serving.demo import builtin_instructions, spread_sample
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_outputs_equal_across_strategies(tmp_path: Path) -> None:
+    requests = spread_sample(builtin_instructions(), 8)
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": r.id, "prompt": r.prompt} for r in requests])
+    # A crude predictor: 12 tokens for everything, so FCR caps most requests and recomputes them.
+    guesses = tmp_path / "guesses.jsonl"
+    write_jsonl(guesses, [{"id": r.id, "true": 12} for r in requests])
+    out = tmp_path / "bench"
+    argv = ["bench", f"--input={prompts}", f"--predictor=oracle:{guesses}", "--limit=40", "--bin_width=10"]
+    argv += ["--vanilla_batch_size=4", "--batch_size=4", "--vbs={10: 8, 20: 8}", "--torch_threads=1"]
+    argv += ["--progress=false", f"--out={out}"]
+    assert main(argv) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    names = [row["strategy"] for row in report["table"]]
+    assert names == ["vanilla", "seqsch", "vbs", "fcr", "fcr-perception", "fcr-oracle"]
+    for row in report["table"]:
+        assert row["same_as_vanilla"] == "8/8", row["strategy"]
+    fcr = next(row for row in report["table"] if row["strategy"] == "fcr")
+    oracle = next(row for row in report["table"] if row["strategy"] == "fcr-oracle")
+    assert fcr["failed"] > 0 and oracle["failed"] == 0
+    assert len(set(report["vanilla_lengths"])) > 2, "the built-in instructions give varied lengths"
+
+
+def test_pipeline_demo_labels_trains_registers_and_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", "--prompts=12", "--max_new_tokens=24", "--predictor=sklearn", "--torch_threads=1"]
+    assert main([*argv, f"--out_dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "registered models:/seqsched-demo/1 (@champion)" in printed
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [row["run"] for row in comparison["runs"]] == ["vanilla", "fcr (models:/seqsched-demo@champion)"]
+    assert comparison["same_outputs"] == 12
+    lines = (out / "scheduled.jsonl").read_text().splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == [
+        json.loads(line)["custom_id"] for line in (out / "requests.jsonl").read_text().splitlines()
+    ]
+    assert (out / "mlflow.db").is_file() and (out / "lengths" / "meta.json").is_file()
