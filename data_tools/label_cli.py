@@ -30,7 +30,7 @@ SCATTER_FILE = "greedy_vs_max.png"
 class LabelConfig:
     """Build a length dataset: sample responses per instruction at several temperatures, label each
     instruction with its longest response rounded up to a bucket. Also: `seqsched label import --help`
-    (the paper's labels) and `seqsched label stats --help`."""
+    (the paper's labels), `seqsched label stats --help` and `seqsched label export --help`."""
 
     data: str = ""
     """Instructions: ShareGPT/Alpaca JSON(L), plain JSONL {id, prompt}, OpenAI Batch JSONL or a dataset folder."""
@@ -247,6 +247,8 @@ def label_main(argv: Sequence[str]) -> int:
         return import_main(argv[1:])
     if argv and argv[0] == "stats":
         return stats_main(argv[1:])
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
     config = parse_config(LabelConfig, _normalize_temperatures(argv), prog="seqsched label")
     out, metrics = run_label(config)
     columns = ["generations", "resumed_generations", "generated_tokens", "tokens_per_s", "effective_token_ratio"]
@@ -391,4 +393,60 @@ def stats_main(argv: Sequence[str]) -> int:
     if not config.dataset:
         raise SeqschedError("give the length dataset folder: seqsched label stats DIR")
     report_stats(config.dataset, config.out or Path(config.dataset) / "stats", plots=config.plots)
+    return 0
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export a length dataset's lengths only (no prompts, no texts) in the paper's format: a JSON list of
+    {"id", "L_t0.0", "L_t0.3", ...}; `seqsched label import` rebuilds the dataset from it and the instructions."""
+
+    dataset: str = ""
+    """The length dataset folder (also accepted as the first positional argument)."""
+    out: str = ""
+    """The JSON file to write."""
+    split: str | None = None
+    """Which split (default: all splits, in order)."""
+
+
+def export_lengths(dataset_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """The lengths of every record, one L_t<temperature> per sample (one sample per temperature)."""
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(str(dataset_dir))
+    splits = [loaded[split]] if split else (list(loaded.values()) if isinstance(loaded, DatasetDict) else [loaded])
+    rows: list[dict[str, Any]] = []
+    for part in splits:
+        for index, record in enumerate(part):
+            temperatures = [float(value) for value in record["temperatures"]]
+            if len(set(temperatures)) != len(temperatures):
+                raise InputError(dataset_dir, f"record {index}", "the paper's format holds one sample per temperature")
+            row: dict[str, Any] = {"id": str(record["id"])}
+            row.update(
+                {
+                    f"L_t{temperature:.1f}": int(n)
+                    for temperature, n in zip(temperatures, record["lengths"], strict=True)
+                }
+            )
+            rows.append(row)
+    return rows
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """`seqsched label export DIR --out FILE`."""
+    import json
+
+    args = list(argv)
+    if args and not args[0].startswith("-"):
+        args = ["--dataset", args[0], *args[1:]]
+    config = parse_config(ExportConfig, args, prog="seqsched label export")
+    if not config.dataset or not config.out:
+        raise SeqschedError("give the length dataset folder and --out FILE: seqsched label export DIR --out FILE")
+    rows = export_lengths(config.dataset, config.split)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial")
+    staging.write_text("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n", encoding="utf-8")
+    staging.replace(out)
+    print(f"{len(rows)} records' lengths -> {out}")
     return 0

@@ -47,6 +47,18 @@ def test_label_then_stats(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.C
     for name in ("label_hist.png", "greedy_vs_max.png"):
         assert (stats_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Lengths only, in the paper's format, and back: the same labels for the same ids.
+    exported = tmp_path / "lengths.json"
+    assert main(["label", "export", str(out), "--out", str(exported)]) == 0
+    rows = json.loads(exported.read_text())
+    assert len(rows) == 10 and set(rows[0]) == {"id", "L_t0.0", "L_t1.0"} and "prompt" not in rows[0]
+    rebuilt = tmp_path / "rebuilt"
+    argv = ["label", "import", "--lengths", str(exported), "--data", str(data), "--out", str(rebuilt)]
+    assert main([*argv, "--max_new_tokens", "12"]) == 0
+    again = load_length_dataset(rebuilt, "train")
+    original = {row["id"]: row["label"] for part in (train, validation) for row in part}
+    assert {row["id"]: row["label"] for row in again} == original
+
 
 def test_bad_instruction_line_is_one_clear_error(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
