@@ -21,12 +21,13 @@ from typing import Any
 from data_tools.io import InputFormat, Request, read_requests
 from serving.backends import EngineKind, build_engine, set_torch_threads
 from serving.config import parse_config, to_dict
+from serving.continuous import serve_requests
 from serving.engine_api import Engine
 from serving.errors import SeqschedError
 from serving.llm import ModelConfig
 from serving.predictors import PredictorKind, RequestPredictor, load_predictor, parse_predictor
 from serving.report import table, write_json
-from serving.runner import RunOptions, RunResult, run
+from serving.runner import RunOptions, RunResult
 from serving.scheduler import ScheduleConfig, Strategy
 
 log = logging.getLogger(__name__)
@@ -343,7 +344,7 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
         for strategy in round_order(strategies, index):
             predicted, predictor_s = predictions.get(strategy.source)
             cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
-            result = run(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
+            result = serve_requests(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
             if vanilla is None:
                 vanilla = result
                 predictions.oracle = [record.num_tokens for record in result.records]

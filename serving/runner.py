@@ -331,37 +331,48 @@ class _Run:
         return RunResult(records, self.batches, self.metrics(records, generation_s), self.cfg)
 
     def metrics(self, records: list[RequestRecord], generation_s: float) -> RunMetrics:
-        total_s = generation_s + self.predictor_s
-        generated = sum(record.num_tokens for record in records)
-        row_steps = sum(batch.row_steps for batch in self.batches)
-        recompute_steps = sum(batch.row_steps for batch in self.batches if batch.phase is Phase.RECOMPUTE)
-        failed = sum(record.recomputed for record in records)
-        wasted = 0 if self.cfg.recompute is RecomputeMode.CONTINUE else sum(r.attempt_tokens for r in records)
-        latencies = [record.completion_s for record in records]
-        return RunMetrics(
-            strategy=self.cfg.strategy.value,
-            requests=len(records),
-            batches=len(self.batches),
-            total_s=total_s,
-            generation_s=generation_s,
-            predictor_s=self.predictor_s,
-            predictor_share=self.predictor_s / total_s if total_s else 0.0,
-            samples_per_s=len(records) / total_s if total_s else 0.0,
-            tokens_per_s=generated / total_s if total_s else 0.0,
-            generated_tokens=generated,
-            row_steps=row_steps,
-            effective_token_ratio=generated / row_steps if row_steps else 0.0,
-            failed=failed,
-            failure_ratio=failed / len(records) if records else 0.0,
-            recomputed_tokens=wasted,
-            recompute_row_steps=recompute_steps,
-            recompute_share=recompute_steps / row_steps if row_steps else 0.0,
-            latency_p50_s=percentile(latencies, 50),
-            latency_p99_s=percentile(latencies, 99),
-            prefill_s=sum(batch.prefill_s for batch in self.batches),
-            decode_s=sum(batch.decode_s for batch in self.batches),
-            oom_splits=sum(batch.oom_splits for batch in self.batches),
-        )
+        return compute_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s)
+
+
+def compute_metrics(
+    cfg: ScheduleConfig,
+    records: Sequence[RequestRecord],
+    batches: Sequence[BatchRecord],
+    generation_s: float,
+    predictor_s: float,
+) -> RunMetrics:
+    """A run's metrics from its request and batch records (any engine)."""
+    total_s = generation_s + predictor_s
+    generated = sum(record.num_tokens for record in records)
+    row_steps = sum(batch.row_steps for batch in batches)
+    recompute_steps = sum(batch.row_steps for batch in batches if batch.phase is Phase.RECOMPUTE)
+    failed = sum(record.recomputed for record in records)
+    wasted = 0 if cfg.recompute is RecomputeMode.CONTINUE else sum(r.attempt_tokens for r in records)
+    latencies = [record.completion_s for record in records]
+    return RunMetrics(
+        strategy=cfg.strategy.value,
+        requests=len(records),
+        batches=len(batches),
+        total_s=total_s,
+        generation_s=generation_s,
+        predictor_s=predictor_s,
+        predictor_share=predictor_s / total_s if total_s else 0.0,
+        samples_per_s=len(records) / total_s if total_s else 0.0,
+        tokens_per_s=generated / total_s if total_s else 0.0,
+        generated_tokens=generated,
+        row_steps=row_steps,
+        effective_token_ratio=generated / row_steps if row_steps else 0.0,
+        failed=failed,
+        failure_ratio=failed / len(records) if records else 0.0,
+        recomputed_tokens=wasted,
+        recompute_row_steps=recompute_steps,
+        recompute_share=recompute_steps / row_steps if row_steps else 0.0,
+        latency_p50_s=percentile(latencies, 50),
+        latency_p99_s=percentile(latencies, 99),
+        prefill_s=sum(batch.prefill_s for batch in batches),
+        decode_s=sum(batch.decode_s for batch in batches),
+        oom_splits=sum(batch.oom_splits for batch in batches),
+    )
 
 
 def run(

@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_tools.io import InputFormat, Request
+from serving.backends import EngineKind, build_engine
 from serving.batch_io import OutputFormat, read_batch_input, write_batch_output
 from serving.config import parse_config, to_dict
 from serving.engine_api import Engine
 from serving.errors import SeqschedError
 from serving.llm import ModelConfig
+from serving.parallel import Process, current_process, distributed_run, pin_device
 from serving.predictors import PredictorKind, RequestPredictor, load_predictor, parse_predictor
 from serving.report import table, write_json
-from serving.runner import RunOptions, RunResult, run
+from serving.runner import RunOptions, RunResult
 from serving.scheduler import ScheduleConfig, Strategy
 
 SUMMARY_COLUMNS = (
@@ -50,6 +52,9 @@ class ServeConfig(ScheduleConfig):
     tracking_uri: str | None = None
     """MLflow tracking URI for models:/ and runs:/ predictors (default: MLFLOW_TRACKING_URI or ./mlflow.db)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineKind = EngineKind.HF
+    """hf (static batches: the paper's VBS and FCR) or vllm (continuous batching: predicted lengths become
+    request priorities, fcr adds per-request caps and the recompute pass; needs CUDA and `.[gpu]`)."""
     temperature: float = 0.0
     """Default temperature for requests that do not set one (0: greedy)."""
     top_p: float = 1.0
@@ -69,15 +74,17 @@ def predict_and_run(
     predictor: RequestPredictor | None,
     cfg: ScheduleConfig,
     options: RunOptions | None = None,
+    process: Process | None = None,
 ) -> RunResult:
-    """Predict the lengths (timed, counted in the run) and serve the requests."""
+    """Predict the lengths (timed, counted in the run) and serve the requests; under `accelerate launch` with
+    several processes, each serves a shard balanced by predicted tokens and all get the gathered result."""
     predicted = None
     predictor_s = 0.0
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
         predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
-    return run(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
+    return distributed_run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, process=process)
 
 
 def metrics_path(output: str | Path) -> Path:
@@ -102,19 +109,25 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"error line: {bad.error}")
     results: list = []
     summary: dict[str, object] = {}
+    extra: dict[str, object] = {}
+    process = current_process()
     if batch.requests:
-        from serving.engine import EngineConfig, HFEngine
-
-        engine = HFEngine.from_spec(config.model, EngineConfig(evict_finished=config.evict_finished))
+        pin_device(process)
+        engine = build_engine(config.engine, config.model, evict_finished=config.evict_finished)
         predictor = (
             load_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
         )
         options = RunOptions(
-            temperature=config.temperature, top_p=config.top_p, seed=config.seed, progress=config.progress
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed,
+            progress=config.progress and process.main,
         )
-        result = predict_and_run(engine, batch.requests, predictor, config.schedule(), options)
-        results = result.records
+        result = predict_and_run(engine, batch.requests, predictor, config.schedule(), options, process)
+        results, extra = result.records, result.extra
         summary = result.metrics.row()
+        if not process.main:
+            return 0  # the main process writes the gathered outputs
         print(table([summary], SUMMARY_COLUMNS))
     write_batch_output(config.output, batch, results, config.output_format, model=config.model.spec)
     metrics = {
@@ -122,6 +135,7 @@ def serve_main(argv: Sequence[str]) -> int:
         "input_records": len(batch.records),
         "input_errors": len(batch.errors),
         "predictor": str(spec),
+        **extra,
         "config": to_dict(config),
     }
     path = write_json(metrics_path(config.output), metrics)
