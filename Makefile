@@ -32,6 +32,20 @@ model: $(MODEL_STAMP)
 demo: $(MODEL_STAMP)
 	$(VENV)/bin/seqsched demo
 
+# The paper's table on CPU (see README "bench"): rebuild the SmolLM2 length dataset from the committed lengths,
+# train + register the predictor, then run every strategy side by side. Takes about an hour on 2 cores.
+SHARED ?= ../shared/data/sequence-scheduling
+BENCH_DIR ?= outputs/bench
+PREDICTOR_RECIPE ?= recipes/embedding/train.yaml
+bench: $(MODEL_STAMP)
+	$(VENV)/bin/seqsched label import --lengths benchmarks/lengths/smollm2-train.json \
+		--data $(SHARED)/alpaca-train-10k.json --out $(BENCH_DIR)/smollm2-train --model smollm2 \
+		--validation_fraction 0.2
+	$(VENV)/bin/seqsched train --config $(PREDICTOR_RECIPE) --data $(BENCH_DIR)/smollm2-train \
+		--output_dir $(BENCH_DIR)/predictor --resume false --tracking_uri sqlite:///$(BENCH_DIR)/mlflow.db \
+		--register-as seqsched-smollm2 --alias champion
+	$(VENV)/bin/seqsched bench --config recipes/smollm2-cpu/bench.yaml
+
 # Unit tests (tiny models, seconds each) and integration tests with the real SmolLM2; gpu tests skip without CUDA.
 test: $(MODEL_STAMP)
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
