@@ -33,7 +33,7 @@ demo: $(MODEL_STAMP)
 	$(VENV)/bin/seqsched demo
 
 # The paper's table on CPU (see README "bench"): rebuild the SmolLM2 length dataset from the committed lengths,
-# train + register the predictor, then run every strategy side by side. Takes about an hour on 2 cores.
+# train + register the predictor, then run every strategy side by side. Takes about 45 minutes on 2 cores.
 SHARED ?= ../shared/data/sequence-scheduling
 BENCH_DIR ?= outputs/bench
 PREDICTOR_RECIPE ?= recipes/embedding/train.yaml

@@ -285,19 +285,41 @@ class _Predictions:
 
 def tune_policy(engine: Engine, config: BenchConfig, predictions: _Predictions) -> tuple[ScheduleConfig, dict]:
     """Margin, bin width and VBS chosen by simulation on held-out predictor errors and this engine's step cost."""
+    policy = replace(config.schedule(), strategy=Strategy.FCR)
+    if not config.tune_data:
+        return policy, {}
+    return tune_schedule(
+        engine,
+        predictions.predictor(),
+        policy,
+        config.tune_data,
+        config.tune_split,
+        config.tune_start,
+        config.tune_limit,
+    )
+
+
+def tune_schedule(
+    engine: Engine,
+    predictor: RequestPredictor,
+    policy: ScheduleConfig,
+    data_dir: str | Path,
+    split: str | None = None,
+    start: int = 0,
+    limit: int | None = None,
+) -> tuple[ScheduleConfig, dict]:
+    """`policy` with its margin, bin width and VBS re-chosen: the engine's step cost is measured, the predictor
+    runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
     from lengthpred.data import load_length_data
     from serving.costmodel import fit, measure
     from serving.tuning import tune_margin, tune_vbs
 
-    policy = replace(config.schedule(), strategy=Strategy.FCR)
-    if not config.tune_data:
-        return policy, {}
     started = time.perf_counter()
     samples = measure(engine, batch_sizes=(1, 4, 16, 32, 64), prompt_lengths=(32, 160), steps=12)
     cost = fit(samples)
-    data = load_length_data(config.tune_data, config.tune_split, config.tune_start, config.tune_limit)
+    data = load_length_data(str(data_dir), split, start, limit)
     held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
-    predicted = predictions.predictor().predict_requests(held_out)
+    predicted = predictor.predict_requests(held_out)
     true = data.max_lengths
     prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
     margin = tune_margin(predicted, true, policy, cost, prompt_tokens=prompt_tokens)

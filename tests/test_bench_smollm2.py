@@ -43,6 +43,7 @@ def test_pipeline_demo_labels_trains_registers_and_serves(tmp_path: Path, capsys
     assert main([*argv, f"--out_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "registered models:/seqsched-demo/1 (@champion)" in printed
+    assert "tuned on 3 held-out instructions" in printed
     comparison = json.loads((out / "comparison.json").read_text())
     assert [row["run"] for row in comparison["runs"]] == ["vanilla", "fcr (models:/seqsched-demo@champion)"]
     assert comparison["same_outputs"] == 12
