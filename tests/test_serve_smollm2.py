@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from serving.runner import run
 from serving.scheduler import RecomputeMode, ScheduleConfig, Strategy
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
 
 # A short limit keeps the test near a minute; bins of 12 make FCR's caps and recomputes happen within it.
 BASE = ScheduleConfig(strategy=Strategy.VANILLA, limit=48, bin_width=12, batch_size=4, vbs={12: 4, 24: 4, 36: 4})
@@ -46,3 +49,39 @@ def test_fcr_with_oracle_and_underestimates_equals_vanilla(smollm2_engine: HFEng
         assert all(same)
     assert oracle.metrics.failed == 0 and continued.metrics.failed > 0
     assert oracle.metrics.effective_token_ratio > vanilla.metrics.effective_token_ratio
+
+
+def test_serve_32_requests_with_a_registered_predictor_by_alias(tmp_path: Path) -> None:
+    """label import -> train (sklearn) -> register @champion -> `seqsched serve` 32 OpenAI Batch requests with it."""
+    from serving.cli import main
+    from serving.demo import batch_line
+    from serving.serve import metrics_path
+
+    instructions = builtin_instructions()
+    data, lengths = tmp_path / "instructions.jsonl", tmp_path / "lengths.json"
+    data.write_text("".join(json.dumps({"id": r.id, "prompt": r.prompt}) + "\n" for r in instructions))
+    # Lengths in the paper's format; any varied values train a predictor (its quality is not under test).
+    lengths.write_text(json.dumps([{"id": r.id, "L_t0.0": 4 * len(r.prompt.split())} for r in instructions]))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    label = ["label", "import", "--lengths", str(lengths), "--data", str(data), "--out", str(tmp_path / "ds")]
+    assert main(label) == 0
+    train = ["train", "--config", str(REPO / "recipes" / "sklearn" / "train.yaml"), "--data", str(tmp_path / "ds")]
+    train += ["--output_dir", str(tmp_path / "pred"), "--tracking_uri", tracking, "--progress", "false"]
+    assert main([*train, "--register-as", "lp", "--alias", "champion"]) == 0
+
+    requests = spread_sample(instructions, 32)
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(batch_line(r, "smollm2", 24)) + "\n" for r in requests))
+    common = ["serve", "--input", str(batch), "--model.spec", "smollm2", "--limit", "24", "--progress", "false"]
+    assert main([*common, "--strategy", "vanilla", "--output", str(tmp_path / "vanilla.jsonl")]) == 0
+    scheduled = ["--strategy", "fcr", "--predictor", "models:/lp@champion", "--tracking_uri", tracking]
+    assert main([*common, *scheduled, "--output", str(tmp_path / "fcr.jsonl")]) == 0
+
+    vanilla = [json.loads(line) for line in (tmp_path / "vanilla.jsonl").read_text().splitlines()]
+    fcr = [json.loads(line) for line in (tmp_path / "fcr.jsonl").read_text().splitlines()]
+    assert [line["custom_id"] for line in fcr] == [r.id for r in requests]
+    for mine, theirs in zip(fcr, vanilla, strict=True):
+        assert mine["error"] is None
+        assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"]
+    metrics = json.loads(metrics_path(tmp_path / "fcr.jsonl").read_text())
+    assert metrics["requests"] == 32 and metrics["predictor"] == "models:/lp@champion"
