@@ -19,7 +19,7 @@ from typing import Protocol
 from data_tools.io import Request
 from serving.engine_api import Engine, SamplingParams
 from serving.errors import SeqschedError
-from serving.runner import BatchRecord, RunOptions, RunResult, _Run
+from serving.runner import BatchRecord, RunOptions, RunResult, _Run, check_predictions
 from serving.scheduler import Phase, ScheduleConfig, Strategy, adjusted_length, bin_cap
 
 
@@ -125,10 +125,7 @@ def run_continuous(
     options = options or RunOptions()
     if not hasattr(engine, "submit"):
         raise SeqschedError("continuous scheduling needs an engine with submit() (the vLLM engine)")
-    if predicted is None and cfg.needs_predictions:
-        raise SeqschedError(f"strategy {cfg.strategy.value!r} needs predicted lengths; use vanilla or a predictor")
-    if predicted is not None and len(predicted) != len(requests):
-        raise ValueError(f"{len(predicted)} predicted lengths for {len(requests)} requests")
+    check_predictions(requests, predicted, cfg)
     return _ContinuousRun(engine, requests, predicted, cfg, options, predictor_s, lambda _: None).run()
 
 

@@ -375,6 +375,14 @@ def compute_metrics(
     )
 
 
+def check_predictions(requests: Sequence[Request], predicted: Sequence[int] | None, cfg: ScheduleConfig) -> None:
+    """Predicted lengths are there when the strategy needs them, one per request."""
+    if predicted is None and cfg.needs_predictions:
+        raise SeqschedError(f"strategy {cfg.strategy.value!r} needs predicted lengths; use vanilla or a predictor")
+    if predicted is not None and len(predicted) != len(requests):
+        raise ValueError(f"{len(predicted)} predicted lengths for {len(requests)} requests")
+
+
 def run(
     engine: Engine,
     requests: Sequence[Request],
@@ -390,10 +398,7 @@ def run(
     counted in the run's total time and latencies.
     """
     options = options or RunOptions()
-    if predicted is None and cfg.needs_predictions:
-        raise SeqschedError(f"strategy {cfg.strategy.value!r} needs predicted lengths; use vanilla or a predictor")
-    if predicted is not None and len(predicted) != len(requests):
-        raise ValueError(f"{len(predicted)} predicted lengths for {len(requests)} requests")
+    check_predictions(requests, predicted, cfg)
     from tqdm import tqdm
 
     with tqdm(total=len(requests), unit="req", desc=cfg.strategy.value, disable=not options.progress) as bar:
