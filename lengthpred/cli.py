@@ -137,10 +137,14 @@ def _prepare_output(config: TrainConfig, train: LengthData) -> Path:
     output_dir = Path(config.output_dir)
     stamp = output_dir / "setup.json"
     current = fingerprint(config, train)
-    if output_dir.exists() and (output_dir / "checkpoints").exists():
+    # Training state: checkpoints, and for an ensemble of heads each member's folder (checkpoints + its predictor).
+    state = [output_dir / "checkpoints", *sorted(output_dir.glob("member-*"))] if output_dir.exists() else []
+    state = [path for path in state if path.exists()]
+    if state:
         previous = json.loads(stamp.read_text()).get("fingerprint") if stamp.is_file() else None
         if not config.resume:
-            shutil.rmtree(output_dir / "checkpoints")
+            for path in state:
+                shutil.rmtree(path)
         elif previous != current:
             raise SeqschedError(
                 f"{output_dir} holds checkpoints of a different training setup; "

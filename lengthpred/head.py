@@ -76,6 +76,8 @@ class HeadConfig:
     """Periodic evaluation on the first N validation instructions."""
     batch_size: int = 64
     """Prompts per forward pass at prediction time."""
+    members: int = 1
+    """Train this many heads (seeds optim.seed, +1, ...) and average their bin distributions (a deep ensemble)."""
 
 
 def bin_count(config: HeadConfig) -> int:
@@ -115,14 +117,14 @@ def head_inputs(tokenizer: Any, prompts: Sequence[str], config: HeadConfig) -> l
 
 @dataclass
 class HeadPredictor:
-    """A LengthPredictor over a LengthHeadModel."""
+    """A LengthPredictor over one LengthHeadModel, or several whose bin distributions are averaged."""
 
-    model: LengthHeadModel
+    models: Sequence[LengthHeadModel]
     tokenizer: Any
     config: HeadConfig
 
     def distribution(self, prompts: Sequence[str]) -> Any:
-        """Bin probabilities (numpy, one row per prompt)."""
+        """Bin probabilities (numpy, one row per prompt), averaged over the members."""
         import numpy as np
         import torch
 
@@ -130,17 +132,18 @@ class HeadPredictor:
 
         rows = head_inputs(self.tokenizer, prompts, self.config)
         order = sorted(range(len(rows)), key=lambda index: len(rows[index]))
-        device = next(self.model.parameters()).device
         probs = np.zeros((len(rows), bin_count(self.config)))
-        was_training = self.model.training
-        self.model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(order), self.config.batch_size):
-                chunk = order[start : start + self.config.batch_size]
-                batch = pad_batch([rows[index] for index in chunk], self.tokenizer.pad_token_id)
-                logits = self.model(**{key: value.to(device) for key, value in batch.items()}).logits
-                probs[chunk] = logits.float().softmax(dim=-1).cpu().numpy()
-        self.model.train(was_training)
+        for model in self.models:
+            device = next(model.parameters()).device
+            was_training = model.training
+            model.eval()
+            with torch.inference_mode():
+                for start in range(0, len(order), self.config.batch_size):
+                    chunk = order[start : start + self.config.batch_size]
+                    batch = pad_batch([rows[index] for index in chunk], self.tokenizer.pad_token_id)
+                    logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
+                    probs[chunk] += logits.float().softmax(dim=-1).cpu().numpy() / len(self.models)
+            model.train(was_training)
         return probs
 
     def predict(self, prompts: Sequence[str]) -> list[int]:
@@ -169,6 +172,10 @@ def build_head_model(config: HeadConfig) -> tuple[LengthHeadModel, Any]:
     return model, tokenizer
 
 
+def _member_name(index: int) -> str:
+    return f"member-{index}"
+
+
 def train_head(
     config: HeadConfig,
     train: LengthData,
@@ -177,7 +184,63 @@ def train_head(
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
 ) -> tuple[Path, TrainResult]:
-    """Fine-tune the encoder and head on a length dataset; save the predictor folder; return it."""
+    """Fine-tune the encoder and head (config.members times, one seed each); save the predictor folder; return it.
+
+    With several members, each trains in output_dir/member-i and is saved there as soon as it is done, so an
+    interrupted ensemble resumes with the member it was training.
+    """
+    import dataclasses
+
+    if config.members < 1:
+        raise ValueError(f"members must be at least 1, not {config.members}")
+    folder = Path(output_dir) / "predictor"
+    if config.members == 1:
+        model, tokenizer, result = _train_member(config, train, validation, output_dir, on_metrics, progress)
+        save_head([model], tokenizer, config, folder)
+        return folder, result
+    models, results, tokenizer = [], [], None
+    for index in range(config.members):
+        member_dir = Path(output_dir) / _member_name(index)
+        member_config = dataclasses.replace(
+            config, members=1, optim=dataclasses.replace(config.optim, seed=config.optim.seed + index)
+        )
+        saved = member_dir / "predictor"
+        if (saved / "predictor.json").is_file():
+            log.info("member %d already trained: %s", index, saved)
+            from lengthpred.saved import read_manifest
+
+            loaded = load_head_predictor(saved, read_manifest(saved))
+            models.append(loaded.models[0])
+            tokenizer = loaded.tokenizer
+            continue
+
+        def member_metrics(step: int, metrics: dict[str, float], index: int = index) -> None:
+            if on_metrics is not None:
+                on_metrics(step, {f"member{index}_{key}": value for key, value in metrics.items()})
+
+        model, tokenizer, result = _train_member(member_config, train, validation, member_dir, member_metrics, progress)
+        save_head([model], tokenizer, member_config, saved)
+        models.append(model)
+        results.append(result)
+    save_head(models, tokenizer, config, folder)
+    total = TrainResult(
+        steps=sum(result.steps for result in results),
+        epochs=sum(result.epochs for result in results),
+        examples_seen=sum(result.examples_seen for result in results),
+        train_loss=results[-1].train_loss if results else float("nan"),
+        wall_s=sum(result.wall_s for result in results),
+    )
+    return folder, total
+
+
+def _train_member(
+    config: HeadConfig,
+    train: LengthData,
+    validation: LengthData | None,
+    output_dir: str | Path,
+    on_metrics: MetricsCallback | None,
+    progress: bool,
+) -> tuple[LengthHeadModel, Any, TrainResult]:
     from lengthpred.encoders import pad_batch
     from lengthpred.evaluate import compute_metrics
     from lengthpred.train import run_training
@@ -193,7 +256,7 @@ def train_head(
         padded = pad_batch([ids for ids, _ in batch], tokenizer.pad_token_id)
         return padded | {"lengths": torch.tensor([length for _, length in batch], dtype=torch.float32)}
 
-    predictor = HeadPredictor(model, tokenizer, config)
+    predictor = HeadPredictor([model], tokenizer, config)
 
     def evaluate_fn(_: Any) -> dict[str, float]:
         assert validation is not None
@@ -217,39 +280,54 @@ def train_head(
         progress=progress,
         param_groups=groups,
     )
-    folder = Path(output_dir) / "predictor"
-    save_head(model, tokenizer, config, folder)
-    return folder, result
+    return model, tokenizer, result
 
 
-def save_head(model: LengthHeadModel, tokenizer: Any, config: HeadConfig, folder: str | Path) -> Path:
-    """Write the head, the adapter or fine-tuned encoder, and the manifest."""
+def _save_member(model: LengthHeadModel, tokenizer: Any, config: HeadConfig, folder: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({key: value.contiguous() for key, value in model.head.state_dict().items()}, folder / HEAD_FILE)
-    settings: dict[str, Any] = {"head_file": HEAD_FILE, "config": config_to_dict(config)}
+    files: dict[str, Any] = {"head_file": HEAD_FILE}
     if config.finetune is Finetune.LORA:
         model.encoder.save_pretrained(folder / ADAPTER_DIR)
-        settings["adapter"] = ADAPTER_DIR
+        files["adapter"] = ADAPTER_DIR
     elif config.finetune is Finetune.FULL:
         model.encoder.save_pretrained(folder / ENCODER_DIR)
         tokenizer.save_pretrained(folder / ENCODER_DIR)
-        settings["encoder_dir"] = ENCODER_DIR
+        files["encoder_dir"] = ENCODER_DIR
+    return files
+
+
+def save_head(models: Sequence[LengthHeadModel], tokenizer: Any, config: HeadConfig, folder: str | Path) -> Path:
+    """Write the head(s), the adapter(s) or fine-tuned encoder(s), and the manifest (written last).
+
+    One model: its files sit in the folder itself. Several: one member-i subfolder each, listed in the manifest.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if not models:
+        raise ValueError("no model to save")
+    settings: dict[str, Any] = {"config": config_to_dict(config)}
+    if len(models) == 1:
+        settings |= _save_member(models[0], tokenizer, config, folder)
+    else:
+        names = [_member_name(index) for index in range(len(models))]
+        for name, model in zip(names, models, strict=True):
+            shutil.rmtree(folder / name, ignore_errors=True)
+            files = _save_member(model, tokenizer, config, folder / name)
+        settings |= files | {"members": names}
     write_manifest(folder, PredictorKind.HEAD, settings)
     return folder
 
 
-def load_head_predictor(folder: str | Path, manifest: dict[str, Any]) -> HeadPredictor:
-    """A saved head predictor, ready to predict (adapter merged into the encoder)."""
+def _load_member(folder: Path, manifest: dict[str, Any], config: HeadConfig) -> tuple[LengthHeadModel, Any]:
     from safetensors.torch import load_file
 
     from lengthpred.encoders import load_encoder
     from lengthpred.head_model import LengthHeadModel
 
-    folder = Path(folder)
-    config = config_from_dict(HeadConfig, manifest["config"])
     if manifest.get("encoder_dir"):
         encoder, tokenizer = load_encoder(str(folder / manifest["encoder_dir"]))
     else:
@@ -261,4 +339,13 @@ def load_head_predictor(folder: str | Path, manifest: dict[str, Any]) -> HeadPre
     model = LengthHeadModel(encoder, config)
     model.head.load_state_dict(load_file(folder / manifest["head_file"]))
     model.to(next(encoder.parameters()).device).eval()
-    return HeadPredictor(model, tokenizer, config)
+    return model, tokenizer
+
+
+def load_head_predictor(folder: str | Path, manifest: dict[str, Any]) -> HeadPredictor:
+    """A saved head predictor (one model or an ensemble), ready to predict (adapters merged)."""
+    folder = Path(folder)
+    config = config_from_dict(HeadConfig, manifest["config"])
+    members = [folder / name for name in manifest.get("members", [])] or [folder]
+    loaded = [_load_member(member, manifest, config) for member in members]
+    return HeadPredictor([model for model, _ in loaded], loaded[0][1], config)

@@ -81,3 +81,38 @@ def test_head_trains_saves_and_loads(
     predicted = loaded.predict(validation.prompts)
     assert len(predicted) == len(validation) and all(value >= 1 for value in predicted)
     assert loaded.predict(validation.prompts[:3]) == predicted[:3]  # batching does not change a prediction
+
+
+def test_ensemble_averages_member_distributions_and_resumes_per_member(
+    tiny_model_dir: Path,
+    length_dataset: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = HeadConfig(
+        encoder=str(tiny_model_dir),
+        finetune=Finetune.FULL,
+        pooling=Pooling.LAST,
+        optim=OptimSettings(max_steps=4, learning_rate=2e-3, batch_size=16, grad_accum=1, eval_every=0, save_every=0),
+        eval_limit=0,
+        head_learning_rate=1e-2,
+        batch_size=8,
+        members=2,
+    )
+    train = load_length_data(length_dataset, "train", limit=64)
+    prompts = load_length_data(length_dataset, "validation", limit=12).prompts
+    logged: list[dict[str, float]] = []
+    folder, result = train_head(config, train, None, tmp_path, lambda _, m: logged.append(m), progress=False)
+    assert result.steps == 8  # two members of 4 steps
+    assert {key.split("_")[0] for m in logged for key in m} == {"member0", "member1"}
+    ensemble = load_saved(folder)
+    assert isinstance(ensemble, HeadPredictor) and len(ensemble.models) == 2
+    members = [load_saved(tmp_path / f"member-{index}" / "predictor") for index in range(2)]
+    assert isinstance(members[0], HeadPredictor) and isinstance(members[1], HeadPredictor)
+    # different seeds give different members; the ensemble's distribution is their mean
+    first, second = (member.distribution(prompts) for member in members)
+    assert not np.allclose(first, second)
+    assert np.allclose(ensemble.distribution(prompts), (first + second) / 2, atol=1e-6)
+    assert ensemble.predict(prompts) == [max(1, round(float(v))) for v in decide((first + second) / 2, config)]
+    # a rerun finds both members trained and only rebuilds the ensemble folder
+    again, rerun = train_head(config, train, None, tmp_path, progress=False)
+    assert rerun.steps == 0 and load_saved(again).predict(prompts) == ensemble.predict(prompts)
