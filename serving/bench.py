@@ -312,7 +312,7 @@ def tune_schedule(
     runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
     from lengthpred.data import load_length_data
     from serving.costmodel import fit, measure
-    from serving.tuning import tune_margin, tune_vbs
+    from serving.tuning import BATCH_SIZES, tune_margin, tune_vbs
 
     started = time.perf_counter()
     samples = measure(engine, batch_sizes=(1, 4, 16, 32, 64), prompt_lengths=(32, 160), steps=12)
@@ -322,7 +322,7 @@ def tune_schedule(
     predicted = predictor.predict_requests(held_out)
     true = data.max_lengths
     prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
-    margin = tune_margin(predicted, true, policy, cost, prompt_tokens=prompt_tokens)
+    margin = tune_margin(predicted, true, policy, cost, flat_sizes=BATCH_SIZES, prompt_tokens=prompt_tokens)
     vbs = tune_vbs(predicted, true, margin.config, cost, prompt_tokens=prompt_tokens)
     tuned = vbs.config
     info = {

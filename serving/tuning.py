@@ -53,9 +53,16 @@ def tune_margin(
     margin_tokens: Sequence[int] = MARGIN_TOKENS,
     margin_ratios: Sequence[float] = MARGIN_RATIOS,
     bin_widths: Sequence[int] = BIN_WIDTHS,
+    flat_sizes: Sequence[int] = (),
     prompt_tokens: int = 64,
 ) -> Tuned:
-    """The margin (additive and multiplicative) and bin width that serve these requests fastest."""
+    """The margin (additive and multiplicative) and bin width that serve these requests fastest.
+
+    Each (bin width, margin) is tried with cfg's VBS table and, when flat_sizes is given, with one batch size for
+    every bin (each of flat_sizes): the best margin depends on the batch sizes it is served with, and a flat
+    table is a far better start for tune_vbs than the paper's (whose coordinate descent otherwise stalls in a
+    table that fits the held-out requests' few long bins, not the next workload).
+    """
     cost = cost or StepCost()
     baseline_s, _ = _time(predicted, true, cfg, cost, prompt_tokens)
     best, best_s = cfg, baseline_s
@@ -64,11 +71,22 @@ def tune_margin(
         for ratio in margin_ratios:
             for tokens in margin_tokens:
                 candidate = replace(cfg, bin_width=width, margin_ratio=ratio, margin_tokens=tokens)
-                seconds, summary = _time(predicted, true, candidate, cost, prompt_tokens)
-                rows.append({"bin_width": width, "margin_ratio": ratio, "margin_tokens": tokens, **summary})
-                if seconds < best_s - 1e-9:
-                    best, best_s = candidate, seconds
+                tables = [candidate, *(flat_table(candidate, size) for size in flat_sizes)]
+                for table in tables:
+                    seconds, summary = _time(predicted, true, table, cost, prompt_tokens)
+                    flat = "" if table is candidate else table.batch_size
+                    rows.append(
+                        {"bin_width": width, "margin_ratio": ratio, "margin_tokens": tokens, "flat": flat, **summary}
+                    )
+                    if seconds < best_s - 1e-9:
+                        best, best_s = table, seconds
     return Tuned(best, baseline_s, best_s, rows)
+
+
+def flat_table(cfg: ScheduleConfig, size: int) -> ScheduleConfig:
+    """cfg with one batch size for every bin and for recompute batches."""
+    edges = [*range(cfg.bin_width, cfg.limit, cfg.bin_width), cfg.limit]
+    return replace(cfg, vbs=dict.fromkeys(edges, size), batch_size=size)
 
 
 def tune_vbs(

@@ -10,7 +10,7 @@ from serving.costmodel import StepSample, fit, measure, report
 from serving.engine import HFEngine
 from serving.scheduler import ScheduleConfig
 from serving.simulate import StepCost
-from serving.tuning import tune_margin, tune_vbs
+from serving.tuning import flat_table, tune_margin, tune_vbs
 
 COST = StepCost(fixed_s=0.08, per_row_s=0.004, per_context_s=0.0, prefill_fixed_s=0.01, prefill_token_s=0.0002)
 
@@ -35,6 +35,17 @@ def test_tune_margin_keeps_the_paper_policy_for_exact_predictions() -> None:
     tuned = tune_margin(true, true, ScheduleConfig(), COST, bin_widths=(50,))
     assert (tuned.config.margin_tokens, tuned.config.margin_ratio) == (0, 0.0)
     assert tuned.best_s == tuned.baseline_s
+
+
+def test_flat_tables_join_the_margin_search_when_steps_are_dear() -> None:
+    # A step costs 20x a row: big batches win everywhere, which the paper's table (16 rows beyond 250) is not.
+    predicted, true = pairs(400, bias=0.9, seed=2)
+    plain = tune_margin(predicted, true, ScheduleConfig(), COST, bin_widths=(50,))
+    flat = tune_margin(predicted, true, ScheduleConfig(), COST, bin_widths=(50,), flat_sizes=(16, 64, 256))
+    assert flat.best_s < plain.best_s
+    assert len(set(flat.config.vbs.values())) == 1 and flat.config.batch_size in (64, 256)
+    assert flat.config.vbs == flat_table(flat.config, flat.config.batch_size).vbs
+    assert any(row["flat"] == "" for row in flat.candidates)  # the paper's table stays a candidate
 
 
 def test_tune_vbs_never_predicts_slower_than_the_table() -> None:
