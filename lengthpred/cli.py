@@ -138,8 +138,7 @@ def _prepare_output(config: TrainConfig, train: LengthData) -> Path:
     stamp = output_dir / "setup.json"
     current = fingerprint(config, train)
     # Training state: checkpoints, and for an ensemble of heads each member's folder (checkpoints + its predictor).
-    state = [output_dir / "checkpoints", *sorted(output_dir.glob("member-*"))] if output_dir.exists() else []
-    state = [path for path in state if path.exists()]
+    state = [path for path in (output_dir / "checkpoints", *sorted(output_dir.glob("member-*"))) if path.exists()]
     if state:
         previous = json.loads(stamp.read_text()).get("fingerprint") if stamp.is_file() else None
         if not config.resume:

@@ -316,8 +316,8 @@ def save_head(models: Sequence[LengthHeadModel], tokenizer: Any, config: HeadCon
         names = [_member_name(index) for index in range(len(models))]
         for name, model in zip(names, models, strict=True):
             shutil.rmtree(folder / name, ignore_errors=True)
-            files = _save_member(model, tokenizer, config, folder / name)
-        settings |= files | {"members": names}
+            settings |= _save_member(model, tokenizer, config, folder / name)  # the same file names for each
+        settings["members"] = names
     write_manifest(folder, PredictorKind.HEAD, settings)
     return folder
 

@@ -83,10 +83,14 @@ def tune_margin(
     return Tuned(best, baseline_s, best_s, rows)
 
 
+def _edges(cfg: ScheduleConfig) -> list[int]:
+    """The upper edges of cfg's bins, the last one at the limit."""
+    return [*range(cfg.bin_width, cfg.limit, cfg.bin_width), cfg.limit]
+
+
 def flat_table(cfg: ScheduleConfig, size: int) -> ScheduleConfig:
     """cfg with one batch size for every bin and for recompute batches."""
-    edges = [*range(cfg.bin_width, cfg.limit, cfg.bin_width), cfg.limit]
-    return replace(cfg, vbs=dict.fromkeys(edges, size), batch_size=size)
+    return replace(cfg, vbs=dict.fromkeys(_edges(cfg), size), batch_size=size)
 
 
 def tune_vbs(
@@ -103,7 +107,7 @@ def tune_vbs(
     bins, smallest first, `rounds` times; `batch_size` covers bins above the table and recompute batches)."""
     cost = cost or StepCost()
     baseline_s, _ = _time(predicted, true, cfg, cost, prompt_tokens)
-    edges = [*range(cfg.bin_width, cfg.limit, cfg.bin_width), cfg.limit]
+    edges = _edges(cfg)
     # Start from the current table spelled out on this bin grid, so each edge can move on its own.
     current = replace(cfg, vbs={edge: _size_at(cfg, edge) for edge in edges})
     best_s = baseline_s
