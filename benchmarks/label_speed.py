@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from data_tools.sampler import LengthSampler, SamplerConfig, sample_seed
+from seqsched.engines.api import Engine, SamplingParams
+from seqsched.files import write_json
+from seqsched.requests import Request, read_requests
+from seqsched.tables import table
 
-from data_tools.io import Request, read_requests  # noqa: E402
-from data_tools.sampler import LengthSampler, SamplerConfig, sample_seed  # noqa: E402
-from serving.engine_api import Engine, SamplingParams  # noqa: E402
-from serving.report import table, write_json  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sequence-scheduling" / "alpaca-val-10k.json"
 
@@ -96,8 +96,9 @@ def main() -> int:
 
     import torch
 
-    from serving.engine import EngineConfig, HFEngine
-    from serving.llm import load_model
+    from seqsched.engines.config import EngineConfig
+    from seqsched.engines.hf import HFEngine
+    from seqsched.model_specs import load_model
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)

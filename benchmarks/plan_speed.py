@@ -58,7 +58,7 @@ def main() -> None:
         command = [
             sys.executable,
             "-m",
-            "serving.cli",
+            "seqsched_cli",
             "plan",
             "--lengths",
             str(trace),

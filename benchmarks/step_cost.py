@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from seqsched.tables import table
 
-from serving.report import table  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -31,8 +30,8 @@ def main() -> None:
 
     import torch
 
+    from seqsched.engines.hf import HFEngine
     from serving.costmodel import fit, measure, report
-    from serving.engine import HFEngine
 
     torch.set_num_threads(args.threads)
     engine = HFEngine.from_spec(args.model)

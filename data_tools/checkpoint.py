@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.errors import InputError, SeqschedError
+from seqsched.errors import InputError, SeqschedError
+from seqsched.files import write_text
 
 CHECKPOINT_FILE = "checkpoint.jsonl"
 SETTINGS_FILE = "settings.json"
@@ -69,9 +70,7 @@ class Checkpoint:
                     f"rerun with the same settings to resume it, or delete {self.folder} to start over"
                 )
             return
-        staging = settings_path.with_name(f".{SETTINGS_FILE}.partial")
-        staging.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        staging.replace(settings_path)
+        write_text(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     def _load(self) -> None:
         data = self.path.read_bytes()

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from seqsched.stats import percentile
+
 PAPER_BUCKET = 50
 """The paper rounds the max length up to a multiple of 50."""
 
@@ -31,21 +33,6 @@ def bucket_up(length: int, bucket: int = PAPER_BUCKET) -> int:
 def label(lengths: Sequence[int], bucket: int = PAPER_BUCKET) -> int:
     """The paper's label: the max length over samples, rounded up to a bucket."""
     return bucket_up(max_length(lengths), bucket)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between ranks (numpy's default)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-    # Interpolation can step a hair outside [ordered[low], ordered[high]] in floating point.
-    return min(max(value, ordered[low]), ordered[high])
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_tools.io import InputFormat, Request, _iter_records, read_requests
 from data_tools.labels import bucket_up, max_length
 from data_tools.schema import LengthRecord
-from serving.errors import InputError, SeqschedError
+from seqsched.errors import InputError, SeqschedError
+from seqsched.requests import InputFormat, Request, iter_records, read_requests
 
 PAPER_MODEL = "vicuna-7b (paper labels)"
 PAPER_MAX_NEW_TOKENS = 512
 REFERENCE_KEY = "L_gt"
 _SAMPLE_KEY = re.compile(r"^L_t(\d+(?:\.\d+)?)$")
+
+
+def sample_key(temperature: float) -> str:
+    """The paper's field name for a temperature's length: L_t0.0, L_t0.7; more digits when one is not enough
+    (L_t0.25), so that two temperatures never share a key."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    short = f"{temperature:.1f}"
+    return f"L_t{short}" if float(short) == temperature else f"L_t{temperature!r}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ def read_paper_lengths(path: str | Path) -> list[PaperLengths]:
     rows: list[PaperLengths] = []
     seen: set[str] = set()
     temperatures: list[float] | None = None
-    for position, record in _iter_records(path):
+    for position, record in iter_records(path):
         try:
             if isinstance(record, json.JSONDecodeError):
                 raise ValueError(f"invalid JSON ({record.msg}, column {record.colno})")

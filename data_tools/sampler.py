@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from data_tools.checkpoint import Checkpoint, Sample
-from data_tools.io import Request
 from data_tools.labels import bucket_up, max_length
 from data_tools.schema import LengthRecord
-from serving.engine_api import Engine, FinishReason, SamplingParams
+from seqsched.engines.api import Engine, FinishReason, SamplingParams
+from seqsched.requests import Request
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,13 @@ Folder layout written by `save_length_dataset`:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.errors import InputError
+from seqsched.errors import InputError
+from seqsched.files import atomic_dir
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -76,9 +75,7 @@ def save_length_dataset(
     from datasets import Dataset, DatasetDict
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as staging:
         dataset = DatasetDict({name: Dataset.from_list(_record_dicts(rows)) for name, rows in splits.items()})
         dataset.save_to_disk(str(staging))
         for name, rows in splits.items():
@@ -87,16 +84,6 @@ def save_length_dataset(
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         meta.counts = {name: len(rows) for name, rows in splits.items()}
         (staging / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-            staging.rename(out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

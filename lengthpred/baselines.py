@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lengthpred.artifact import config_to_dict, write_manifest
 from lengthpred.data import LengthData, TrainTarget
 from lengthpred.encoders import MINILM, Pooling
-from lengthpred.saved import PredictorKind, config_to_dict, write_manifest
+from lengthpred.kinds import PredictorKind
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,28 @@ def save_regressor(
     return folder
 
 
+def fit_sklearn(
+    config: SklearnConfig, train: LengthData, validation: LengthData | None, output_dir: str | Path, *_: Any
+) -> tuple[Path, None]:
+    """The sklearn kind's trainer: fit on the training split, save to output_dir/predictor."""
+    folder = save_regressor(train_sklearn(config, train), Path(output_dir) / "predictor", PredictorKind.SKLEARN, config)
+    return folder, None
+
+
+def fit_embedding(
+    config: EmbeddingConfig, train: LengthData, validation: LengthData | None, output_dir: str | Path, *_: Any
+) -> tuple[Path, None]:
+    """The embedding kind's trainer: embed, fit, save to output_dir/predictor."""
+    predictor = train_embedding(config, train)
+    return save_regressor(predictor, Path(output_dir) / "predictor", PredictorKind.EMBEDDING, config), None
+
+
 def load_regressor(folder: str | Path, manifest: dict[str, Any]) -> RegressorPredictor:
     """A saved sklearn or embedding predictor."""
     import joblib
 
+    from lengthpred.artifact import config_from_dict
     from lengthpred.encoders import load_encoder
-    from lengthpred.saved import config_from_dict
 
     estimator = joblib.load(Path(folder) / manifest["model_file"])
     if manifest["kind"] != PredictorKind.EMBEDDING.value:

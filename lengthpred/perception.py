@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lengthpred.predictor import length_query, parse_length
-from serving.engine_api import GREEDY, Engine
+from seqsched.engines.api import GREEDY, Engine
 
 
 @dataclass(frozen=True)
@@ -30,24 +30,19 @@ class PerceptionPredictor:
     config: PerceptionConfig = field(default_factory=PerceptionConfig)
     unparsed: int = 0
     """How many answers held no number so far (each got the fallback)."""
-    answers: list[str] = field(default_factory=list, repr=False)
-    """The raw answers of the last predict() call."""
 
     def predict(self, prompts: Sequence[str]) -> list[int]:
         """One predicted length per prompt, in order."""
         order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
         predictions = [0] * len(prompts)
-        answers = [""] * len(prompts)
         for start in range(0, len(order), self.config.batch_size):
             chunk = order[start : start + self.config.batch_size]
             prompt_ids = [self.engine.encode(length_query(prompts[index])) for index in chunk]
             output = self.engine.generate(prompt_ids, self.config.max_new_tokens, GREEDY)
             for index, row in zip(chunk, output.rows, strict=True):
-                answers[index] = row.text
                 value = parse_length(row.text)
                 if value is None:
                     self.unparsed += 1
                     value = self.config.fallback
                 predictions[index] = min(value, self.config.max_length)
-        self.answers = answers
         return predictions

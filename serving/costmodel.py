@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from serving.engine_api import GREEDY, Engine
+from seqsched.engines.api import GREEDY, Engine
 from serving.simulate import StepCost
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import shutil
@@ -11,12 +12,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from data_tools.io import Request, read_requests, write_jsonl
-from serving.config import parse_config
-from serving.engine_api import GREEDY
-from serving.generate import generate_in_order
-from serving.llm import ModelConfig
-from serving.report import table, write_json
+from seqsched.engines.api import GREEDY, Engine
+from seqsched.files import write_json, write_jsonl
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import Request, read_requests
+from seqsched.tables import table
+from serving.generate_command import generate_in_order
+from serving.scheduler import ScheduleConfig, Strategy
 
 
 def builtin_instructions() -> list[Request]:
@@ -67,9 +69,8 @@ class DemoConfig:
     torch_threads: int | None = None
 
 
-def demo_main(argv: Sequence[str]) -> int:
+def demo(config: DemoConfig) -> int:
     """`seqsched demo`."""
-    config = parse_config(DemoConfig, argv, prog="seqsched demo")
     if config.mode is DemoMode.ANSWERS:
         return answers_demo(config)
     return pipeline_demo(config)
@@ -77,7 +78,7 @@ def demo_main(argv: Sequence[str]) -> int:
 
 def answers_demo(config: DemoConfig) -> int:
     """The engine alone: built-in instructions answered, lengths and tokens/s."""
-    from serving.engine import HFEngine
+    from seqsched.engines.hf import HFEngine
 
     out_dir = Path(config.out_dir)
     started = time.perf_counter()
@@ -136,56 +137,49 @@ def _stage(name: str, started: float) -> None:
     print(f"\n=== {name} done in {time.perf_counter() - started:.0f} s ===\n", flush=True)
 
 
-def demo_policy(config: DemoConfig, lengths: Path, predictor: str, tracking_uri: str) -> list[str]:
-    """`seqsched serve` options for the scheduled run: margin, bins and VBS tuned by simulation on the held-out
-    split's predictor errors with this machine's measured step cost (the paper's GPU table, copied to a CPU with
-    a weak predictor, loses to vanilla); the paper's policy when nothing is held out."""
+def demo_policy(config: DemoConfig, engine: Engine, lengths: Path, predictor: str, tracking_uri: str) -> ScheduleConfig:
+    """The scheduled run's policy: margin, bins and VBS tuned by simulation on the held-out split's predictor
+    errors with this machine's measured step cost (the paper's GPU table, copied to a CPU with a weak
+    predictor, loses to vanilla); the paper's policy when nothing is held out."""
     from serving.bench import tune_schedule
-    from serving.engine import HFEngine
-    from serving.predictors import load_predictor
-    from serving.scheduler import ScheduleConfig, Strategy
+    from serving.predictors import resolve_predictor
 
-    if config.validation_fraction <= 0:
-        return []
-    engine = HFEngine.from_spec(config.model)
-    loaded = load_predictor(predictor, engine, tracking_uri)
-    assert loaded is not None
     start = ScheduleConfig(strategy=Strategy.FCR, limit=config.max_new_tokens, batch_size=config.batch_size)
+    if config.validation_fraction <= 0:
+        return start
+    loaded = resolve_predictor(predictor, engine, tracking_uri)
+    assert loaded is not None
     tuned, info = tune_schedule(engine, loaded, start, lengths, "validation")
-    vbs = json.dumps({str(edge): size for edge, size in tuned.vbs.items()})
     print(
         f"tuned on {info['records']} held-out instructions: margin +{tuned.margin_tokens} tokens "
-        f"x{1 + tuned.margin_ratio:.2f}, bins of {tuned.bin_width}, vbs {vbs}, recompute batch {tuned.batch_size} "
-        f"(simulated {info['simulated_paper_policy_s']:.0f} s with the paper's policy -> "
+        f"x{1 + tuned.margin_ratio:.2f}, bins of {tuned.bin_width}, vbs {tuned.vbs}, recompute batch "
+        f"{tuned.batch_size} (simulated {info['simulated_paper_policy_s']:.0f} s with the paper's policy -> "
         f"{info['simulated_after_vbs_s']:.0f} s)"
     )
-    return [
-        f"--bin_width={tuned.bin_width}",
-        f"--margin_tokens={tuned.margin_tokens}",
-        f"--margin_ratio={tuned.margin_ratio}",
-        f"--vbs={vbs}",
-        f"--batch_size={tuned.batch_size}",
-    ]
+    return tuned
 
 
 def pipeline_demo(config: DemoConfig) -> int:
     """label -> train -> register @champion -> serve vanilla and scheduled (OpenAI Batch in and out) -> compare."""
-    from data_tools.label_cli import label_main
-    from lengthpred.cli import train_main
-    from serving.backends import set_torch_threads
-    from serving.serve import metrics_path, serve_main
+    from lengthpred.kinds import PredictorKind
+
+    from data_tools.commands import LabelConfig, label
+    from lengthpred.commands import TrainConfig, train
+    from seqsched.engines.hf import HFEngine
+    from seqsched.engines.selection import set_torch_threads
+    from serving.serve_command import ServeConfig, metrics_path, serve
 
     set_torch_threads(config.torch_threads)
     out = Path(config.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
-    model = [f"--model.spec={config.model.spec}", f"--model.device={config.model.device.value}"]
-    model.append(f"--model.dtype={config.model.dtype.value}")
     limit = config.max_new_tokens
     requests = spread_sample(builtin_instructions(), config.prompts)
     instructions = out / "instructions.jsonl"
     write_jsonl(instructions, ({"id": r.id, "prompt": r.prompt} for r in requests))
     began = time.perf_counter()
+    print(f"loading {config.model.spec} once for the whole demo ...")
+    engine = HFEngine.from_spec(config.model)
 
     print(
         f"[1/4] label: {len(requests)} built-in instructions, temperatures {list(config.temperatures)}, limit {limit}"
@@ -193,57 +187,57 @@ def pipeline_demo(config: DemoConfig) -> int:
     started = time.perf_counter()
     lengths = out / "lengths"
     shutil.rmtree(lengths, ignore_errors=True)  # a fresh dataset each run (an interrupted one resumes)
-    temperatures = "[" + ",".join(str(value) for value in config.temperatures) + "]"
-    label_argv = [f"--data={instructions}", f"--out={lengths}", f"--temperatures={temperatures}"]
-    label_argv += [
-        f"--max_new_tokens={limit}",
-        "--batch_size=48",
-        f"--validation_fraction={config.validation_fraction}",
-    ]
-    label_main([*label_argv, *model])
+    label(
+        LabelConfig(
+            data=str(instructions),
+            out=str(lengths),
+            model=config.model,
+            temperatures=config.temperatures,
+            max_new_tokens=limit,
+            batch_size=48,
+            validation_fraction=config.validation_fraction,
+        ),
+        engine=engine,
+    )
     _stage("label", started)
 
     print(f"[2/4] train a {config.predictor} predictor, log it to MLflow, register it as {config.registered_name}")
     started = time.perf_counter()
-    train_main(
-        [
-            f"--kind={config.predictor}",
-            f"--data={lengths}",
-            f"--output_dir={out / 'predictor'}",
-            "--resume=false",
-            f"--tracking_uri={tracking_uri}",
-            "--experiment=seqsched-demo",
-            f"--register_as={config.registered_name}",
-            "--alias=champion",
-        ]
+    train(
+        TrainConfig(
+            kind=PredictorKind(config.predictor),
+            data=str(lengths),
+            output_dir=str(out / "predictor"),
+            resume=False,
+            tracking_uri=tracking_uri,
+            experiment="seqsched-demo",
+            register_as=config.registered_name,
+            alias="champion",
+        )
     )
     _stage("train + register", started)
 
+    champion = f"models:/{config.registered_name}@champion"
     print("      tune the schedule: step cost measured here, predictor errors on the held-out instructions")
     started = time.perf_counter()
-    policy = demo_policy(config, lengths, f"models:/{config.registered_name}@champion", tracking_uri)
+    policy = demo_policy(config, engine, lengths, champion, tracking_uri)
     _stage("tune", started)
 
     print("[3/4] serve the requests (OpenAI Batch JSONL): vanilla, then scheduled with the @champion predictor")
     started = time.perf_counter()
     batch_input = out / "requests.jsonl"
     write_jsonl(batch_input, (batch_line(r, config.model.spec, limit) for r in requests))
-    common = [f"--input={batch_input}", f"--limit={limit}", f"--batch_size={config.batch_size}", *model]
     vanilla_out, scheduled_out = out / "vanilla.jsonl", out / "scheduled.jsonl"
-    serve_main([*common, "--strategy=vanilla", f"--output={vanilla_out}"])
-    champion = f"models:/{config.registered_name}@champion"
-    serve_main(
-        [
-            *common,
-            "--strategy=fcr",
-            *policy,
-            f"--predictor={champion}",
-            f"--tracking_uri={tracking_uri}",
-            f"--output={scheduled_out}",
-        ]
+    common = {"input": str(batch_input), "limit": limit, "model": config.model}
+    serve(
+        ServeConfig(**common, strategy=Strategy.VANILLA, batch_size=config.batch_size, output=str(vanilla_out)), engine
     )
+    scheduled = dataclasses.replace(
+        ServeConfig(**common, predictor=champion, tracking_uri=tracking_uri, output=str(scheduled_out)),
+        **{item.name: getattr(policy, item.name) for item in dataclasses.fields(ScheduleConfig)},
+    )
+    serve(scheduled, engine)
     _stage("serve", started)
-
     print("[4/4] vanilla vs scheduled")
     rows = []
     for name, path in (("vanilla", vanilla_out), (f"fcr ({champion})", scheduled_out)):

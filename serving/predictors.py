@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from data_tools.io import Request
-from serving.errors import InputError, SeqschedError
+from seqsched.errors import InputError, SeqschedError
+from seqsched.requests import Request
 
 if TYPE_CHECKING:
     from lengthpred.predictor import LengthPredictor
-    from serving.engine_api import Engine
+    from seqsched.engines.api import Engine
 
 ORACLE_KEYS = ("true", "length", "num_tokens")
 """Fields an oracle JSONL line may give the length in (the first one present wins)."""
 
 
-class PredictorKind(enum.Enum):
-    """Where predicted lengths come from."""
+class PredictorSource(enum.Enum):
+    """Where a `--predictor` spec's lengths come from (what kind of model a registered one is, is
+    lengthpred.kinds' business)."""
 
     NONE = "none"
     PERCEPTION = "perception"
@@ -39,30 +40,30 @@ class PredictorKind(enum.Enum):
 class PredictorSpec:
     """A parsed `--predictor` value."""
 
-    kind: PredictorKind
+    kind: PredictorSource
     target: str = ""
     """The model URI (registry) or the file (oracle)."""
 
     def __str__(self) -> str:
-        if self.kind is PredictorKind.ORACLE:
+        if self.kind is PredictorSource.ORACLE:
             return f"oracle:{self.target}"
-        return self.target if self.kind is PredictorKind.REGISTRY else self.kind.value
+        return self.target if self.kind is PredictorSource.REGISTRY else self.kind.value
 
 
 def parse_predictor(spec: str) -> PredictorSpec:
     """Parse a `--predictor` value; a clear error for anything else."""
     value = spec.strip()
     if value.lower() in ("", "none"):
-        return PredictorSpec(PredictorKind.NONE)
+        return PredictorSpec(PredictorSource.NONE)
     if value.lower() == "perception":
-        return PredictorSpec(PredictorKind.PERCEPTION)
+        return PredictorSpec(PredictorSource.PERCEPTION)
     if value.startswith("oracle:"):
         target = value.removeprefix("oracle:")
         if not target:
             raise SeqschedError("--predictor oracle:FILE needs a file (JSONL of {id, true} or a length dataset)")
-        return PredictorSpec(PredictorKind.ORACLE, target)
+        return PredictorSpec(PredictorSource.ORACLE, target)
     if value.startswith(("models:/", "runs:/")):
-        return PredictorSpec(PredictorKind.REGISTRY, value)
+        return PredictorSpec(PredictorSource.REGISTRY, value)
     raise SeqschedError(
         f"--predictor {spec!r}: expected models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN/PATH, "
         "oracle:FILE, perception or none"
@@ -180,16 +181,16 @@ def _oracle_from_dataset(path: Path) -> OracleLengths:
     return OracleLengths(lengths, str(path))
 
 
-def load_predictor(
+def resolve_predictor(
     spec: str | PredictorSpec, engine: Engine | None = None, tracking_uri: str | None = None
 ) -> RequestPredictor | None:
     """The predictor a spec names (None for `none`); perception needs the serving engine."""
     parsed = parse_predictor(spec) if isinstance(spec, str) else spec
-    if parsed.kind is PredictorKind.NONE:
+    if parsed.kind is PredictorSource.NONE:
         return None
-    if parsed.kind is PredictorKind.ORACLE:
+    if parsed.kind is PredictorSource.ORACLE:
         return read_oracle(parsed.target)
-    if parsed.kind is PredictorKind.PERCEPTION:
+    if parsed.kind is PredictorSource.PERCEPTION:
         if engine is None:
             raise SeqschedError("--predictor perception asks the served model: it needs the engine")
         from lengthpred.perception import PerceptionPredictor

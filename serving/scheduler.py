@@ -3,7 +3,7 @@
 The paper's method (Zheng et al. 2023): sort requests by predicted response length, group them into bins
 of `bin_width` tokens, give each bin its own batch size (variable batch size, VBS), cap every batch at its
 bin's length, collect the requests that did not finish by then (failure collection, FCR) and recompute
-them together at the end with the full limit. The runner (serving.runner) applies a plan on an engine;
+them together at the end with the full limit. The runner (serving.runner.static) applies a plan on an engine;
 `seqsched plan` prints one; serving.simulate predicts what one costs.
 """
 
@@ -12,8 +12,10 @@ from __future__ import annotations
 import bisect
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from seqsched.errors import require
 
 PAPER_VBS: dict[int, int] = {50: 256, 100: 128, 150: 64, 200: 32, 250: 16, 300: 16}
 """The paper's variable batch sizes: a bin capped at up to KEY tokens runs VALUE requests per batch."""
@@ -74,18 +76,21 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         # YAML/JSON may spell the table's keys as strings; the policy works on integers.
         object.__setattr__(self, "vbs", {int(cap): int(size) for cap, size in self.vbs.items()})
-        if self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if self.bin_width < 1:
-            raise ValueError(f"bin_width must be >= 1, got {self.bin_width}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if any(cap < 1 or size < 1 for cap, size in self.vbs.items()):
-            raise ValueError(f"vbs entries must be positive (cap: batch size), got {self.vbs}")
-        if self.token_budget is not None and self.token_budget < 1:
-            raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
-        if self.margin_tokens < 0 or self.margin_ratio < 0:
-            raise ValueError("margin_tokens and margin_ratio must be >= 0")
+        require(self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
+        require(self.bin_width >= 1, "bin_width", f"must be >= 1, got {self.bin_width}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        bad = {cap: size for cap, size in self.vbs.items() if cap < 1 or size < 1}
+        require(not bad, "vbs", f"entries must be positive (cap: batch size), got {bad}")
+        budget = self.token_budget
+        require(budget is None or budget >= 1, "token_budget", f"must be >= 1, got {budget}")
+        require(self.margin_tokens >= 0, "margin_tokens", f"must be >= 0, got {self.margin_tokens}")
+        require(self.margin_ratio >= 0, "margin_ratio", f"must be >= 0, got {self.margin_ratio}")
+
+    def schedule(self) -> ScheduleConfig:
+        """The scheduling part of a command's config (which extends this one)."""
+        from dataclasses import fields
+
+        return ScheduleConfig(**{item.name: getattr(self, item.name) for item in fields(ScheduleConfig)})
 
     @property
     def binned(self) -> bool:
@@ -263,6 +268,20 @@ def recompute_plan(
     keys = [(bins[index] * (cfg.limit + 1) + own[index]) * size + index for index in ids]
     order = [ids[position] for position in sorted(range(len(ids)), key=keys.__getitem__)]
     return _pack_bins(order, bins, own, cfg, Phase.RECOMPUTE, capped=True)
+
+
+def request_cap(cap: int, budget: int) -> int:
+    """The FCR cap rule, one for every engine: what a request may generate in a pass capped at `cap` when it
+    may generate `budget` tokens in all. One token past the cap when its budget goes on, so that a response of
+    exactly the cap's length can emit its stop token and finish instead of being recomputed; its budget when
+    that is smaller. A row that uses all cap + 1 tokens without stopping has failed its cap."""
+    return min(budget, cap + 1)
+
+
+def engine_steps(cap: int, budgets: Iterable[int]) -> int:
+    """Decode steps of a static batch capped at `cap` whose rows may generate `budgets`: the largest
+    request_cap among its rows (the cap itself when every budget is at or under it)."""
+    return max(cap, max((request_cap(cap, budget) for budget in budgets), default=cap))
 
 
 def failed_requests(batches: Sequence[Batch], true_lengths: Sequence[int], limits: Sequence[int]) -> list[int]:

@@ -1,13 +1,13 @@
 """Predict what a plan costs without a model (pure, no torch): true lengths + a step-cost model -> time,
 row-steps, effective token ratio, failures. Used by `seqsched plan` and to tune margins and batch sizes.
 
-The simulated engine is serving.engine's static batching: a batch runs until every row has emitted its
+The simulated engine is seqsched.engines.hf's static batching: a batch runs until every row has emitted its
 stop token or the step cap is reached, and finished rows keep occupying their slot (unless evicted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from serving.scheduler import (
@@ -15,6 +15,7 @@ from serving.scheduler import (
     RecomputeMode,
     ScheduleConfig,
     Strategy,
+    engine_steps,
     plan,
     recompute_plan,
 )
@@ -26,8 +27,8 @@ class StepCost:
 
     step_s(batch, context) = fixed_s + per_row_s * batch + per_context_s * batch * context
     prefill_s(batch, prompt) = prefill_fixed_s + prefill_token_s * batch * prompt
-    Defaults: SmolLM2-135M fp32 on the 2-core CPU of this project (benchmarks/step_cost.py, fitted
-    2026-11-25; see benchmarks/serve/step_cost.json). Refit for another engine or machine.
+    Defaults: SmolLM2-135M fp32 on this project's 2-core CPU at short contexts, fitted 2026-11-25 with
+    benchmarks/step_cost.py (no file was kept). Refit for another engine or machine.
     """
 
     fixed_s: float = 0.0745
@@ -105,13 +106,6 @@ class SimResult:
             "time_s": total.time_s,
             "samples_per_s": requests / total.time_s if total.time_s else 0.0,
         }
-
-
-def engine_steps(max_new_tokens: int, budgets: Iterable[int]) -> int:
-    """Decode steps the runner gives a batch capped at max_new_tokens whose rows may still generate `budgets`
-    tokens: one past the cap when a row may go on, so that a response of exactly the cap's length can emit
-    its stop token and finish instead of being recomputed."""
-    return max_new_tokens + 1 if any(budget > max_new_tokens for budget in budgets) else max_new_tokens
 
 
 def simulate_batches(
@@ -237,4 +231,4 @@ def compare(
     ]
 
 
-__all__ = ["SimResult", "SimStats", "StepCost", "compare", "engine_steps", "simulate", "simulate_batches"]
+__all__ = ["SimResult", "SimStats", "StepCost", "compare", "simulate", "simulate_batches"]

@@ -44,7 +44,7 @@ def tiny_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir: Path):
     """An HFEngine over the tiny model (static batches, as the paper's engine)."""
-    from serving.engine import HFEngine
+    from seqsched.engines.hf import HFEngine
 
     return HFEngine.from_spec(str(tiny_model_dir))
 
@@ -52,7 +52,7 @@ def tiny_engine(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def smollm2_engine():
     """An HFEngine over the real SmolLM2-135M-Instruct (integration tests only)."""
-    from serving.engine import HFEngine
+    from seqsched.engines.hf import HFEngine
 
     return HFEngine.from_spec("smollm2")
 

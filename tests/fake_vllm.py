@@ -14,7 +14,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.engine import HFEngine
+from seqsched.engines.hf import HFEngine
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lengthpred.artifact import load_saved, read_manifest
 from lengthpred.baselines import (
     EmbeddingConfig,
     Regressor,
@@ -18,8 +19,8 @@ from lengthpred.baselines import (
 from lengthpred.data import load_length_data
 from lengthpred.encoders import Pooling
 from lengthpred.evaluate import compute_metrics
+from lengthpred.kinds import PredictorKind
 from lengthpred.predictor import LengthPredictor
-from lengthpred.saved import PredictorKind, load_saved, read_manifest
 from tests.synthetic_lengths import length_dataset  # noqa: F401  (fixture)
 
 

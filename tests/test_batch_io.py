@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_tools.io import InputFormat
+from seqsched.engines.api import FinishReason
+from seqsched.requests import InputFormat
 from serving.batch_io import OutputFormat, output_lines, read_batch_input, write_batch_output
-from serving.engine_api import FinishReason
 from serving.runner import RequestRecord
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.io import Request, write_jsonl
+from seqsched.engines.hf import HFEngine
+from seqsched.files import write_jsonl
+from seqsched.requests import Request
+from seqsched_cli.main import main
 from serving.bench import BenchConfig, BenchStrategy, round_order, run_bench, summarize
-from serving.cli import main
-from serving.engine import HFEngine
 from serving.runner import run
 from serving.scheduler import ScheduleConfig, Strategy
 from tests.tiny_model import synthetic_prompts
@@ -72,6 +73,11 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
     # The table is built from the median round of each strategy.
     again, _ = summarize(result.runs, list(BenchStrategy))
     assert again == result.rows
+    # wasted_share is everything but the output tokens: padding, finished rows and FCR's thrown-away attempts.
+    times = {row["strategy"]: row for row in result.time_rows}
+    assert "padding_share" not in times["fcr"]
+    assert times["fcr"]["wasted_share"] == pytest.approx(1 - fcr["effective_token_ratio"])
+    assert fcr["recompute_share"] > 0 and times["fcr"]["wasted_share"] > 0
 
 
 def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_oracle: Path, tmp_path: Path) -> None:
@@ -105,7 +111,7 @@ def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_orac
 
 
 def test_scheduled_rows_need_a_predictor(tiny_engine: HFEngine, requests: list[Request]) -> None:
-    from serving.errors import SeqschedError
+    from seqsched.errors import SeqschedError
 
     config = BenchConfig(strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR), progress=False, **POLICY)
     with pytest.raises(SeqschedError, match="need --predictor"):

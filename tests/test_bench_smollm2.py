@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.io import write_jsonl
-from serving.cli import main
+from seqsched.files import write_jsonl
+from seqsched_cli.main import main
 from serving.demo import builtin_instructions, spread_sample
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from data_tools.io import Request
-from serving.continuous import ContinuousMode, mode_for, priorities, run_continuous, serve_requests
-from serving.engine import HFEngine
-from serving.errors import SeqschedError
+from seqsched.engines.hf import HFEngine
+from seqsched.engines.vllm import VLLMEngine
+from seqsched.errors import SeqschedError
+from seqsched.requests import Request
 from serving.runner import run
+from serving.runner.continuous import ContinuousMode, mode_for, priorities
 from serving.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
-from serving.vllm_engine import VLLMEngine
 from tests.fake_vllm import LLM, fake_vllm_module
 from tests.tiny_model import synthetic_prompts
 
@@ -52,7 +52,7 @@ def test_modes_follow_the_strategies() -> None:
 def test_priority_and_fcr_equal_fcfs(
     tiny_engine: HFEngine, fake_engine: VLLMEngine, requests: list[Request], mode: RecomputeMode
 ) -> None:
-    fcfs = run_continuous(fake_engine, requests, None, BASE)
+    fcfs = run(fake_engine, requests, None, BASE)
     static = run(tiny_engine, requests, None, BASE)
     assert [r.token_ids for r in fcfs.records] == [r.token_ids for r in static.records], "vLLM-like equals HF"
     true = [record.num_tokens for record in fcfs.records]
@@ -60,7 +60,7 @@ def test_priority_and_fcr_equal_fcfs(
     noisy = [max(0, length + rng.randint(-8, 8)) for length in true]
     for strategy in (Strategy.SEQSCH, Strategy.FCR):
         cfg = ScheduleConfig(strategy=strategy, limit=40, bin_width=5, recompute=mode)
-        result = run_continuous(fake_engine, requests, noisy, cfg)
+        result = run(fake_engine, requests, noisy, cfg)
         assert [r.id for r in result.records] == [r.id for r in requests], "input order"
         assert [r.token_ids for r in result.records] == [r.token_ids for r in fcfs.records], strategy
         if strategy is Strategy.FCR:
@@ -71,10 +71,10 @@ def test_priority_and_fcr_equal_fcfs(
 
 
 def test_shortest_predicted_finishes_first(fake_engine: VLLMEngine, requests: list[Request]) -> None:
-    fcfs = run_continuous(fake_engine, requests, None, BASE)
+    fcfs = run(fake_engine, requests, None, BASE)
     true = [record.num_tokens for record in fcfs.records]
     cfg = ScheduleConfig(strategy=Strategy.SEQSCH, limit=40)
-    result = run_continuous(fake_engine, requests, true, cfg)
+    result = run(fake_engine, requests, true, cfg)
     mean = sum(r.completion_s for r in result.records) / len(requests)
     assert result.metrics.latency_p50_s <= max(r.completion_s for r in result.records)
     order = sorted(range(len(requests)), key=lambda index: result.records[index].completion_s)
@@ -83,9 +83,19 @@ def test_shortest_predicted_finishes_first(fake_engine: VLLMEngine, requests: li
 
 
 def test_dispatch_and_errors(tiny_engine: HFEngine, fake_engine: VLLMEngine, requests: list[Request]) -> None:
-    assert len(serve_requests(fake_engine, requests[:3], None, BASE).batches) == 1, "continuous: one submission"
-    assert len(serve_requests(tiny_engine, requests[:12], None, BASE).batches) == 2, "static batches of 6"
+    assert len(run(fake_engine, requests[:3], None, BASE).batches) == 1, "continuous: one submission"
+    assert len(run(tiny_engine, requests[:12], None, BASE).batches) == 2, "static batches of 6"
     with pytest.raises(SeqschedError, match="needs predicted lengths"):
-        run_continuous(fake_engine, requests, None, ScheduleConfig(strategy=Strategy.FCR))
-    with pytest.raises(SeqschedError, match="submit"):
-        run_continuous(tiny_engine, requests, None, BASE)  # type: ignore[arg-type]
+        run(fake_engine, requests, None, ScheduleConfig(strategy=Strategy.FCR))
+
+
+def test_fcr_caps_follow_one_rule_on_every_engine(
+    tiny_engine: HFEngine, fake_engine: VLLMEngine, requests: list[Request]
+) -> None:
+    """A request predicted exactly its true length finishes in its first pass on both engines (one step past
+    the bin edge for its stop token): none is recomputed for nothing."""
+    true = [record.num_tokens for record in run(tiny_engine, requests, None, BASE).records]
+    cfg = ScheduleConfig(strategy=Strategy.FCR, limit=40, bin_width=1)  # every bin edge = the predicted length
+    for engine in (tiny_engine, fake_engine):
+        result = run(engine, requests, true, cfg)
+        assert result.metrics.failed == 0, type(engine).__name__

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.engine import EngineConfig, HFEngine
-from serving.engine_api import FinishReason, SamplingParams
+from seqsched.engines.api import FinishReason, SamplingParams
+from seqsched.engines.config import EngineConfig
+from seqsched.engines.hf import HFEngine
 from tests.tiny_model import synthetic_prompts
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lengthpred.cli import eval_main
 from lengthpred.evaluate import EvalTarget, compute_metrics, evaluate, per_bucket, plot
+from seqsched_cli.main import main
 from tests.synthetic_lengths import length_dataset  # noqa: F401  (fixture)
 
 
@@ -82,14 +82,14 @@ def test_evaluate_counts_unparsed_and_scores_both_targets(tmp_path: Path) -> Non
 def test_eval_command_on_a_saved_predictor(length_dataset: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
     from lengthpred.baselines import SklearnConfig, save_regressor, train_sklearn
     from lengthpred.data import load_length_data
-    from lengthpred.saved import PredictorKind
+    from lengthpred.kinds import PredictorKind
 
     config = SklearnConfig()
     predictor = train_sklearn(config, load_length_data(length_dataset, "train"))
     folder = save_regressor(predictor, tmp_path / "predictor", PredictorKind.SKLEARN, config)
     out = tmp_path / "eval"
     argv = ["--predictor", str(folder), "--data", str(length_dataset), "--split", "validation", "--limit", "20"]
-    assert eval_main([*argv, "--output-dir", str(out), "--target", "label"]) == 0
+    assert main(["eval", *argv, "--output-dir", str(out), "--target", "label"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["target"] == "label" and report["metrics"]["count"] == 20
     assert (out / "eval_scatter.png").is_file() and (out / "eval_errors.png").is_file()

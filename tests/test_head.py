@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from lengthpred.artifact import load_saved, predictor_kind
 from lengthpred.data import load_length_data
 from lengthpred.encoders import Pooling
 from lengthpred.head import Decision, Finetune, HeadConfig, HeadPredictor, bin_count, decide, train_head
 from lengthpred.head_model import soft_targets
-from lengthpred.saved import PredictorKind, load_saved, predictor_kind
+from lengthpred.kinds import PredictorKind
 from lengthpred.train import LoraSettings, OptimSettings
 from tests.synthetic_lengths import length_dataset  # noqa: F401  (fixture)
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.io import InputFormat, alpaca_prompt, read_requests, write_jsonl
-from serving.errors import InputError
+from seqsched.errors import InputError
+from seqsched.files import write_jsonl
+from seqsched.requests import InputFormat, alpaca_prompt, read_requests
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

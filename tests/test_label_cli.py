@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.label_cli import LabelConfig, _normalize_temperatures
+from data_tools.commands import LabelConfig
 from data_tools.schema import load_length_dataset
-from serving.cli import main
-from serving.config import load_recipe
-from serving.llm import Device, DType
+from seqsched.config import load_recipe, parse_config
+from seqsched.errors import SeqschedError
+from seqsched.model_specs import Device, DType
+from seqsched_cli.main import main
 from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.tiny_model import synthetic_prompts
 
@@ -38,7 +39,7 @@ def test_label_then_stats(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.C
     assert (out / "stats" / "label_hist.png").stat().st_size > 1000
 
     stats_dir = tmp_path / "stats"
-    assert main(["label", "stats", str(out), "--out", str(stats_dir)]) == 0
+    assert main(["label", "stats", "--dataset", str(out), "--out", str(stats_dir)]) == 0
     report = json.loads((stats_dir / "stats.json").read_text())
     assert set(report["splits"]) == {"train", "validation"}
     assert report["meta"]["max_new_tokens"] == 12
@@ -49,7 +50,7 @@ def test_label_then_stats(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.C
 
     # Lengths only, in the paper's format, and back: the same labels for the same ids.
     exported = tmp_path / "lengths.json"
-    assert main(["label", "export", str(out), "--out", str(exported)]) == 0
+    assert main(["label", "export", "--dataset", str(out), "--out", str(exported)]) == 0
     rows = json.loads(exported.read_text())
     assert len(rows) == 10 and set(rows[0]) == {"id", "L_t0.0", "L_t1.0"} and "prompt" not in rows[0]
     rebuilt = tmp_path / "rebuilt"
@@ -71,14 +72,19 @@ def test_bad_instruction_line_is_one_clear_error(
     assert err.count("\n") == 1 and f"{data}:2: empty 'prompt'" in err
     assert main(["label", "--data", str(data)]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["label", "stats", str(tmp_path)]) == 2
+    assert main(["label", "stats", "--dataset", str(tmp_path)]) == 2
     assert "not a dataset folder" in capsys.readouterr().err
 
 
 def test_temperatures_accept_the_comma_form() -> None:
-    assert _normalize_temperatures(["--temperatures", "0,0.3,0.5,0.7"]) == ["--temperatures", "[0,0.3,0.5,0.7]"]
-    assert _normalize_temperatures(["--temperatures=0.7", "--seed", "1"]) == ["--temperatures=[0.7]", "--seed", "1"]
-    assert _normalize_temperatures(["--temperatures", "[0, 0.3]"]) == ["--temperatures", "[0, 0.3]"]
+    def parsed(*argv: str) -> tuple[float, ...]:
+        return parse_config(LabelConfig, list(argv), "t").temperatures
+
+    assert parsed("--temperatures", "0,0.3,0.5,0.7") == (0.0, 0.3, 0.5, 0.7)
+    assert parsed("--temperatures=0.7", "--seed", "1") == (0.7,)
+    assert parsed("--temperatures", "[0, 0.3]") == (0.0, 0.3)
+    with pytest.raises(SeqschedError, match="temperatures"):
+        parsed("--temperatures", "0,warm")
 
 
 def test_recipes_hold_the_intended_settings() -> None:

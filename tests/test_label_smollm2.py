@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.label_cli import LabelConfig, run_label
-from serving.engine import EngineConfig, HFEngine
-from serving.llm import ModelConfig
+from data_tools.commands import LabelConfig, run_label
+from seqsched.engines.config import EngineConfig
+from seqsched.engines.hf import HFEngine
+from seqsched.model_specs import ModelConfig
 from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.integration

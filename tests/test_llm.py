@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import SeqschedError
-from serving.llm import DType, ModelConfig, load_model, pick_dtype, resolve_model_path
+from seqsched.errors import SeqschedError
+from seqsched.model_specs import DType, ModelConfig, load_model, pick_dtype, resolve_model_path
 
 
 def test_folder_spec_loads(tiny_model_dir: Path) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lengthpred.cli import train_main
 from lengthpred.registry import load_predictor
+from seqsched_cli.main import main
 from tests.synthetic_lengths import length_dataset  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_train_register_load_against_a_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert train_main(["--config", str(REPO / "recipes/sklearn/train.yaml"), "--data", str(length_dataset),
+    assert main(["train", "--config", str(REPO / "recipes/sklearn/train.yaml"), "--data", str(length_dataset),
                        "--tracking-uri", mlflow_server, "--register-as", "lenpred-server", "--alias", "champion",
                        "--output_dir", str(tmp_path / "out"), "--progress", "false"]) == 0  # fmt: skip
     # Run from tmp_path, a local store would show up there: everything went to the server instead.

@@ -10,8 +10,8 @@ import pytest
 from data_tools.labels import label_stats
 from data_tools.paper_labels import PAPER_MODEL, paper_records, read_paper_lengths
 from data_tools.schema import load_length_dataset, load_meta
-from serving.cli import main
-from serving.errors import InputError, SeqschedError
+from seqsched.errors import InputError, SeqschedError
+from seqsched_cli.main import main
 
 LENGTHS = [
     {"id": "5", "L_gt": 160, "L_t0.7": 220, "L_t0.5": 277, "L_t0.3": 142, "L_t0.0": 115},
@@ -133,3 +133,25 @@ def test_lengths_for_part_of_the_instructions(tmp_path: Path) -> None:
     lengths_path.write_text(json.dumps(rows[:2]))
     records = paper_records(lengths_path, data_path)
     assert [record.id for record in records] == [row["id"] for row in rows[:2]]
+
+
+def test_sample_keys_never_collide() -> None:
+    from data_tools.paper_labels import sample_key
+
+    assert [sample_key(t) for t in (0.0, 0.3, 0.5, 0.7)] == ["L_t0.0", "L_t0.3", "L_t0.5", "L_t0.7"]
+    temperatures = [0.0, 0.2, 0.25, 0.3, 0.7, 1.0, 1.05, 0.123]
+    keys = [sample_key(t) for t in temperatures]
+    assert len(set(keys)) == len(keys), keys
+    assert sample_key(0.25) == "L_t0.25"
+    rows = [{"id": "5", **{key: 10 + index for index, key in enumerate(keys)}}]
+    (lengths,) = _read_rows(rows)
+    assert lengths.lengths == {t: 10 + index for index, t in enumerate(temperatures)}
+
+
+def _read_rows(rows: list[dict]) -> list:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "lengths.json"
+        path.write_text(json.dumps(rows))
+        return read_paper_lengths(path)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.io import write_jsonl
-from serving.parallel import Process, current_process
-from serving.serve import metrics_path
+from seqsched.distributed import Process, current_process
+from seqsched.files import write_jsonl
+from serving.serve_command import metrics_path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,7 +38,14 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def serve(launcher: list[str], folder: Path, name: str, model: Path) -> list[dict]:
-    argv = [*launcher, "-m", "serving.cli", "serve", f"--input={folder / 'in.jsonl'}", f"--output={folder / name}"]
+    argv = [
+        *launcher,
+        "-m",
+        "seqsched_cli.main",
+        "serve",
+        f"--input={folder / 'in.jsonl'}",
+        f"--output={folder / name}",
+    ]
     argv += [f"--model.spec={model}", "--strategy=fcr", f"--predictor=oracle:{folder / 'oracle.jsonl'}"]
     argv += ["--limit=40", "--bin_width=5", "--progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

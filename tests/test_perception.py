@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lengthpred.perception import PerceptionConfig, PerceptionPredictor
 from lengthpred.predictor import LENGTH_QUERY, LengthPredictor, length_query, parse_length
-from serving.engine import HFEngine
-from serving.engine_api import GREEDY
+from seqsched.engines.api import GREEDY
+from seqsched.engines.hf import HFEngine
 from tests.tiny_model import synthetic_prompts
 
 
@@ -27,9 +27,8 @@ def test_perception_predictor_matches_direct_generation(tiny_engine: HFEngine) -
     assert isinstance(predictor, LengthPredictor)
     predicted = predictor.predict(prompts)
     assert len(predicted) == len(prompts)
-    for prompt, value, answer in zip(prompts, predicted, predictor.answers, strict=True):
-        direct = tiny_engine.generate([tiny_engine.encode(length_query(prompt))], 6, GREEDY).rows[0].text
-        assert answer == direct
-        parsed = parse_length(direct)
+    answers = [tiny_engine.generate([tiny_engine.encode(length_query(p))], 6, GREEDY).rows[0].text for p in prompts]
+    for value, answer in zip(predicted, answers, strict=True):
+        parsed = parse_length(answer)
         assert value == (77 if parsed is None else parsed)
-    assert predictor.unparsed == sum(parse_length(answer) is None for answer in predictor.answers)
+    assert predictor.unparsed == sum(parse_length(answer) is None for answer in answers)

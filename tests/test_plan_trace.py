@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
-from serving.plan_trace import read_trace
+from seqsched_cli.main import main
+from serving.plan_command import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_blank_lines_are_skipped(tmp_path: Path) -> None:
 def test_plan_does_not_import_torch(tmp_path: Path) -> None:
     write_trace(tmp_path / "trace.jsonl", 50)
     code = (
-        "import sys; from serving.cli import main; "
+        "import sys; from seqsched_cli.main import main; "
         f"main(['plan', '--lengths', {str(tmp_path / 'trace.jsonl')!r}, '--out', {str(tmp_path / 'p.json')!r}]); "
         "print('torch' in sys.modules)"
     )

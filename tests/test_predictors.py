@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.io import Request
 from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_dataset
-from serving.errors import InputError, SeqschedError
+from seqsched.errors import InputError, SeqschedError
+from seqsched.requests import Request
 from serving.predictors import (
     OracleLengths,
-    PredictorKind,
+    PredictorSource,
     PromptPredictor,
-    load_predictor,
     parse_predictor,
     read_oracle,
+    resolve_predictor,
 )
 
 REQUESTS = [Request(id="a", prompt="one"), Request(id="b", prompt="two two")]
@@ -26,15 +26,15 @@ REQUESTS = [Request(id="a", prompt="one"), Request(id="b", prompt="two two")]
 @pytest.mark.parametrize(
     ("spec", "kind", "target"),
     [
-        ("none", PredictorKind.NONE, ""),
-        ("perception", PredictorKind.PERCEPTION, ""),
-        ("oracle:lengths.jsonl", PredictorKind.ORACLE, "lengths.jsonl"),
-        ("models:/seqsched-smollm2@champion", PredictorKind.REGISTRY, "models:/seqsched-smollm2@champion"),
-        ("models:/seqsched-smollm2/3", PredictorKind.REGISTRY, "models:/seqsched-smollm2/3"),
-        ("runs:/abc123/predictor", PredictorKind.REGISTRY, "runs:/abc123/predictor"),
+        ("none", PredictorSource.NONE, ""),
+        ("perception", PredictorSource.PERCEPTION, ""),
+        ("oracle:lengths.jsonl", PredictorSource.ORACLE, "lengths.jsonl"),
+        ("models:/seqsched-smollm2@champion", PredictorSource.REGISTRY, "models:/seqsched-smollm2@champion"),
+        ("models:/seqsched-smollm2/3", PredictorSource.REGISTRY, "models:/seqsched-smollm2/3"),
+        ("runs:/abc123/predictor", PredictorSource.REGISTRY, "runs:/abc123/predictor"),
     ],
 )
-def test_parse_predictor(spec: str, kind: PredictorKind, target: str) -> None:
+def test_parse_predictor(spec: str, kind: PredictorSource, target: str) -> None:
     parsed = parse_predictor(spec)
     assert (parsed.kind, parsed.target) == (kind, target)
     assert str(parsed) == spec
@@ -56,7 +56,7 @@ def test_oracle_jsonl_and_batch_output_lines(tmp_path: Path) -> None:
     oracle = read_oracle(path)
     assert dict(oracle.lengths) == {"a": 12, "b": 40, "c": 9}
     assert oracle.predict_requests(REQUESTS) == [12, 40]
-    predictor = load_predictor(f"oracle:{path}")
+    predictor = resolve_predictor(f"oracle:{path}")
     assert isinstance(predictor, OracleLengths) and predictor.predict_requests(REQUESTS[::-1]) == [40, 12]
 
 
@@ -114,9 +114,9 @@ def test_prompt_predictor_rounds_and_checks() -> None:
 
 
 def test_none_perception_and_registry() -> None:
-    assert load_predictor("none") is None
+    assert resolve_predictor("none") is None
     with pytest.raises(SeqschedError, match="needs the engine"):
-        load_predictor("perception")
+        resolve_predictor("perception")
     if importlib.util.find_spec("lengthpred.registry") is None:
         with pytest.raises(SeqschedError, match=r"lengthpred\.registry is not available"):
-            load_predictor("models:/seqsched-smollm2@champion")
+            resolve_predictor("models:/seqsched-smollm2@champion")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lengthpred.cli import register_main, train_main
 from lengthpred.predictor import LengthPredictor
 from lengthpred.registry import load_predictor
-from serving.errors import SeqschedError
+from seqsched.errors import SeqschedError
+from seqsched_cli.main import main
 from tests.synthetic_lengths import length_dataset  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,10 +56,10 @@ def sklearn_store(length_dataset: Path, tmp_path_factory: pytest.TempPathFactory
     cwd = Path.cwd()
     os.chdir(work)
     try:
-        assert train_main(["--config", str(REPO / "recipes/sklearn/train.yaml"), "--data", str(length_dataset),
+        assert main(["train", "--config", str(REPO / "recipes/sklearn/train.yaml"), "--data", str(length_dataset),
                            "--register-as", "lenpred-sklearn", "--alias", "champion", "--progress", "false",
                            "--output_dir", "out/v1"]) == 0  # fmt: skip
-        assert train_main(["--config", str(REPO / "recipes/sklearn/train.yaml"), "--data", str(length_dataset),
+        assert main(["train", "--config", str(REPO / "recipes/sklearn/train.yaml"), "--data", str(length_dataset),
                            "--register-as", "lenpred-sklearn", "--sklearn.regressor", "svr", "--progress", "false",
                            "--output_dir", "out/v2"]) == 0  # fmt: skip
     finally:
@@ -119,12 +119,14 @@ def test_register_command_moves_the_alias(sklearn_store: Path) -> None:
     client = mlflow.MlflowClient(store)
     run_id = client.get_model_version("lenpred-sklearn", "2").run_id
     assert (
-        register_main(["--run", run_id, "--name", "lenpred-sklearn", "--alias", "challenger", "--tracking-uri", store])
+        main(
+            ["register", "--run", run_id, "--name", "lenpred-sklearn", "--alias", "challenger", "--tracking-uri", store]
+        )
         == 0
     )
     assert client.get_registered_model("lenpred-sklearn").aliases["challenger"] == 3
     with pytest.raises(SeqschedError, match="no run 'missing'"):
-        register_main(["--run", "missing", "--name", "x", "--tracking-uri", store])
+        main(["register", "--debug", "--run", "missing", "--name", "x", "--tracking-uri", store])
 
 
 def test_lora_predictor_registers_and_loads_in_a_fresh_process(
@@ -133,7 +135,7 @@ def test_lora_predictor_registers_and_loads_in_a_fresh_process(
     tmp_path: Path,
 ) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert train_main(["--config", str(REPO / "recipes/smollm2-cpu/train.yaml"), "--data", str(length_dataset),
+    assert main(["train", "--config", str(REPO / "recipes/smollm2-cpu/train.yaml"), "--data", str(length_dataset),
                        "--generative.model.spec", str(tiny_model_dir), "--generative.optim.max_steps", "2",
                        "--generative.optim.batch_size", "8", "--generative.eval_limit", "4",
                        "--validation_limit", "8", "--output_dir", str(tmp_path / "out"), "--progress", "false",

@@ -8,11 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from data_tools.io import Request
-from serving.engine import HFEngine
-from serving.engine_api import GREEDY, BatchOutput, FinishReason, SamplingParams
-from serving.errors import SeqschedError
-from serving.runner import RunOptions, RunResult, percentile, run
+from seqsched.engines.api import GREEDY, Batching, BatchOutput, FinishReason, SamplingParams
+from seqsched.engines.hf import HFEngine
+from seqsched.errors import SeqschedError
+from seqsched.requests import Request
+from seqsched.stats import percentile
+from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
 from serving.simulate import simulate
 from tests.tiny_model import synthetic_prompts
@@ -144,6 +145,8 @@ def test_sampling_groups_and_per_request_seeds(tiny_engine: HFEngine, requests: 
 class FlakyMemoryEngine:
     """Wraps an engine and runs out of memory on batches larger than max_rows (as a CUDA OOM would)."""
 
+    batching = Batching.STATIC
+
     def __init__(self, engine: HFEngine, max_rows: int) -> None:
         self.engine, self.max_rows, self.calls = engine, max_rows, 0
 
@@ -202,7 +205,8 @@ def test_predictor_time_counts_in_the_run(tiny_engine: HFEngine, requests: list[
 def test_percentile() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
-    assert percentile([], 50) != percentile([], 50)  # nan
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
 
 
 @pytest.mark.parametrize("mode", list(RecomputeMode))

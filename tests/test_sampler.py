@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from data_tools.checkpoint import CHECKPOINT_FILE, Checkpoint, working_dir
-from data_tools.io import Request
-from data_tools.label_cli import LabelConfig, run_label, split_records
+from data_tools.commands import LabelConfig, run_label, split_records
 from data_tools.labels import bucket_up
 from data_tools.sampler import Job, LengthSampler, SamplerConfig, plan_batches, sample_seed
 from data_tools.schema import load_length_dataset, load_meta
-from serving.engine import EngineConfig, HFEngine
-from serving.engine_api import BatchOutput, Message, SamplingParams
-from serving.errors import InputError, SeqschedError
-from serving.llm import ModelConfig
+from seqsched.engines.api import BatchOutput, Message, SamplingParams
+from seqsched.engines.config import EngineConfig
+from seqsched.engines.hf import HFEngine
+from seqsched.errors import InputError, SeqschedError
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import Request
 from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.tiny_model import synthetic_prompts
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
-from serving.config import load_recipe
-from serving.serve import ServeConfig, metrics_path
+from seqsched.config import load_recipe
+from seqsched_cli.main import main
+from serving.serve_command import ServeConfig, metrics_path
 from tests.tiny_model import synthetic_prompts
 
 REPO = Path(__file__).resolve().parent.parent

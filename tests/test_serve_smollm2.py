@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from seqsched.engines.hf import HFEngine
 from serving.demo import builtin_instructions, spread_sample
-from serving.engine import HFEngine
 from serving.runner import run
 from serving.scheduler import RecomputeMode, ScheduleConfig, Strategy
 
@@ -53,9 +53,9 @@ def test_fcr_with_oracle_and_underestimates_equals_vanilla(smollm2_engine: HFEng
 
 def test_serve_32_requests_with_a_registered_predictor_by_alias(tmp_path: Path) -> None:
     """label import -> train (sklearn) -> register @champion -> `seqsched serve` 32 OpenAI Batch requests with it."""
-    from serving.cli import main
+    from seqsched_cli.main import main
     from serving.demo import batch_line
-    from serving.serve import metrics_path
+    from serving.serve_command import metrics_path
 
     instructions = builtin_instructions()
     data, lengths = tmp_path / "instructions.jsonl", tmp_path / "lengths.json"

@@ -8,8 +8,8 @@ import pytest
 
 from lengthpred.predictor import length_query
 from lengthpred.sft import IGNORE_INDEX, build_example, collate, length_grouped_batches, query_ids
-from serving.engine import HFEngine
-from serving.llm import load_tokenizer
+from seqsched.engines.hf import HFEngine
+from seqsched.model_specs import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.sharding import gather_in_order, shard_by_predicted_tokens, shard_loads
+from seqsched.sharding import gather_in_order, shard_by_predicted_tokens, shard_loads
 
 
 @given(st.lists(st.integers(min_value=0, max_value=600), max_size=200), st.integers(min_value=1, max_value=8))

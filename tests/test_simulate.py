@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from serving.scheduler import Batch, RecomputeMode, ScheduleConfig, Strategy, failed_requests, plan
-from serving.simulate import StepCost, _evicting_decode_s, compare, engine_steps, simulate, simulate_batches
+from serving.scheduler import Batch, RecomputeMode, ScheduleConfig, Strategy, engine_steps, failed_requests, plan
+from serving.simulate import StepCost, _evicting_decode_s, compare, simulate, simulate_batches
 
 COST = StepCost(fixed_s=0.1, per_row_s=0.01, per_context_s=0.001, prefill_fixed_s=0.5, prefill_token_s=0.002)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
-from serving.engine import HFEngine
-from serving.engine_api import FinishReason
+from seqsched.engines.api import FinishReason
+from seqsched.engines.hf import HFEngine
+from seqsched_cli.main import main
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from lengthpred.artifact import load_saved, predictor_kind
 from lengthpred.data import LengthData
-from lengthpred.lora import GenerativeConfig, train_generative
+from lengthpred.generative import GenerativeConfig, train_generative
+from lengthpred.kinds import PredictorKind
 from lengthpred.perception import PerceptionConfig, PerceptionPredictor
-from lengthpred.saved import PredictorKind, load_saved, predictor_kind
 from lengthpred.sft import build_examples, collate
 from lengthpred.train import LoraSettings, OptimSettings, latest_checkpoint, lora_config, run_training
-from serving.llm import ModelConfig, load_model
+from seqsched.model_specs import ModelConfig, load_model
 from tests.tiny_model import synthetic_example
 
 
@@ -115,3 +116,20 @@ def test_train_generative_saves_a_loadable_predictor(tiny_model_dir: Path, tmp_p
 def test_rejects_empty_training_sets(tmp_path: Path, bad_steps: int) -> None:
     with pytest.raises(ValueError, match="no training examples"):
         run_training(torch.nn.Linear(1, 1), [], lambda b: {}, [], OptimSettings(max_steps=bad_steps), tmp_path)
+
+
+def test_resume_restores_every_random_generator() -> None:
+    """Python's, NumPy's and torch's generators all come back (the old checkpoints saved torch's CPU state only)."""
+    import random
+
+    import numpy as np
+
+    from lengthpred.train import rng_state, set_rng_state
+
+    saved = rng_state()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.random(), np.random.rand(), torch.rand(1)
+    set_rng_state(saved)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    set_rng_state(saved["torch"])  # an older checkpoint's bare torch state still loads
+    assert float(torch.rand(1)) == expected[2]

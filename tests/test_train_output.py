@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lengthpred.cli import TrainConfig, _prepare_output
+from lengthpred.commands import TrainConfig, _prepare_output
 from lengthpred.data import LengthData
 from lengthpred.head import HeadConfig
-from lengthpred.saved import PredictorKind
-from serving.errors import SeqschedError
+from lengthpred.kinds import PredictorKind
+from seqsched.errors import SeqschedError
 
 DATA = LengthData("mem", ["a", "b"], ["Name a color.", "Write an essay."], [50, 300], [12, 280])
 

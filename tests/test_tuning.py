@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from seqsched.engines.hf import HFEngine
 from serving.costmodel import StepSample, fit, measure, report
-from serving.engine import HFEngine
 from serving.scheduler import ScheduleConfig
 from serving.simulate import StepCost
 from serving.tuning import flat_table, tune_margin, tune_vbs

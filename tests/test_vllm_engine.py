@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.engine import HFEngine
-from serving.engine_api import FinishReason
-from serving.vllm_engine import VLLMEngine
+from seqsched.engines.api import FinishReason
+from seqsched.engines.hf import HFEngine
+from seqsched.engines.vllm import VLLMEngine
 from tests.fake_vllm import LLM, fake_vllm_module
 from tests.tiny_model import synthetic_prompts
 
@@ -48,8 +48,8 @@ def test_submit_checks_lengths(fake_engine: VLLMEngine) -> None:
 def test_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
-    from serving.errors import SeqschedError
-    from serving.vllm_engine import import_vllm
+    from seqsched.engines.vllm import import_vllm
+    from seqsched.errors import SeqschedError
 
     real_import = builtins.__import__
 
@@ -66,7 +66,7 @@ def test_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.gpu
 def test_real_vllm_matches_hf_on_smollm2() -> None:
     pytest.importorskip("vllm")
-    from serving.llm import DType, ModelConfig
+    from seqsched.model_specs import DType, ModelConfig
 
     model = ModelConfig(spec="smollm2", dtype=DType.FLOAT32)
     vllm_engine = VLLMEngine.from_spec(model)

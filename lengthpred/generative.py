@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lengthpred.artifact import write_manifest
 from lengthpred.data import LengthData, TrainTarget
+from lengthpred.kinds import PredictorKind
 from lengthpred.perception import PerceptionConfig, PerceptionPredictor
-from lengthpred.saved import PredictorKind, write_manifest
 from lengthpred.train import LoraSettings, MetricsCallback, OptimSettings, TrainResult
-from serving.llm import SMOLLM2, ModelConfig
-
-if TYPE_CHECKING:
-    import torch
+from seqsched.model_specs import SMOLLM2, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +35,21 @@ class GenerativeConfig:
 
 
 def _engine(model: Any, tokenizer: Any) -> Any:
-    from serving.engine import HFEngine
+    from seqsched.engines.hf import HFEngine
 
     return HFEngine(model, tokenizer)
 
 
 def _eval_fn(
     tokenizer: Any, validation: LengthData, config: GenerativeConfig, pad_id: int
-) -> Any:  # -> Callable[[torch.nn.Module], dict[str, float]]
+) -> Any:  # -> Callable[[Any], dict[str, float]]
     from lengthpred.evaluate import compute_metrics
     from lengthpred.sft import build_examples, collate
 
     count = min(len(validation), max(config.eval_limit, 1) * 4)
     examples = build_examples(tokenizer, validation.prompts[:count], validation.targets(config.target)[:count])
 
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+    def evaluate(model: Any) -> dict[str, float]:
         import torch
 
         device = next(model.parameters()).device
@@ -113,6 +111,13 @@ def train_generative(
     return folder, result
 
 
+def describe_perception(
+    config: GenerativeConfig, train: LengthData, validation: LengthData | None, output_dir: str | Path, *_: Any
+) -> tuple[Path, None]:
+    """The perception kind's 'trainer': nothing to learn, the manifest names the base model and the query."""
+    return save_generative(Path(output_dir) / "predictor", config, PredictorKind.PERCEPTION), None
+
+
 def save_generative(folder: str | Path, config: GenerativeConfig, kind: PredictorKind) -> Path:
     """Write the manifest of a generative predictor (the adapter, for LORA, is saved beside it)."""
     settings: dict[str, Any] = {
@@ -129,8 +134,8 @@ def save_generative(folder: str | Path, config: GenerativeConfig, kind: Predicto
 
 def load_generative_predictor(folder: str | Path, manifest: dict[str, Any]) -> PerceptionPredictor:
     """The LLM (with the adapter merged in, for LORA) answering the length query."""
-    from serving.engine import HFEngine
-    from serving.llm import load_model
+    from seqsched.engines.hf import HFEngine
+    from seqsched.model_specs import load_model
 
     loaded = load_model(ModelConfig(spec=manifest["base_model"]))
     model = loaded.model

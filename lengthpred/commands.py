@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,13 @@ from typing import Any
 from lengthpred.baselines import EmbeddingConfig, SklearnConfig
 from lengthpred.data import LengthData, load_length_data
 from lengthpred.evaluate import EvalReport, EvalTarget
+from lengthpred.generative import GenerativeConfig
 from lengthpred.head import HeadConfig
-from lengthpred.lora import GenerativeConfig
-from lengthpred.saved import PredictorKind
-from serving.config import parse_config, to_dict
-from serving.errors import SeqschedError
-from serving.report import table, write_json
+from lengthpred.kinds import PredictorKind
+from seqsched.config import to_dict
+from seqsched.errors import SeqschedError
+from seqsched.files import write_json
+from seqsched.tables import table
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,6 @@ class RegisterConfig:
     tracking_uri: str | None = None
 
 
-def underscore_options(argv: Sequence[str]) -> list[str]:
-    """Accept `--register-as` for `--register_as` (field names use underscores; the docs use both)."""
-    normalized = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, separator, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + separator + value
-        normalized.append(arg)
-    return normalized
-
-
 def _require(value: Any, option: str, what: str) -> None:
     if not value:
         raise SeqschedError(f"{option} is required ({what})")
@@ -157,40 +146,25 @@ def _prepare_output(config: TrainConfig, train: LengthData) -> Path:
 def train_predictor(
     config: TrainConfig, train: LengthData, validation: LengthData | None, output_dir: Path, run: Any
 ) -> Path:
-    """Train (or, for perception, just describe) the chosen kind; return the saved predictor folder."""
-    folder = output_dir / "predictor"
+    """Train the chosen kind (perception: just describe it); return the saved predictor folder."""
+    from lengthpred.kinds import resolve, spec
+
+    kind = spec(config.kind)
     on_metrics = run.log_metrics if run is not None else None
-    kind = config.kind
-    if kind is PredictorKind.SKLEARN:
-        from lengthpred.baselines import save_regressor, train_sklearn
-
-        return save_regressor(train_sklearn(config.sklearn, train), folder, kind, config.sklearn)
-    if kind is PredictorKind.EMBEDDING:
-        from lengthpred.baselines import save_regressor, train_embedding
-
-        return save_regressor(train_embedding(config.embedding, train), folder, kind, config.embedding)
-    if kind is PredictorKind.PERCEPTION:
-        from lengthpred.lora import save_generative
-
-        return save_generative(folder, config.generative, kind)
-    if kind is PredictorKind.LORA:
-        from lengthpred.lora import train_generative
-
-        folder, result = train_generative(config.generative, train, validation, output_dir, on_metrics, config.progress)
-    else:
-        from lengthpred.head import train_head
-
-        folder, result = train_head(config.head, train, validation, output_dir, on_metrics, config.progress)
-    if run is not None:
+    trainer = resolve(kind.train)
+    settings = getattr(config, kind.settings)
+    folder, result = trainer(settings, train, validation, output_dir, on_metrics, config.progress)
+    if run is not None and result is not None:
         run.log_metrics(result.steps, {"train_wall_s": result.wall_s, "train_examples_seen": result.examples_seen})
     return folder
 
 
 def evaluate_folder(predictor: Any, name: str, data: LengthData, target: EvalTarget, output_dir: Path) -> EvalReport:
     """Evaluate, write report.json and the plots into output_dir, print the table."""
-    from lengthpred.evaluate import evaluate, plot
+    from lengthpred.evaluate import evaluate as score
+    from lengthpred.evaluate import plot
 
-    report = evaluate(predictor, data.prompts, data.by_target(), target, data.ids, name, data.source)
+    report = score(predictor, data.prompts, data.by_target(), target, data.ids, name, data.source)
     plot(report, output_dir)
     write_json(output_dir / "report.json", report.to_dict())
     print(table([{"predictor": name, **report.summary()}], TABLE_COLUMNS))
@@ -198,12 +172,22 @@ def evaluate_folder(predictor: Any, name: str, data: LengthData, target: EvalTar
     return report
 
 
-def train_main(argv: Sequence[str]) -> int:
-    """`seqsched train`."""
-    from lengthpred import registry
-    from lengthpred.saved import load_saved
+@dataclass
+class TrainOutcome:
+    """What `seqsched train` made: the run, the predictor folder and, when registered, its model URI."""
 
-    config = parse_config(TrainConfig, underscore_options(argv), prog="seqsched train")
+    run_id: str
+    predictor_dir: Path
+    model_uri: str
+    registered_uri: str | None = None
+    report: EvalReport | None = None
+
+
+def train(config: TrainConfig) -> TrainOutcome:
+    """`seqsched train`: train, evaluate, log to MLflow, optionally register and alias."""
+    from lengthpred import registry
+    from lengthpred.artifact import load_saved
+
     _require(config.data, "--data", "a length dataset folder from `seqsched label`")
     if config.alias and not config.register_as:
         raise SeqschedError("--alias needs --register-as NAME (the model the alias belongs to)")
@@ -217,6 +201,7 @@ def train_main(argv: Sequence[str]) -> int:
         started = time.perf_counter()
         folder = train_predictor(config, train, validation, output_dir, run)
         run.log_metrics(0, {"train_s": time.perf_counter() - started})
+        report = None
         if validation is not None:
             report = evaluate_folder(
                 load_saved(folder), config.kind.value, validation, config.eval_target, output_dir / "eval"
@@ -225,35 +210,35 @@ def train_main(argv: Sequence[str]) -> int:
             registry.log_eval_report(run, report.to_dict(), report.plots, "validation")
         model_uri = registry.log_predictor(run, folder)
         print(f"run {run.run_id}: predictor logged as {model_uri}")
+        outcome = TrainOutcome(run.run_id, folder, model_uri, report=report)
         if config.register_as:
             uri, _version = registry.register(run.run_id, config.register_as, config.alias, config.tracking_uri)
             alias_text = f" (@{config.alias})" if config.alias else ""
             print(f"registered {uri}{alias_text}")
-    return 0
+            outcome.registered_uri = uri
+    return outcome
 
 
-def eval_main(argv: Sequence[str]) -> int:
-    """`seqsched eval`."""
+def evaluate(config: EvalConfig) -> EvalReport:
+    """`seqsched eval`: metrics table, report.json and plots of a predictor on a length dataset."""
     from lengthpred.registry import load_predictor
 
-    config = parse_config(EvalConfig, underscore_options(argv), prog="seqsched eval")
     _require(config.predictor, "--predictor", "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder")
     _require(config.data, "--data", "a length dataset folder")
     data = load_length_data(config.data, config.split, config.start, config.limit)
     predictor = load_predictor(config.predictor, config.tracking_uri)
     output_dir = Path(config.output_dir)
-    evaluate_folder(predictor, config.predictor, data, config.target, output_dir)
+    report = evaluate_folder(predictor, config.predictor, data, config.target, output_dir)
     print(f"report: {output_dir / 'report.json'}")
-    return 0
+    return report
 
 
-def register_main(argv: Sequence[str]) -> int:
-    """`seqsched register`."""
-    from lengthpred.registry import register
+def register(config: RegisterConfig) -> str:
+    """`seqsched register`: a new version of a registered model from a run's predictor (and an alias)."""
+    from lengthpred import registry
 
-    config = parse_config(RegisterConfig, underscore_options(argv), prog="seqsched register")
     _require(config.run, "--run", "the run id `seqsched train` printed")
     _require(config.name, "--name", "the registered model's name")
-    uri, _ = register(config.run, config.name, config.alias, config.tracking_uri)
+    uri, _ = registry.register(config.run, config.name, config.alias, config.tracking_uri)
     print(f"registered {uri}" + (f" (@{config.alias})" if config.alias else ""))
-    return 0
+    return uri

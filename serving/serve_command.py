@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from data_tools.io import InputFormat, Request
-from serving.backends import EngineKind, build_engine
+from seqsched.config import to_dict
+from seqsched.distributed import Process, current_process, pin_device
+from seqsched.engines.api import Engine
+from seqsched.engines.config import EngineConfig
+from seqsched.errors import SeqschedError
+from seqsched.files import write_json
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import InputFormat, Request
+from seqsched.tables import table
 from serving.batch_io import OutputFormat, read_batch_input, write_batch_output
-from serving.config import parse_config, to_dict
-from serving.engine_api import Engine
-from serving.errors import SeqschedError
-from serving.llm import ModelConfig
-from serving.parallel import Process, current_process, distributed_run, pin_device
-from serving.predictors import PredictorKind, RequestPredictor, load_predictor, parse_predictor
-from serving.report import table, write_json
-from serving.runner import RunOptions, RunResult
+from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
+from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import ScheduleConfig, Strategy
 
 SUMMARY_COLUMNS = (
@@ -52,20 +53,24 @@ class ServeConfig(ScheduleConfig):
     tracking_uri: str | None = None
     """MLflow tracking URI for models:/ and runs:/ predictors (default: MLFLOW_TRACKING_URI or ./mlflow.db)."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    engine: EngineKind = EngineKind.HF
-    """hf (static batches: the paper's VBS and FCR) or vllm (continuous batching: predicted lengths become
-    request priorities, fcr adds per-request caps and the recompute pass; needs CUDA and `.[gpu]`)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """`--engine.kind hf` (static batches: the paper's VBS and FCR) or `vllm` (continuous batching: predicted
+    lengths become request priorities, fcr adds per-request caps and the recompute pass; CUDA and `.[gpu]`)."""
     temperature: float = 0.0
     """Default temperature for requests that do not set one (0: greedy)."""
     top_p: float = 1.0
     seed: int = 0
-    evict_finished: bool = False
-    """Drop finished rows from the KV cache (faster; the paper's engine keeps them)."""
     progress: bool = True
 
-    def schedule(self) -> ScheduleConfig:
-        """The scheduling part of the config."""
-        return ScheduleConfig(**{item.name: getattr(self, item.name) for item in dataclasses.fields(ScheduleConfig)})
+
+@dataclass
+class ServeOutcome:
+    """What a serve run wrote and measured."""
+
+    output: Path
+    metrics_path: Path
+    result: RunResult | None
+    """None when no record could be served (every line an error) or on a non-main data-parallel process."""
 
 
 def predict_and_run(
@@ -76,15 +81,14 @@ def predict_and_run(
     options: RunOptions | None = None,
     process: Process | None = None,
 ) -> RunResult:
-    """Predict the lengths (timed, counted in the run) and serve the requests; under `accelerate launch` with
-    several processes, each serves a shard balanced by predicted tokens and all get the gathered result."""
+    """Predict the lengths (timed, counted in the run) and serve the requests (see serving.runner.run)."""
     predicted = None
     predictor_s = 0.0
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
         predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
-    return distributed_run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, process=process)
+    return run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, process=process)
 
 
 def metrics_path(output: str | Path) -> Path:
@@ -93,13 +97,15 @@ def metrics_path(output: str | Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json")
 
 
-def serve_main(argv: Sequence[str]) -> int:
-    """`seqsched serve`."""
-    config = parse_config(ServeConfig, argv, prog="seqsched serve")
+def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
+    """`seqsched serve`: read the batch, predict, schedule, generate, write outputs (in input order) and metrics.
+
+    engine: an already loaded engine to serve with (the demo's); default: load config.model into config.engine.
+    """
     if not config.input:
         raise SeqschedError("--input is required (a file of requests, e.g. OpenAI Batch JSONL)")
     spec = parse_predictor(config.predictor)
-    if spec.kind is PredictorKind.NONE and config.strategy is not Strategy.VANILLA:
+    if spec.kind is PredictorSource.NONE and config.strategy is not Strategy.VANILLA:
         raise SeqschedError(
             f"--strategy {config.strategy.value} orders requests by predicted length: give --predictor "
             "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla"
@@ -107,15 +113,18 @@ def serve_main(argv: Sequence[str]) -> int:
     batch = read_batch_input(config.input, config.input_format)
     for bad in batch.errors:
         print(f"error line: {bad.error}")
-    results: list = []
-    summary: dict[str, object] = {}
-    extra: dict[str, object] = {}
+    result: RunResult | None = None
+    summary: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     process = current_process()
     if batch.requests:
-        pin_device(process)
-        engine = build_engine(config.engine, config.model, evict_finished=config.evict_finished)
+        if engine is None:
+            from seqsched.engines.selection import build_engine
+
+            pin_device(process)
+            engine = build_engine(config.engine, config.model)
         predictor = (
-            load_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
+            resolve_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
         )
         options = RunOptions(
             temperature=config.temperature,
@@ -124,12 +133,14 @@ def serve_main(argv: Sequence[str]) -> int:
             progress=config.progress and process.main,
         )
         result = predict_and_run(engine, batch.requests, predictor, config.schedule(), options, process)
-        results, extra = result.records, result.extra
+        extra = result.extra
         summary = result.metrics.row()
-        if not process.main:
-            return 0  # the main process writes the gathered outputs
-        print(table([summary], SUMMARY_COLUMNS))
-    write_batch_output(config.output, batch, results, config.output_format, model=config.model.spec)
+        if process.main:
+            print(table([summary], SUMMARY_COLUMNS))
+    path = metrics_path(config.output)
+    if not process.main:
+        return ServeOutcome(Path(config.output), path, None)  # the main process writes the gathered outputs
+    write_batch_output(config.output, batch, result.records if result else [], config.output_format, config.model.spec)
     metrics = {
         **summary,
         "input_records": len(batch.records),
@@ -138,7 +149,8 @@ def serve_main(argv: Sequence[str]) -> int:
         **extra,
         "config": to_dict(config),
     }
-    path = write_json(metrics_path(config.output), metrics)
-    print(f"served {len(results)} of {len(batch.records)} records ({len(batch.errors)} error lines)")
+    write_json(path, metrics)
+    served = len(result.records) if result else 0
+    print(f"served {served} of {len(batch.records)} records ({len(batch.errors)} error lines)")
     print(f"outputs: {config.output}\nmetrics: {path}")
-    return 0
+    return ServeOutcome(Path(config.output), path, result)

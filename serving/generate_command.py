@@ -6,11 +6,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from data_tools.io import InputFormat, Request, read_requests, write_jsonl
-from serving.config import parse_config
-from serving.engine_api import BatchOutput, Engine, RowOutput, SamplingParams
-from serving.llm import ModelConfig
-from serving.report import table, write_json
+from seqsched.engines.api import BatchOutput, Engine, RowOutput, SamplingParams
+from seqsched.files import write_json, write_jsonl
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import InputFormat, Request, read_requests
+from seqsched.tables import table
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,12 @@ def generate_in_order(
     return GenerationRun(list(requests), rows, batches, time.perf_counter() - started)
 
 
-def generate_main(argv: Sequence[str]) -> int:
-    """`seqsched generate`."""
-    from serving.engine import EngineConfig, HFEngine
+def generate(config: GenerateConfig) -> GenerationRun:
+    """`seqsched generate`: the engine over a file of prompts, outputs in input order."""
+    from seqsched.engines.hf import EngineConfig, HFEngine
 
-    config = parse_config(GenerateConfig, argv, prog="seqsched generate")
     if not config.input:
-        from serving.errors import SeqschedError
+        from seqsched.errors import SeqschedError
 
         raise SeqschedError("--input is required (a file of prompts)")
     read = read_requests(config.input, config.input_format, skip_bad=config.skip_bad)
@@ -122,4 +121,4 @@ def generate_main(argv: Sequence[str]) -> int:
     metrics_path = write_json(str(config.output).removesuffix(".jsonl") + ".metrics.json", metrics)
     print(table([metrics], ["requests", "samples_per_s", "tokens_per_s", "effective_token_ratio", "wall_s"]))
     print(f"outputs: {config.output}\nmetrics: {metrics_path}")
-    return 0
+    return run

@@ -13,28 +13,14 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lengthpred.kinds import PredictorKind, resolve, spec
 from lengthpred.predictor import LengthPredictor
-from serving.errors import SeqschedError
+from seqsched.errors import SeqschedError
 
 T = TypeVar("T")
 
 MANIFEST = "predictor.json"
 FORMAT_VERSION = 1
-
-
-class PredictorKind(enum.Enum):
-    """The kinds of length predictor."""
-
-    LORA = "lora"
-    """The paper's: the LLM LoRA-tuned to answer the length query with a number (generative)."""
-    PERCEPTION = "perception"
-    """Zero-shot perception: the untuned LLM asked the same query (the paper's PO baseline); no training."""
-    SKLEARN = "sklearn"
-    """scikit-learn regressor on TF-IDF prompt features."""
-    EMBEDDING = "embedding"
-    """Regressor on frozen sentence embeddings (all-MiniLM-L6-v2)."""
-    HEAD = "head"
-    """Beyond the paper: an encoder fine-tuned with a length-distribution head (lengthpred.head)."""
 
 
 def write_manifest(folder: str | Path, kind: PredictorKind, settings: dict[str, Any]) -> Path:
@@ -69,26 +55,15 @@ def predictor_kind(folder: str | Path) -> PredictorKind:
 
 
 def load_saved(folder: str | Path) -> LengthPredictor:
-    """Load a saved predictor folder as a LengthPredictor."""
+    """Load a saved predictor folder as a LengthPredictor (its kind's registered loader)."""
     folder = Path(folder)
-    kind = predictor_kind(folder)
-    manifest = read_manifest(folder)
-    if kind in (PredictorKind.LORA, PredictorKind.PERCEPTION):
-        from lengthpred.lora import load_generative_predictor
-
-        return load_generative_predictor(folder, manifest)
-    if kind is PredictorKind.HEAD:
-        from lengthpred.head import load_head_predictor
-
-        return load_head_predictor(folder, manifest)
-    from lengthpred.baselines import load_regressor
-
-    return load_regressor(folder, manifest)
+    loader = resolve(spec(predictor_kind(folder)).load)
+    return loader(folder, read_manifest(folder))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as JSON-able data (enums as their values)."""
-    from serving.config import to_dict
+    from seqsched.config import to_dict
 
     return to_dict(config)
 

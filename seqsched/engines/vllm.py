@@ -10,42 +10,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from serving.engine_api import (
+from seqsched.engines.api import (
     GREEDY,
+    Batching,
     BatchOutput,
     FinishReason,
     Message,
     RowOutput,
     SamplingParams,
+    TimedRow,
     encode_chat,
     model_stop_token_ids,
 )
-from serving.errors import SeqschedError
-from serving.llm import ModelConfig, load_tokenizer, resolve_model_path
-
-
-@dataclass(frozen=True)
-class VLLMConfig:
-    """How the vLLM engine is started."""
-
-    gpu_memory_utilization: float = 0.85
-    max_num_seqs: int = 256
-    """Most sequences vLLM runs at once (its continuous batch)."""
-    max_model_len: int | None = None
-    enforce_eager: bool = False
-    """Skip CUDA graphs (faster start, slower decode)."""
-    seed: int = 0
-
-
-@dataclass
-class TimedRow:
-    """A request's output and when it finished, seconds after the set was submitted."""
-
-    row: RowOutput
-    finished_s: float
+from seqsched.engines.config import VLLMConfig
+from seqsched.errors import SeqschedError
+from seqsched.model_specs import ModelConfig, load_tokenizer, resolve_model_path
 
 
 def import_vllm() -> Any:
@@ -61,6 +42,8 @@ def import_vllm() -> Any:
 
 class VLLMEngine:
     """Generation through a vLLM `LLM` (priority scheduling policy), speaking the Engine contract."""
+
+    batching = Batching.CONTINUOUS
 
     def __init__(self, llm: Any, tokenizer: Any, vllm_module: Any | None = None) -> None:
         self.llm = llm

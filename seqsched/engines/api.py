@@ -11,6 +11,15 @@ Message = Mapping[str, str]
 """One chat message: {"role": ..., "content": ...}."""
 
 
+class Batching(enum.Enum):
+    """How an engine takes work: a static batch at a time, or a whole set it schedules itself."""
+
+    STATIC = "static"
+    """`generate(batch)` runs one batch until every row stops; the runner plans the batches."""
+    CONTINUOUS = "continuous"
+    """`submit(requests, caps, priorities)` admits requests into running slots step by step."""
+
+
 class FinishReason(enum.Enum):
     """Why a row stopped: a stop token (EOS) or the batch's max_new_tokens cap."""
 
@@ -87,6 +96,14 @@ class BatchOutput:
         return sum(row.num_tokens for row in self.rows)
 
 
+@dataclass
+class TimedRow:
+    """A request's output from a continuous engine and when it finished, seconds after the set was submitted."""
+
+    row: RowOutput
+    finished_s: float
+
+
 def encode_chat(tokenizer: Any, prompt: str | Sequence[Message], system_prompt: str | None = None) -> list[int]:
     """Token ids of a prompt (a user message or a whole chat) with the tokenizer's chat template applied."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
@@ -111,7 +128,10 @@ def model_stop_token_ids(*sources: Any) -> set[int]:
 
 
 class Engine(Protocol):
-    """Batched generation: prompts in, token ids and costs out."""
+    """Batched generation: prompts in, token ids and costs out. Every engine can run a static batch
+    (`generate`, what the label sampler and the step-cost probe use); `batching` says how it serves a run."""
+
+    batching: Batching
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
@@ -129,4 +149,19 @@ class Engine(Protocol):
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of generated token ids, special tokens dropped."""
+        ...
+
+
+class ContinuousEngine(Engine, Protocol):
+    """An engine that takes a whole set of requests with per-request caps and priorities and schedules them."""
+
+    def submit(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_tokens: Sequence[int],
+        priorities: Sequence[int] | None = None,
+        sampling: SamplingParams = GREEDY,
+        seeds: Sequence[int] | None = None,
+    ) -> list[TimedRow]:
+        """Serve every request (lower priority value first); outputs in input order with finish times."""
         ...

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
-import json
-import pkgutil
+from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,14 +13,32 @@ from typing import Any, TypeVar
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 from jsonargparse.typing import register_type
 
-from serving.errors import SeqschedError
+from seqsched.errors import OptionError, SeqschedError
 
 T = TypeVar("T")
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-_PROJECT_PACKAGES = ("data_tools", "lengthpred", "serving")
 _registered: set[type[enum.Enum]] = set()
+
+
+class FloatList(tuple):
+    """A tuple of floats given as a list (`[0, 0.3]`, YAML lists) or comma-separated (`0,0.3`)."""
+
+
+def _float_list(value: Any) -> FloatList:
+    if isinstance(value, str):
+        text = value.strip().removeprefix("[").removesuffix("]")
+        value = [part for part in text.split(",") if part.strip()]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value]
+    try:
+        return FloatList(float(item) for item in value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"expected numbers like 0,0.3,0.7 or [0, 0.3, 0.7], got {value!r}") from error
+
+
+register_type(FloatList, serializer=list, deserializer=_float_list)
 
 
 def _enum_parser(enum_type: type[enum.Enum]) -> Any:
@@ -76,27 +92,53 @@ def _flatten_type(field_type: Any) -> list[Any]:
     return flat
 
 
+def add_dashed_aliases(parser: ArgumentParser) -> None:
+    """Let every `--some_option` also be spelled `--some-option` (the same action under two names)."""
+    for action in list(parser._actions):
+        for option in list(action.option_strings):
+            if option.startswith("--") and "_" in option:
+                dashed = option.replace("_", "-")
+                if dashed not in parser._option_string_actions:
+                    action.option_strings.append(dashed)
+                    parser._option_string_actions[dashed] = action
+
+
 def build_parser(config_type: type, prog: str, description: str | None = None) -> ArgumentParser:
-    """An argument parser for a config dataclass, with --config for YAML recipes."""
+    """An argument parser for a config dataclass, with --config for YAML recipes; errors raise, never exit."""
     _register_enums_in(config_type)
     parser = ArgumentParser(
         prog=prog,
         description=description or (config_type.__doc__ or "").strip(),
-        exit_on_error=True,
+        exit_on_error=False,
         default_env=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML recipe that fills the fields below.")
-    parser.add_class_arguments(config_type, nested_key=None, as_group=False)
+    parser.add_class_arguments(config_type, nested_key=None, as_group=False, instantiate=False)
+    add_dashed_aliases(parser)
     return parser
+
+
+def parse_error(error: BaseException) -> SeqschedError:
+    """A parser's complaint as one line (jsonargparse explains union types over several lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return SeqschedError(text.replace('Parser key "', "option --").replace('":', ":", 1))
+
+
+def config_from_namespace(config_type: type[T], values: dict[str, Any]) -> T:
+    """Build config_type from parsed values (nested dicts become nested configs); bad values -> OptionError."""
+    values = {key: value for key, value in values.items() if key not in ("config", "__path__", "debug")}
+    return _build(config_type, values)
 
 
 def parse_config(config_type: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
     """Parse a command line (recipe + overrides) into an instance of config_type."""
     parser = build_parser(config_type, prog, description)
-    namespace = parser.parse_args(list(argv))
-    values = parser.instantiate(namespace).as_dict()
-    values.pop("config", None)
-    return _build(config_type, values)
+    try:
+        namespace = parser.parse_args(list(argv))
+    except (ArgumentError, ValueError, TypeError) as error:
+        raise parse_error(error) from error
+    return config_from_namespace(config_type, namespace.as_dict())
 
 
 def _build(config_type: type[T], values: dict[str, Any]) -> T:
@@ -108,11 +150,19 @@ def _build(config_type: type[T], values: dict[str, Any]) -> T:
         value = values[item.name]
         field_type = hints[item.name]
         if isinstance(value, dict) and dataclasses.is_dataclass(field_type):
-            value = _build(field_type, value)  # type: ignore[arg-type]
+            try:
+                value = _build(field_type, value)  # type: ignore[arg-type]
+            except OptionError as error:
+                raise error.nested(item.name) from None
         elif isinstance(value, list) and "tuple" in str(field_type):
             value = tuple(value)
         kwargs[item.name] = value
-    return config_type(**kwargs)
+    try:
+        return config_type(**kwargs)
+    except OptionError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise SeqschedError(f"{config_type.__name__}: {error}") from error
 
 
 def load_recipe(config_type: type[T], path: str | Path) -> T:
@@ -140,17 +190,3 @@ def to_dict(config: Any) -> dict[str, Any]:
         return value
 
     return plain(config)
-
-
-def to_json(config: Any) -> str:
-    """A config as a JSON string."""
-    return json.dumps(to_dict(config), indent=2, sort_keys=True)
-
-
-def project_modules() -> list[str]:
-    """All modules of the project's packages (used by tests that check imports)."""
-    names: list[str] = []
-    for package_name in _PROJECT_PACKAGES:
-        package = importlib.import_module(package_name)
-        names.extend(info.name for info in pkgutil.iter_modules(package.__path__, f"{package_name}."))
-    return names

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from serving.engine_api import (
+from seqsched.engines.api import (
     GREEDY,
+    Batching,
     BatchOutput,
     FinishReason,
     Message,
@@ -19,23 +19,14 @@ from serving.engine_api import (
     encode_chat,
     model_stop_token_ids,
 )
-from serving.llm import LoadedModel, ModelConfig, load_model
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the Hugging Face engine runs batches."""
-
-    evict_finished: bool = False
-    """Drop finished rows from the KV cache as they finish (the paper's engine keeps them until the batch ends)."""
-    stop_token_ids: tuple[int, ...] = ()
-    """Stop tokens besides the model's EOS."""
-    system_prompt: str | None = None
-    """A system message put before every prompt (None: the chat template's own default)."""
+from seqsched.engines.config import EngineConfig
+from seqsched.model_specs import LoadedModel, ModelConfig, load_model
 
 
 class HFEngine:
     """Generation engine over a Hugging Face causal LM, one static batch at a time."""
+
+    batching = Batching.STATIC
 
     def __init__(
         self,
@@ -56,7 +47,7 @@ class HFEngine:
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> HFEngine:
-        """Load a model spec (see serving.llm) and wrap it."""
+        """Load a model spec (see seqsched.model_specs) and wrap it."""
         loaded: LoadedModel = load_model(model)
         return cls(loaded.model, loaded.tokenizer, config)
 

@@ -1,11 +1,9 @@
-"""Results as a printed table and as JSON next to the outputs."""
+"""Results as a printed table (markdown pipe syntax, so it pastes into READMEs)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 
@@ -33,13 +31,3 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
     rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
     body = ["| " + " | ".join(line[i].ljust(widths[i]) for i in range(len(columns))) + " |" for line in cells]
     return "\n".join([header, rule, *body])
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write data as indented JSON atomically; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    staging.replace(path)
-    return path

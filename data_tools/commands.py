@@ -5,25 +5,20 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from data_tools.io import InputFormat, Request, read_requests
-from data_tools.labels import PAPER_BUCKET, LabelStats, label_stats
-from data_tools.schema import LengthDatasetMeta, LengthRecord, load_meta, save_length_dataset
-from serving.config import parse_config, to_dict
-from serving.engine_api import Engine
-from serving.errors import InputError, SeqschedError
-from serving.llm import ModelConfig
-from serving.report import table, write_json
-
-if TYPE_CHECKING:
-    from datasets import Dataset
-
-STATS_FILE = "stats.json"
-HISTOGRAM_FILE = "label_hist.png"
-SCATTER_FILE = "greedy_vs_max.png"
+from data_tools.labels import PAPER_BUCKET
+from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_dataset
+from data_tools.stats_report import report_stats
+from seqsched.config import FloatList, to_dict
+from seqsched.engines.api import Engine
+from seqsched.errors import InputError, SeqschedError
+from seqsched.files import write_text
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import InputFormat, Request, read_requests
+from seqsched.tables import table
 
 
 @dataclass(frozen=True)
@@ -42,7 +37,7 @@ class LabelConfig:
     limit: int | None = None
     """Label only the first N instructions of the file."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    temperatures: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)
+    temperatures: FloatList = field(default_factory=lambda: FloatList((0.0, 0.3, 0.5, 0.7)))
     """Sampling temperatures, 0 = greedy: `--temperatures [0,0.3,0.5,0.7]` or `--temperatures 0,0.3,0.5,0.7`."""
     samples_per_temperature: int = 1
     """Samples at each temperature above 0 (greedy decoding is deterministic: one sample at 0.0)."""
@@ -93,7 +88,7 @@ class StatsConfig:
     """Statistics and plots of a length dataset: `seqsched label stats DIR`."""
 
     dataset: str = ""
-    """The length dataset folder (also accepted as the first positional argument)."""
+    """The length dataset folder."""
     out: str | None = None
     """Where stats.json and the PNGs go (default: DIR/stats)."""
     plots: bool = True
@@ -115,17 +110,6 @@ def split_records(
         name: [record for index, record in enumerate(records) if index not in chosen],
         "validation": [record for index, record in enumerate(records) if index in chosen],
     }
-
-
-def _normalize_temperatures(argv: Sequence[str]) -> list[str]:
-    """Accept `--temperatures 0,0.3` and `--temperatures 0.7` besides jsonargparse's list form `[0,0.3]`."""
-    args = list(argv)
-    for position, arg in enumerate(args):
-        if arg == "--temperatures" and position + 1 < len(args) and not args[position + 1].lstrip().startswith("["):
-            args[position + 1] = f"[{args[position + 1]}]"
-        elif arg.startswith("--temperatures=") and not arg.partition("=")[2].lstrip().startswith("["):
-            args[position] = f"--temperatures=[{arg.partition('=')[2]}]"
-    return args
 
 
 def _sampler_settings(config: LabelConfig) -> dict[str, Any]:
@@ -179,7 +163,7 @@ def run_label(
         raise SeqschedError(f"{config.data}: no instructions to label")
     split_records([], config.split, config.validation_fraction, config.seed)  # fail on bad split options early
     if engine is None:
-        from serving.engine import EngineConfig, HFEngine
+        from seqsched.engines.hf import EngineConfig, HFEngine
 
         if config.torch_threads is not None:
             import torch
@@ -238,35 +222,29 @@ def run_label(
     return out, metrics
 
 
-def label_main(argv: Sequence[str]) -> int:
-    """`seqsched label` (and the `import` / `stats` sub-subcommands)."""
+def label(config: LabelConfig, engine: Engine | None = None) -> Path:
+    """`seqsched label`: sample, checkpoint, write the length dataset, print its statistics (engine: an already
+    loaded engine to sample with; default: load config.model)."""
     from datasets.utils import disable_progress_bars
 
     disable_progress_bars()  # one tqdm bar (the sampler's) is enough
-    if argv and argv[0] == "import":
-        return import_main(argv[1:])
-    if argv and argv[0] == "stats":
-        return stats_main(argv[1:])
-    if argv and argv[0] == "export":
-        return export_main(argv[1:])
-    config = parse_config(LabelConfig, _normalize_temperatures(argv), prog="seqsched label")
-    out, metrics = run_label(config)
+    out, metrics = run_label(config, engine)
     columns = ["generations", "resumed_generations", "generated_tokens", "tokens_per_s", "effective_token_ratio"]
     print(table([metrics], [*columns, "wall_s"]))
     report_stats(out, out / "stats")
     print(f"dataset: {out}")
-    return 0
+    return out
 
 
-def import_main(argv: Sequence[str]) -> int:
-    """`seqsched label import`."""
+def label_import(config: ImportConfig) -> Path:
+    """`seqsched label import`: the paper's length file + its instructions -> a length dataset."""
+    from datasets.utils import disable_progress_bars
+
     from data_tools.paper_labels import paper_records, read_paper_lengths
 
-    config = parse_config(ImportConfig, argv, prog="seqsched label import")
+    disable_progress_bars()
     if not config.lengths or not config.data or not config.out:
         raise SeqschedError("--lengths, --data and --out are required")
-    if config.bucket < 1 or config.max_new_tokens < 1:
-        raise SeqschedError("--bucket and --max_new_tokens must be >= 1")
     records = paper_records(
         config.lengths, config.data, config.model, config.max_new_tokens, config.bucket, config.input_format
     )
@@ -284,116 +262,14 @@ def import_main(argv: Sequence[str]) -> int:
     )
     report_stats(out, out / "stats", plots=False)
     print(f"dataset: {out}")
-    return 0
+    return out
 
 
-def load_splits(path: str | Path) -> dict[str, Dataset]:
-    """Every split of a length dataset folder, by name; clear errors for anything else."""
-    from datasets import DatasetDict, load_from_disk
-
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(path, None, "no such length dataset folder (make one with `seqsched label`)")
-    try:
-        loaded = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as error:
-        raise InputError(path, None, f"not a dataset folder saved by seqsched label ({error})") from error
-    splits = dict(loaded.items()) if isinstance(loaded, DatasetDict) else {"data": loaded}
-    for name, split in splits.items():
-        missing = {"id", "max_length", "label", "hit_limit"} - set(split.column_names)
-        if missing:
-            raise InputError(path, None, f"split {name!r} is not a length dataset: missing columns {sorted(missing)}")
-    return splits
-
-
-def dataset_stats(splits: dict[str, Dataset]) -> dict[str, LabelStats]:
-    """Per-split statistics of a length dataset."""
-    return {
-        name: label_stats(
-            split["max_length"],
-            split["label"],
-            split["hit_limit"],
-            split["greedy_length"] if "greedy_length" in split.column_names else None,
-        )
-        for name, split in splits.items()
-        if len(split)
-    }
-
-
-def _stats_rows(stats: dict[str, LabelStats]) -> list[dict[str, Any]]:
-    rows = []
-    for name, split in stats.items():
-        rows.append(
-            {
-                "split": name,
-                "count": split.count,
-                "mean": split.max_length.mean,
-                "median": split.max_length.median,
-                "p90": split.max_length.p90,
-                "p99": split.max_length.p99,
-                "at_limit_%": 100 * split.at_limit_share,
-                "mean_label": split.label.mean,
-                "greedy_mean": split.greedy_length.mean if split.greedy_length else None,
-                "spread_mean": split.spread.mean if split.spread else None,
-                "spread_p90": split.spread.p90 if split.spread else None,
-                "max>greedy_%": None if split.max_above_greedy_share is None else 100 * split.max_above_greedy_share,
-            }
-        )
-    return rows
-
-
-def report_stats(dataset: str | Path, out: str | Path, plots: bool = True) -> dict[str, Any]:
-    """Print the stats table of a length dataset; write stats.json (and the PNGs) under out."""
-    dataset, out = Path(dataset), Path(out)
-    splits = load_splits(dataset)
-    stats = dataset_stats(splits)
-    meta = load_meta(dataset)
-    rows = _stats_rows(stats)
-    print("max length over samples per instruction (tokens); spread = max - greedy")
-    print(table(rows))
-    report: dict[str, Any] = {
-        "dataset": str(dataset),
-        "meta": None if meta is None else {key: value for key, value in asdict(meta).items() if key != "extra"},
-        "splits": {name: asdict(split) for name, split in stats.items()},
-        "table": rows,
-    }
-    if plots:
-        report["plots"] = _write_plots(dataset.name, splits, out, meta)
-    write_json(out / STATS_FILE, report)
-    print(f"stats: {out / STATS_FILE}")
-    return report
-
-
-def _write_plots(name: str, splits: dict[str, Dataset], out: Path, meta: LengthDatasetMeta | None) -> list[str]:
-    from data_tools.label_plots import greedy_vs_max, label_histogram
-
-    bucket = meta.bucket if meta else PAPER_BUCKET
-    title = f"{name}: {meta.model if meta else 'unknown model'}"
-    labels = {split_name: split["label"] for split_name, split in splits.items()}
-    written = [str(label_histogram(labels, bucket, out / HISTOGRAM_FILE, title))]
-    pairs = {
-        split_name: [(g, m) for g, m in zip(split["greedy_length"], split["max_length"], strict=True) if g is not None]
-        for split_name, split in splits.items()
-        if "greedy_length" in split.column_names
-    }
-    scatter = greedy_vs_max(pairs, out / SCATTER_FILE, cap=meta.max_new_tokens if meta else None, title=title)
-    if scatter is not None:
-        written.append(str(scatter))
-    for path in written:
-        print(f"plot: {path}")
-    return written
-
-
-def stats_main(argv: Sequence[str]) -> int:
-    """`seqsched label stats DIR`."""
-    args = list(argv)
-    if args and not args[0].startswith("-"):
-        args = ["--dataset", args[0], *args[1:]]
-    config = parse_config(StatsConfig, args, prog="seqsched label stats")
+def label_stats(config: StatsConfig) -> dict[str, Any]:
+    """`seqsched label stats --dataset DIR`: the statistics table, stats.json and plots."""
     if not config.dataset:
-        raise SeqschedError("give the length dataset folder: seqsched label stats DIR")
-    report_stats(config.dataset, config.out or Path(config.dataset) / "stats", plots=config.plots)
-    return 0
+        raise SeqschedError("give the length dataset folder: seqsched label stats --dataset DIR")
+    return report_stats(config.dataset, config.out or Path(config.dataset) / "stats", plots=config.plots)
 
 
 @dataclass(frozen=True)
@@ -402,7 +278,7 @@ class ExportConfig:
     {"id", "L_t0.0", "L_t0.3", ...}; `seqsched label import` rebuilds the dataset from it and the instructions."""
 
     dataset: str = ""
-    """The length dataset folder (also accepted as the first positional argument)."""
+    """The length dataset folder."""
     out: str = ""
     """The JSON file to write."""
     split: str | None = None
@@ -412,6 +288,8 @@ class ExportConfig:
 def export_lengths(dataset_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
     """The lengths of every record, one L_t<temperature> per sample (one sample per temperature)."""
     from datasets import DatasetDict, load_from_disk
+
+    from data_tools.paper_labels import sample_key
 
     loaded = load_from_disk(str(dataset_dir))
     splits = [loaded[split]] if split else (list(loaded.values()) if isinstance(loaded, DatasetDict) else [loaded])
@@ -424,7 +302,7 @@ def export_lengths(dataset_dir: str | Path, split: str | None = None) -> list[di
             row: dict[str, Any] = {"id": str(record["id"])}
             row.update(
                 {
-                    f"L_t{temperature:.1f}": int(n)
+                    sample_key(temperature): int(n)
                     for temperature, n in zip(temperatures, record["lengths"], strict=True)
                 }
             )
@@ -432,21 +310,13 @@ def export_lengths(dataset_dir: str | Path, split: str | None = None) -> list[di
     return rows
 
 
-def export_main(argv: Sequence[str]) -> int:
-    """`seqsched label export DIR --out FILE`."""
+def label_export(config: ExportConfig) -> Path:
+    """`seqsched label export --dataset DIR --out FILE`."""
     import json
 
-    args = list(argv)
-    if args and not args[0].startswith("-"):
-        args = ["--dataset", args[0], *args[1:]]
-    config = parse_config(ExportConfig, args, prog="seqsched label export")
     if not config.dataset or not config.out:
-        raise SeqschedError("give the length dataset folder and --out FILE: seqsched label export DIR --out FILE")
+        raise SeqschedError("give --dataset (a length dataset folder) and --out FILE")
     rows = export_lengths(config.dataset, config.split)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial")
-    staging.write_text("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n", encoding="utf-8")
-    staging.replace(out)
+    out = write_text(config.out, "[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n")
     print(f"{len(rows)} records' lengths -> {out}")
-    return 0
+    return out

@@ -7,17 +7,12 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from serving.errors import SeqschedError
-
-if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from seqsched.errors import SeqschedError
+from seqsched.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +56,11 @@ class ModelConfig:
 class LoadedModel:
     """A model ready for generation, with the tokenizer and where it came from."""
 
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    model: Any
+    tokenizer: Any
     spec: str
     path: str
-    device: torch.device
+    device: Any
 
 
 def default_cache_dir() -> Path:
@@ -109,18 +104,9 @@ def convert_gguf(gguf: Path, cache_dir: Path | None = None) -> Path:
     # transformers 5 refuses to save a model loaded from GGUF while it carries the quantization config.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    # Written to a temporary folder and renamed, so a killed conversion never leaves a half folder behind.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
-    try:
+    with atomic_dir(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -143,7 +129,7 @@ def resolve_model_path(spec: str, cache_dir: str | Path | None = None) -> str:
     return spec  # a hub id: owner/name
 
 
-def pick_device(device: Device) -> torch.device:
+def pick_device(device: Device) -> Any:
     """The torch device for a Device option."""
     import torch
 
@@ -154,7 +140,7 @@ def pick_device(device: Device) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+def pick_dtype(dtype: DType, device: Any) -> Any:
     """The torch dtype for a DType option on a device."""
     import torch
 
@@ -175,7 +161,7 @@ def _from_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
         ) from error
 
 
-def load_tokenizer(spec: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(spec: str, cache_dir: str | Path | None = None) -> Any:
     """The tokenizer of a model spec, set up for batched generation (left padding, a pad token)."""
     from transformers import AutoTokenizer
 
@@ -201,7 +187,7 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m serving.llm SPEC`: resolve (and for GGUF, convert once) a model spec; print its folder."""
+    """`python -m seqsched.model_specs SPEC`: resolve (and for GGUF, convert once) a model spec; print its folder."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         print(resolve_model_path(argv[0] if argv else SMOLLM2))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.errors import InputError
+from seqsched.errors import InputError
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
 
@@ -215,7 +215,7 @@ def detect_format(record: Mapping[str, Any]) -> InputFormat:
     )
 
 
-def _iter_records(path: Path) -> Iterator[tuple[int | str, Any]]:
+def iter_records(path: Path) -> Iterator[tuple[int | str, Any]]:
     """(position, record) pairs: line numbers for JSONL, 'record N' for a JSON array."""
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
@@ -247,7 +247,7 @@ def read_requests(path: str | Path, fmt: InputFormat = InputFormat.AUTO, *, skip
         return _read_dataset_folder(path, skip_bad=skip_bad)
     result = ReadResult(requests=[])
     seen: set[str] = set()
-    for count, (position, record) in enumerate(_iter_records(path)):
+    for count, (position, record) in enumerate(iter_records(path)):
         try:
             if isinstance(record, json.JSONDecodeError):
                 raise RecordError(f"invalid JSON ({record.msg}, column {record.colno})")
@@ -295,14 +295,3 @@ def _read_dataset_folder(path: Path, *, skip_bad: bool) -> ReadResult:
                 result.bad.append(BadRecord(str(path), f"record {index}", str(error), error.record_id))
             index += 1
     return result
-
-
-def write_jsonl(path: str | Path, records: list[Mapping[str, Any]] | Iterator[Mapping[str, Any]]) -> None:
-    """Write records as JSONL atomically (a temporary file renamed over the target)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    with staging.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    staging.replace(path)

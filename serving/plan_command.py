@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from serving.config import parse_config
-from serving.errors import InputError, SeqschedError
-from serving.report import table
+from seqsched.errors import InputError, SeqschedError
+from seqsched.files import write_json
+from seqsched.tables import table
 from serving.scheduler import (
     Batch,
     RecomputeMode,
     ScheduleConfig,
+    engine_steps,
     failed_requests,
-    plan,
     recompute_plan,
 )
-from serving.simulate import StepCost, engine_steps, simulate, simulate_batches
+from serving.scheduler import (
+    plan as plan_batches,
+)
+from serving.simulate import StepCost, simulate, simulate_batches
 
 PLAN_TOKEN_BUDGET = 12800
 """`seqsched plan`'s default: len(ids) x max_new_tokens <= 12800 for every batch of more than one request."""
@@ -46,10 +48,6 @@ class PlanConfig(ScheduleConfig):
     """Prompt length assumed by the time estimate (printed when the trace has true lengths)."""
     cost: str | None = None
     """A JSON file of serving.simulate.StepCost fields (default: SmolLM2-135M on this project's CPU)."""
-
-    def schedule(self) -> ScheduleConfig:
-        """The scheduling part of the config."""
-        return ScheduleConfig(**{item.name: getattr(self, item.name) for item in fields(ScheduleConfig)})
 
 
 @dataclass
@@ -137,7 +135,7 @@ def _check_records(path: Path, numbers: Sequence[int], records: Sequence[object]
 
 def build_plan(trace: Trace, cfg: ScheduleConfig) -> tuple[list[Batch], list[Batch]]:
     """The initial batches and, when the trace has true lengths, the recompute batches."""
-    initial = plan(trace.predicted, cfg)
+    initial = plan_batches(trace.predicted, cfg)
     if trace.true is None:
         return initial, []
     limits = [cfg.limit] * len(trace.ids)
@@ -169,13 +167,7 @@ def plan_document(strategy: str, ids: Sequence[str], batches: Sequence[Batch]) -
 
 def write_plan(path: str | Path, document: dict[str, object]) -> Path:
     """Write the plan compactly and atomically (a million ids stay a few MB)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    # json.dumps (one shot) runs the C encoder; json.dump streams through the pure-Python one.
-    staging.write_text(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(staging, path)
-    return path
+    return write_json(path, document, compact=True)
 
 
 def load_cost(path: str | None) -> StepCost:
@@ -214,9 +206,8 @@ def estimate(
     return {key: float(summary[key]) for key in ("effective_token_ratio", "recompute_share", "time_s", "samples_per_s")}
 
 
-def plan_main(argv: Sequence[str]) -> int:
-    """`seqsched plan`."""
-    config = parse_config(PlanConfig, argv, prog="seqsched plan")
+def plan(config: PlanConfig) -> Path:
+    """`seqsched plan`: read the trace, write the plan, print its summary (and simulated cost)."""
     if not config.lengths:
         raise SeqschedError("--lengths is required (a JSONL trace of {id, predicted, true})")
     started = time.perf_counter()
@@ -236,4 +227,4 @@ def plan_main(argv: Sequence[str]) -> int:
         row |= estimate(trace, cfg, initial, recompute, load_cost(config.cost), config.prompt_tokens)
     print(table([row]))
     print(f"plan: {path} ({elapsed:.2f}s)")
-    return 0
+    return path

@@ -1,0 +1,94 @@
+"""Apply a schedule on an engine: one entry point, `run()`, for every engine and launch.
+
+The engine says how it serves (`engine.batching`): static engines run the scheduler's plan batch by batch
+(serving.runner.static), continuous ones take the whole set with priorities and caps
+(serving.runner.continuous). Under `accelerate launch` with several processes, each process serves a shard
+balanced by predicted tokens and every process gets the gathered result in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from seqsched.distributed import Process, current_process, gather
+from seqsched.engines.api import Batching, Engine
+from seqsched.requests import Request
+from seqsched.sharding import gather_in_order, shard_by_predicted_tokens, shard_loads
+from serving.runner.records import (
+    BatchRecord,
+    RequestRecord,
+    RunMetrics,
+    RunOptions,
+    RunResult,
+    check_predictions,
+    run_metrics,
+)
+from serving.scheduler import ScheduleConfig
+
+__all__ = ["BatchRecord", "RequestRecord", "RunMetrics", "RunOptions", "RunResult", "run"]
+
+
+def run(
+    engine: Engine,
+    requests: Sequence[Request],
+    predicted: Sequence[int] | None,
+    cfg: ScheduleConfig,
+    options: RunOptions | None = None,
+    *,
+    predictor_s: float = 0.0,
+    process: Process | None = None,
+) -> RunResult:
+    """Serve requests with a schedule; records come back in input order.
+
+    predicted: one length per request (None only for vanilla); predictor_s: time already spent predicting,
+    counted in the run's total time and latencies; process: this process's place in a data-parallel launch
+    (default: found from the environment, one process without a launcher).
+    """
+    options = options or RunOptions()
+    check_predictions(requests, predicted, cfg)
+    process = process or current_process()
+    if process.count <= 1:
+        return _run_local(engine, requests, predicted, cfg, options, predictor_s)
+    weights = list(predicted) if predicted is not None else [1] * len(requests)
+    groups = shard_by_predicted_tokens(weights, process.count)
+    mine = groups[process.index]
+    local = _run_local(
+        engine,
+        [requests[index] for index in mine],
+        None if predicted is None else [predicted[index] for index in mine],
+        cfg,
+        options,
+        predictor_s,
+    )
+    batches = [replace(batch, request_ids=tuple(mine[i] for i in batch.request_ids)) for batch in local.batches]
+    shards = sorted(gather((process.index, local.records, batches, local.metrics.generation_s)), key=lambda s: s[0])
+    records = gather_in_order(groups, [shard[1] for shard in shards], len(requests))
+    all_batches = [batch for shard in shards for batch in shard[2]]
+    generation_s = max(shard[3] for shard in shards)  # the processes run side by side: the slowest decides
+    metrics = run_metrics(cfg, records, all_batches, generation_s, predictor_s)
+    extra = {
+        "processes": process.count,
+        "shard_sizes": [len(group) for group in groups],
+        "shard_predicted_tokens": shard_loads(weights, groups),
+        "shard_generation_s": [shard[3] for shard in shards],
+    }
+    return RunResult(records, all_batches, metrics, cfg, extra)
+
+
+def _run_local(
+    engine: Engine,
+    requests: Sequence[Request],
+    predicted: Sequence[int] | None,
+    cfg: ScheduleConfig,
+    options: RunOptions,
+    predictor_s: float,
+) -> RunResult:
+    from tqdm import tqdm
+
+    if engine.batching is Batching.CONTINUOUS:
+        from serving.runner.continuous import ContinuousRun as Runner
+    else:
+        from serving.runner.static import StaticRun as Runner  # type: ignore[assignment]
+    with tqdm(total=len(requests), unit="req", desc=cfg.strategy.value, disable=not options.progress) as bar:
+        return Runner(engine, requests, predicted, cfg, options, predictor_s, bar.update).run()
