@@ -1,5 +1,9 @@
 """Typed configs: dataclasses are the source of truth, YAML recipes fill them, the command line overrides
-any field (`--config recipes/x.yaml --model.spec smollm2 --limit 256`)."""
+any field (`--config recipes/x.yaml --model.spec smollm2 --limit 256`).
+
+jsonargparse is imported only when a parser is built: `config_from_mapping` (a recipe's data to a config, what
+`python -m seqsched_cli.recipe` uses) and `to_dict` work without it, on machines that lack it (the lent GPU).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,17 @@ import enum
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-from jsonargparse.typing import register_type
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from seqsched.errors import OptionError, SeqschedError
 
+if TYPE_CHECKING:  # jsonargparse is a pure-Python package: safe to name in a TYPE_CHECKING block
+    from jsonargparse import ArgumentParser
+
 T = TypeVar("T")
 
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
 _registered: set[type[enum.Enum]] = set()
+_set_up = False
 
 
 class FloatList(tuple):
@@ -38,7 +41,17 @@ def _float_list(value: Any) -> FloatList:
         raise ValueError(f"expected numbers like 0,0.3,0.7 or [0, 0.3, 0.7], got {value!r}") from error
 
 
-register_type(FloatList, serializer=list, deserializer=_float_list)
+def _jsonargparse_ready() -> None:
+    """Import jsonargparse and set it up once: attribute docstrings become help, FloatList parses."""
+    global _set_up
+    if _set_up:
+        return
+    from jsonargparse import set_parsing_settings
+    from jsonargparse.typing import register_type
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    register_type(FloatList, serializer=list, deserializer=_float_list)
+    _set_up = True
 
 
 def _enum_parser(enum_type: type[enum.Enum]) -> Any:
@@ -57,6 +70,9 @@ def register_enum(enum_type: type[enum.Enum]) -> None:
     """Let configs spell an enum by its value (`--strategy fcr`), as YAML recipes do."""
     if enum_type in _registered:
         return
+    _jsonargparse_ready()
+    from jsonargparse.typing import register_type
+
     register_type(enum_type, serializer=lambda member: member.value, deserializer=_enum_parser(enum_type))
     _registered.add(enum_type)
 
@@ -105,6 +121,9 @@ def add_dashed_aliases(parser: ArgumentParser) -> None:
 
 def build_parser(config_type: type, prog: str, description: str | None = None) -> ArgumentParser:
     """An argument parser for a config dataclass, with --config for YAML recipes; errors raise, never exit."""
+    _jsonargparse_ready()
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
     _register_enums_in(config_type)
     parser = ArgumentParser(
         prog=prog,
@@ -171,6 +190,71 @@ def load_recipe(config_type: type[T], path: str | Path) -> T:
     if not path.is_file():
         raise SeqschedError(f"{path}: no such recipe file")
     return parse_config(config_type, ["--config", str(path)], prog=f"recipe {path}")
+
+
+def config_from_mapping(config_type: type[T], data: Any, prefix: str = "") -> T:
+    """Build config_type from plain data (a recipe's YAML, overrides) without jsonargparse: enums by value,
+    nested configs from mappings, tuples from lists; unknown keys and wrong types -> OptionError."""
+    if not isinstance(data, dict):
+        raise OptionError(prefix.rstrip(".") or "config", f"expected a mapping of options, got {data!r}")
+    hints = _type_hints(config_type)
+    names = {item.name for item in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise OptionError(f"{prefix}{unknown[0]}", f"no such option in {config_type.__name__}")
+    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    try:
+        return config_type(**kwargs)
+    except OptionError as error:
+        raise error.nested(prefix.rstrip(".")) if prefix else error from None
+    except (ValueError, TypeError) as error:
+        raise SeqschedError(f"{config_type.__name__}: {error}") from error
+
+
+def _coerce(field_type: Any, value: Any, option: str) -> Any:
+    """One value converted to its field's type (the subset of types our configs use)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(field_type)
+    args = typing.get_args(field_type)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = []
+        for arg in (item for item in args if item is not type(None)):
+            try:
+                return _coerce(arg, value, option)
+            except OptionError as error:
+                problems.append(error.problem)
+        raise OptionError(option, "; ".join(problems))
+    if dataclasses.is_dataclass(field_type) and isinstance(field_type, type):
+        return value if isinstance(value, field_type) else config_from_mapping(field_type, value, f"{option}.")
+    if isinstance(field_type, type) and issubclass(field_type, enum.Enum):
+        try:
+            return _enum_parser(field_type)(value)
+        except ValueError as error:
+            raise OptionError(option, str(error)) from None
+    if field_type is FloatList:
+        try:
+            return _float_list(value)
+        except ValueError as error:
+            raise OptionError(option, str(error)) from None
+    if origin is tuple:
+        items = [value] if isinstance(value, str) or not isinstance(value, list | tuple) else value
+        item_type = args[0] if args else Any
+        return tuple(_coerce(item_type, item, option) for item in items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise OptionError(option, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if field_type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if field_type in (int, float, str, bool) and not (
+        isinstance(value, field_type) and (field_type is bool or not isinstance(value, bool))
+    ):
+        raise OptionError(option, f"expected {field_type.__name__}, got {value!r}")
+    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -50,6 +50,11 @@ class ModelConfig:
     """Weights' dtype: auto is bfloat16 on cuda, float32 on cpu."""
     cache_dir: str | None = None
     """Where converted GGUF models are cached (default: $SEQSCHED_CACHE or ~/.cache/seqsched/models)."""
+    random_init: str | None = None
+    """Replay: build the model with random weights from a config instead of loading weights: vicuna-7b (the
+    LLaMA/Llama-2-7B shape, Vicuna v1.1 chat format), smollm2 (SmolLM2-135M) or a config.json path. `spec` then
+    only supplies the tokenizer (a folder with tokenizer files and a config.json is enough). Use with
+    --engine.replay: timing is faithful, text is not."""
 
 
 @dataclass
@@ -61,6 +66,8 @@ class LoadedModel:
     spec: str
     path: str
     device: Any
+    random_init: str | None = None
+    """The random-weight config the model was built from (None: trained weights)."""
 
 
 def default_cache_dir() -> Path:
@@ -180,10 +187,28 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
         config = ModelConfig(spec=config)
     path = resolve_model_path(config.spec, config.cache_dir)
     device = pick_device(config.device)
+    if config.random_init is not None:
+        return _load_random(config, path, device)
     model = _from_pretrained(AutoModelForCausalLM, path, dtype=pick_dtype(config.dtype, device))
     model.to(device).eval()
     tokenizer = load_tokenizer(path)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=config.spec, path=path, device=device)
+
+
+def _load_random(config: ModelConfig, tokenizer_path: str, device: Any) -> LoadedModel:
+    """A random-weight model of a preset or config.json, with the spec's tokenizer (and the preset's chat format)."""
+    from seqsched.random_models import build_random_model, random_model
+
+    assert config.random_init is not None
+    preset = random_model(config.random_init)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if preset.chat_template is not None:
+        tokenizer.chat_template = preset.chat_template
+    model = build_random_model(preset, device, pick_dtype(config.dtype, device))
+    log.info("random-weight %s model on %s (timing faithful, text not)", preset.name, device)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, spec=config.spec, path=tokenizer_path, device=device, random_init=preset.name
+    )
 
 
 def _main(argv: list[str]) -> int:

@@ -3,7 +3,10 @@ engine, repeated and interleaved so machine noise hits them alike; greedy decodi
 exactly the lengths vanilla produced and every strategy's outputs can be checked against vanilla's.
 
 Writes <out>.json (every run, per-request lengths and predictions, the tuned policy), <out>.md (the table and
-where the time goes) and <out>.png (bar charts).
+where the time goes) and <out>.png (bar charts). With --engine.replay (and --model.random_init) every request
+generates its recorded length on a random-weight model of the served architecture: the paper's table on a
+machine without the weights (timing faithful, text not). Setup (step cost, tuning, budget sizing) is in
+serving.bench_setup, the files in serving.bench_report.
 """
 
 from __future__ import annotations
@@ -14,23 +17,47 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from seqsched.config import to_dict
 from seqsched.engines.api import Engine
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.selection import build_engine, set_torch_threads
-from seqsched.errors import SeqschedError
-from seqsched.files import atomic_path, write_json, write_text
+from seqsched.errors import SeqschedError, require
+from seqsched.files import write_json, write_text
 from seqsched.model_specs import ModelConfig
+from seqsched.random_models import REPLAY_NOTE, parameter_count
 from seqsched.requests import InputFormat, Request, read_requests
-from seqsched.tables import table
+from serving.bench_report import TABLE_COLUMNS, TIME_COLUMNS, describe_setup, device_line, markdown, plot, report_dict
+from serving.bench_setup import (
+    HeldOut,
+    RowPlan,
+    fit_count,
+    held_out_from_dataset,
+    held_out_from_lengths,
+    measure_cost,
+    starting_policy,
+    tune_on,
+    tune_schedule,
+    tuning_estimate_s,
+)
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
 from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import ScheduleConfig, Strategy
+from serving.simulate import StepCost
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "TIME_COLUMNS",
+    "BenchConfig",
+    "BenchResult",
+    "BenchRow",
+    "bench",
+    "run_bench",
+    "tune_schedule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +100,6 @@ class BenchStrategy(enum.Enum):
 
 ALL_STRATEGIES = tuple(BenchStrategy)
 
-TABLE_COLUMNS = (
-    "strategy",
-    "samples_per_s",
-    "tokens_per_s",
-    "effective_token_ratio",
-    "failure_ratio",
-    "latency_p50_s",
-    "latency_p99_s",
-    "predictor_share",
-    "speedup",
-    "of_oracle",
-    "same_as_vanilla",
-)
-TIME_COLUMNS = (
-    "strategy",
-    "total_s",
-    "predictor_s",
-    "prefill_s",
-    "decode_s",
-    "other_s",
-    "row_steps",
-    "generated_tokens",
-    "wasted_share",
-    "recompute_share",
-    "batches",
-)
-
 
 @dataclass(frozen=True)
 class BenchConfig(ScheduleConfig):
@@ -117,7 +117,8 @@ class BenchConfig(ScheduleConfig):
     """The predictor of seqsch, vbs and fcr: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., oracle:FILE."""
     tracking_uri: str | None = None
     strategies: tuple[BenchStrategy, ...] = ALL_STRATEGIES
-    """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (vanilla always runs: it is the base)."""
+    """Rows to run, in this order: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (vanilla always runs
+    first: it is the base)."""
     repeats: int = 1
     """Rounds over all strategies; each round rotates their order. The table shows each strategy's median round."""
     vanilla_batch_size: int = 16
@@ -128,13 +129,70 @@ class BenchConfig(ScheduleConfig):
     tune_split: str | None = None
     tune_start: int = 0
     tune_limit: int | None = None
+    tune_lengths: str | None = None
+    """Instead of tune_data, without the datasets library: held-out true lengths, JSONL {id, true} (the predictor
+    predicts those ids: an oracle:FILE predictor must cover them; a registered one needs a `prompt` per line)."""
+    tune_per_run: bool = True
+    """Simulate the held-out requests in runs of as many requests as the bench serves (a small run's bins are
+    partly filled); false: all held-out requests as one run."""
+    paper_rows: tuple[BenchStrategy, ...] = ()
+    """With tuning, these rows (of vbs, fcr, fcr-perception, fcr-oracle) also run under the starting (paper's)
+    policy, as ROW@paper, each right after its tuned twin."""
+    cost_batch_sizes: tuple[int, ...] = (1, 4, 16, 32, 64)
+    """Batch sizes the step cost is measured at (for tuning and budget sizing)."""
+    cost_prompt_lengths: tuple[int, ...] = (32, 160)
+    """Prompt lengths the step cost is measured at."""
+    budget_s: float | None = None
+    """Replay only: serve the most prompts (a prefix of the selection) whose rows the simulator, with the
+    measured step cost and the replayed lengths, predicts to finish within this many seconds of the bench's start."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     torch_threads: int | None = None
     """CPU threads for torch (default: torch's choice)."""
     out: str = "outputs/bench/bench"
-    """Writes OUT.json, OUT.md and OUT.png."""
+    """Writes OUT.json, OUT.md and OUT.png (rewritten after every run, so a cut-short bench keeps its rows)."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        tuned = self.tune_data is not None or self.tune_lengths is not None
+        require(not (self.tune_data and self.tune_lengths), "tune_lengths", "give tune_data or tune_lengths, not both")
+        require(not self.paper_rows or tuned, "paper_rows", "needs tuning (tune_data or tune_lengths) to compare with")
+        unscheduled = [row.value for row in self.paper_rows if not _uses_policy(row)]
+        require(not unscheduled, "paper_rows", f"{unscheduled} do not use the policy's bins and VBS")
+        missing = [row.value for row in self.paper_rows if row not in self.strategies]
+        require(not missing, "paper_rows", f"{missing} must be among --strategies too")
+        require(self.budget_s is None or self.budget_s > 0, "budget_s", f"must be > 0, got {self.budget_s}")
+        require(bool(self.cost_batch_sizes), "cost_batch_sizes", "needs at least one batch size")
+
+
+def _uses_policy(strategy: BenchStrategy) -> bool:
+    return strategy.strategy in (Strategy.VBS, Strategy.FCR)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """A row of the table: a strategy, under the tuned policy or (paper) the starting one."""
+
+    strategy: BenchStrategy
+    paper: bool = False
+
+    @property
+    def name(self) -> str:
+        """The row's name in tables: the strategy, with `@paper` for the starting policy's twin."""
+        return self.strategy.value + ("@paper" if self.paper else "")
+
+
+def bench_rows(config: BenchConfig) -> list[BenchRow]:
+    """The rows in run order: vanilla, then each strategy followed by its @paper twin when asked for."""
+    rows = [BenchRow(BenchStrategy.VANILLA)]
+    for strategy in config.strategies:
+        if strategy is BenchStrategy.VANILLA:
+            continue
+        rows.append(BenchRow(strategy))
+        if strategy in config.paper_rows:
+            rows.append(BenchRow(strategy, paper=True))
+    return rows
 
 
 @dataclass
@@ -146,6 +204,13 @@ class StrategyRun:
     result: RunResult
     predicted: list[int] | None
     same_as_vanilla: int
+    paper: bool = False
+    """Run under the starting (paper's) policy while the other scheduled rows run the tuned one."""
+
+    @property
+    def name(self) -> str:
+        """The row this run belongs to."""
+        return BenchRow(self.strategy, self.paper).name
 
 
 @dataclass
@@ -157,21 +222,36 @@ class BenchResult:
     time_rows: list[dict[str, Any]]
     policy: ScheduleConfig
     tuning: dict[str, Any] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    """The requests served (fewer than given when a budget sized the run)."""
+    paper_policy: ScheduleConfig | None = None
+    """The starting policy of the @paper rows (None: no such rows)."""
+    setup: dict[str, Any] = field(default_factory=dict)
+    """The measured step cost and the budget sizing, when there were any."""
 
-    def row(self, strategy: BenchStrategy) -> dict[str, Any]:
-        """The summary row of a strategy."""
-        return next(row for row in self.rows if row["strategy"] == strategy.value)
+    def row(self, strategy: BenchStrategy | str) -> dict[str, Any]:
+        """The summary row of a strategy (or of a row name such as fcr@paper)."""
+        name = strategy.value if isinstance(strategy, BenchStrategy) else strategy
+        return next(row for row in self.rows if row["strategy"] == name)
 
 
-def round_order(strategies: Sequence[BenchStrategy], index: int) -> list[BenchStrategy]:
+RowItem = TypeVar("RowItem", BenchStrategy, BenchRow)
+
+
+def _strategy_of(item: BenchStrategy | BenchRow) -> BenchStrategy:
+    return item.strategy if isinstance(item, BenchRow) else item
+
+
+def round_order(items: Sequence[RowItem], index: int) -> list[RowItem]:
     """The order of round `index`: vanilla first in round 0 (the oracle needs its lengths), then everything
-    rotated by one per round so no strategy always runs first or last."""
-    others = [item for item in strategies if item is not BenchStrategy.VANILLA]
-    ordered = [BenchStrategy.VANILLA, *others]
+    rotated by one per round so no row always runs first or last."""
+    vanilla = next((item for item in items if _strategy_of(item) is BenchStrategy.VANILLA), BenchStrategy.VANILLA)
+    others = [item for item in items if _strategy_of(item) is not BenchStrategy.VANILLA]
+    ordered = [vanilla, *others]
     if index == 0:
-        return ordered
+        return ordered  # type: ignore[return-value]
     shift = index % len(ordered)
-    return ordered[shift:] + ordered[:shift]
+    return ordered[shift:] + ordered[:shift]  # type: ignore[return-value]
 
 
 def strategy_config(strategy: BenchStrategy, policy: ScheduleConfig, vanilla_batch_size: int) -> ScheduleConfig:
@@ -181,32 +261,42 @@ def strategy_config(strategy: BenchStrategy, policy: ScheduleConfig, vanilla_bat
     return replace(policy, strategy=strategy.strategy)
 
 
-def _same(result: RunResult, vanilla: RunResult) -> int:
+def _same(result: RunResult, vanilla: RunResult, by_length: bool = False) -> int:
+    """Requests whose output equals vanilla's: token for token, or (replay, where text is noise) in length."""
+    if by_length:
+        return sum(a.num_tokens == b.num_tokens for a, b in zip(result.records, vanilla.records, strict=True))
     return sum(a.token_ids == b.token_ids for a, b in zip(result.records, vanilla.records, strict=True))
 
 
-def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> tuple[list[dict], list[dict]]:
-    """One row per strategy (its median round by samples/s) with speedup vs vanilla and share of the oracle."""
-    chosen: dict[BenchStrategy, StrategyRun] = {}
-    spread: dict[BenchStrategy, list[float]] = {}
-    for strategy in strategies:
-        mine = sorted(
-            (item for item in runs if item.strategy is strategy), key=lambda r: r.result.metrics.samples_per_s
-        )
+def _row_name(item: BenchStrategy | BenchRow | str) -> str:
+    if isinstance(item, str):
+        return item
+    return item.name if isinstance(item, BenchRow) else item.value
+
+
+def summarize(
+    runs: Sequence[StrategyRun], rows: Sequence[BenchStrategy | BenchRow | str]
+) -> tuple[list[dict], list[dict]]:
+    """One row per table row (its median round by samples/s) with speedup vs vanilla and share of the oracle
+    (the oracle under the same policy: fcr-oracle@paper for @paper rows)."""
+    chosen: dict[str, StrategyRun] = {}
+    spread: dict[str, list[float]] = {}
+    for name in (_row_name(item) for item in rows):
+        mine = sorted((item for item in runs if item.name == name), key=lambda r: r.result.metrics.samples_per_s)
         if mine:
-            chosen[strategy] = mine[(len(mine) - 1) // 2]
-            spread[strategy] = [item.result.metrics.samples_per_s for item in mine]
-    base = chosen[BenchStrategy.VANILLA].result.metrics.samples_per_s
-    oracle = chosen.get(BenchStrategy.FCR_ORACLE)
-    oracle_sps = oracle.result.metrics.samples_per_s if oracle else None
-    rows, time_rows = [], []
-    for strategy, item in chosen.items():
+            chosen[name] = mine[(len(mine) - 1) // 2]
+            spread[name] = [item.result.metrics.samples_per_s for item in mine]
+    base = chosen["vanilla"].result.metrics.samples_per_s
+    table_rows, time_rows = [], []
+    for name, item in chosen.items():
         metrics = item.result.metrics
-        values = spread[strategy]
-        rows.append(
+        oracle = chosen.get("fcr-oracle@paper" if item.paper else "fcr-oracle") or chosen.get("fcr-oracle")
+        oracle_sps = oracle.result.metrics.samples_per_s if oracle else None
+        values = spread[name]
+        table_rows.append(
             {
                 **metrics.row(),
-                "strategy": strategy.value,
+                "strategy": name,
                 "speedup": metrics.samples_per_s / base if base else float("nan"),
                 "of_oracle": metrics.samples_per_s / oracle_sps if oracle_sps else float("nan"),
                 "same_as_vanilla": f"{item.same_as_vanilla}/{metrics.requests}",
@@ -219,7 +309,7 @@ def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) 
         prompt_pad = sum(b.padded_prompt_tokens - b.prompt_tokens for b in item.result.batches)
         time_rows.append(
             {
-                "strategy": strategy.value,
+                "strategy": name,
                 "total_s": metrics.total_s,
                 "predictor_s": metrics.predictor_s,
                 "prefill_s": metrics.prefill_s,
@@ -233,7 +323,7 @@ def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) 
                 "prompt_padding_tokens": prompt_pad,
             }
         )
-    return rows, time_rows
+    return table_rows, time_rows
 
 
 class _Predictions:
@@ -277,221 +367,240 @@ class _Predictions:
         return values, time.perf_counter() - started
 
 
-def tune_policy(engine: Engine, config: BenchConfig, predictions: _Predictions) -> tuple[ScheduleConfig, dict]:
-    """Margin, bin width and VBS chosen by simulation on held-out predictor errors and this engine's step cost."""
-    policy = replace(config.schedule(), strategy=Strategy.FCR)
-    if not config.tune_data:
-        return policy, {}
-    return tune_schedule(
-        engine,
-        predictions.predictor(),
-        policy,
-        config.tune_data,
-        config.tune_split,
-        config.tune_start,
-        config.tune_limit,
-    )
+@dataclass
+class _Setup:
+    """What the bench settled before the rows: the requests it serves, the policies, what it measured."""
+
+    requests: list[Request]
+    policy: ScheduleConfig
+    paper_policy: ScheduleConfig
+    tuning: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def tune_schedule(
+def _prompt_tokens(engine: Engine, requests: Sequence[Request]) -> list[int]:
+    return [len(engine.encode(request.chat())) for request in requests]
+
+
+def _held_out(engine: Engine, config: BenchConfig, predictions: _Predictions) -> HeldOut | None:
+    if config.tune_lengths:
+        return held_out_from_lengths(predictions.predictor(), config.tune_lengths)
+    if config.tune_data:
+        return held_out_from_dataset(
+            engine, predictions.predictor(), config.tune_data, config.tune_split, config.tune_start, config.tune_limit
+        )
+    return None
+
+
+def _size(
     engine: Engine,
-    predictor: RequestPredictor,
-    policy: ScheduleConfig,
-    data_dir: str | Path,
-    split: str | None = None,
-    start: int = 0,
-    limit: int | None = None,
-) -> tuple[ScheduleConfig, dict]:
-    """`policy` with its margin, bin width and VBS re-chosen: the engine's step cost is measured, the predictor
-    runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
-    from lengthpred.data import load_length_data
-    from serving.costmodel import fit, measure
-    from serving.tuning import BATCH_SIZES, tune_margin, tune_vbs
-
-    started = time.perf_counter()
-    samples = measure(engine, batch_sizes=(1, 4, 16, 32, 64), prompt_lengths=(32, 160), steps=12)
-    cost = fit(samples)
-    data = load_length_data(str(data_dir), split, start, limit)
-    held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
-    predicted = predictor.predict_requests(held_out)
-    true = data.max_lengths
-    prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
-    margin = tune_margin(predicted, true, policy, cost, flat_sizes=BATCH_SIZES, prompt_tokens=prompt_tokens)
-    vbs = tune_vbs(predicted, true, margin.config, cost, prompt_tokens=prompt_tokens)
-    tuned = vbs.config
-    info = {
-        "data": data.source,
-        "records": len(data),
-        "step_cost": asdict(cost),
-        "prompt_tokens": prompt_tokens,
-        "simulated_paper_policy_s": margin.baseline_s,
-        "simulated_after_margin_s": margin.best_s,
-        "simulated_after_vbs_s": vbs.best_s,
-        "margin_tokens": tuned.margin_tokens,
-        "margin_ratio": tuned.margin_ratio,
-        "bin_width": tuned.bin_width,
-        "batch_size": tuned.batch_size,
-        "vbs": tuned.vbs,
-        "tuning_s": time.perf_counter() - started,
-    }
-    return tuned, info
+    config: BenchConfig,
+    requests: list[Request],
+    rows: Sequence[BenchRow],
+    policies: tuple[ScheduleConfig, ScheduleConfig],
+    cost: StepCost,
+    seconds_left: float,
+) -> tuple[list[Request], dict[str, Any]]:
+    """The prefix of the requests that fits the budget (replay: the engine knows every request's length)."""
+    recorded = getattr(engine, "recorded_lengths", None)
+    if recorded is None:
+        raise SeqschedError("--budget_s sizes a replay (--engine.replay): other engines' lengths are unknown")
+    true = recorded(requests)
+    needs_predictor = any(row.strategy.source in (Source.PREDICTOR, Source.PERCEPTION) for row in rows)
+    predicted = (
+        _Predictions(engine, config, requests).predictor().predict_requests(requests) if needs_predictor else None
+    )
+    tuned, paper = policies
+    plans = [
+        RowPlan(
+            row.name,
+            strategy_config(row.strategy, paper if row.paper else tuned, config.vanilla_batch_size),
+            oracle=row.strategy.source is Source.ORACLE,
+        )
+        for row in rows
+    ]
+    count, info = fit_count(
+        plans, predicted, true, _prompt_tokens(engine, requests), cost, seconds_left, config.repeats
+    )
+    info["offered"] = len(requests)
+    print(
+        f"budget {config.budget_s:.0f} s: {count} of {len(requests)} prompts fit (simulated rows: "
+        f"{info['simulated_row_s']})",
+        flush=True,
+    )
+    return requests[:count], info
 
 
-def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) -> BenchResult:
-    """Run every strategy `repeats` times, interleaved, and summarize."""
+def _prepare(
+    engine: Engine, requests: list[Request], config: BenchConfig, rows: Sequence[BenchRow], started: float
+) -> _Setup:
+    """Step cost, tuning and budget sizing, in the order each needs the other."""
+    paper = starting_policy(config)
+    setup = _Setup(requests, paper, paper)
+    tuning = config.tune_data is not None or config.tune_lengths is not None
+    if not tuning and config.budget_s is None:
+        return setup
+    measured = time.perf_counter()
+    cost, cost_table = measure_cost(engine, config.cost_batch_sizes, config.cost_prompt_lengths)
+    setup.info["step_cost"] = {"fit": asdict(cost), "samples": cost_table, "seconds": time.perf_counter() - measured}
+    print(
+        f"step cost measured in {time.perf_counter() - measured:.0f} s ({time.perf_counter() - started:.0f} s since "
+        f"start): {cost.fixed_s * 1000:.1f} ms + {cost.per_row_s * 1000:.3f} ms/row + "
+        f"{cost.per_context_s * 1e6:.3f} us/row/context token per step",
+        flush=True,
+    )
+    predictions = _Predictions(engine, config, requests)
+    held_out = _held_out(engine, config, predictions)
+    prompt_tokens = round(statistics.mean(_prompt_tokens(engine, requests[:64])))
+
+    if config.budget_s is not None:
+        # Sized before tuning, every row under the paper's policy (tuning is predicted to speed the tuned rows up,
+        # so this errs on the safe side); the time tuning will take is reserved.
+        reserve = tuning_estimate_s(held_out, paper, cost, prompt_tokens) if held_out is not None else 0.0
+        seconds_left = config.budget_s - (time.perf_counter() - started) - reserve
+        setup.requests, setup.info["sizing"] = _size(engine, config, requests, rows, (paper, paper), cost, seconds_left)
+        setup.info["sizing"]["tuning_reserve_s"] = round(reserve, 1)
+    if held_out is not None:
+        workload = len(setup.requests) if config.tune_per_run else None
+        setup.policy, setup.tuning = tune_on(held_out, paper, cost, prompt_tokens, workload)
+    if setup.tuning:
+        info = setup.tuning
+        print(
+            f"tuned in {info['tuning_s']:.0f} s on {info['records']} held-out requests: margin "
+            f"+{info['margin_tokens']} tokens x{1 + info['margin_ratio']:.2f}, bins of "
+            f"{info['bin_width']}, vbs {info['vbs']}, recompute batch {info['batch_size']} (simulated "
+            f"{info['simulated_paper_policy_s']:.0f} s -> {info['simulated_after_vbs_s']:.0f} s)",
+            flush=True,
+        )
+    return setup
+
+
+def run_bench(
+    engine: Engine,
+    requests: Sequence[Request],
+    config: BenchConfig,
+    *,
+    started: float | None = None,
+    on_run: Callable[[BenchResult], None] | None = None,
+) -> BenchResult:
+    """Run every row `repeats` times, interleaved, and summarize.
+
+    started: when the bench began (perf_counter; the budget counts from it); on_run: called with the result so
+    far after every run (the bench rewrites its files, so a cut-short run keeps what finished)."""
     if not requests:
         raise SeqschedError("no prompts to benchmark")
     if config.repeats < 1:
         raise SeqschedError(f"--repeats must be >= 1, got {config.repeats}")
-    strategies = [BenchStrategy.VANILLA, *(s for s in config.strategies if s is not BenchStrategy.VANILLA)]
+    started = time.perf_counter() if started is None else started
+    rows = bench_rows(config)
+    setup = _prepare(engine, list(requests), config, rows, started)
+    requests = setup.requests
     predictions = _Predictions(engine, config, requests)
-    policy, tuning = tune_policy(engine, config, predictions)
-    if tuning:
-        print(
-            f"tuned policy: margin +{tuning['margin_tokens']} tokens x{1 + tuning['margin_ratio']:.2f}, bins of "
-            f"{tuning['bin_width']}, vbs {tuning['vbs']}, recompute batch {tuning['batch_size']} (simulated "
-            f"{tuning['simulated_paper_policy_s']:.0f} s -> {tuning['simulated_after_vbs_s']:.0f} s)",
-            flush=True,
-        )
+    by_length = not getattr(engine, "text_faithful", True)
     options = RunOptions(progress=config.progress)
     runs: list[StrategyRun] = []
     vanilla: RunResult | None = None
+    paper_policy = setup.paper_policy if any(row.paper for row in rows) else None
+
+    def result_so_far() -> BenchResult:
+        table_rows, time_rows = summarize(runs, rows)
+        return BenchResult(
+            runs, table_rows, time_rows, setup.policy, setup.tuning, list(requests), paper_policy, setup.info
+        )
+
     for index in range(config.repeats):
-        for strategy in round_order(strategies, index):
-            predicted, predictor_s = predictions.get(strategy.source)
-            cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
+        for row in round_order(rows, index):
+            predicted, predictor_s = predictions.get(row.strategy.source)
+            policy = setup.paper_policy if row.paper else setup.policy
+            cfg = strategy_config(row.strategy, policy, config.vanilla_batch_size)
             result = run(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
             if vanilla is None:
                 vanilla = result
                 predictions.oracle = [record.num_tokens for record in result.records]
-            same = _same(result, vanilla)
-            runs.append(StrategyRun(strategy, index, result, predicted, same))
+            same = _same(result, vanilla, by_length)
+            runs.append(StrategyRun(row.strategy, index, result, predicted, same, row.paper))
             metrics = result.metrics
             print(
-                f"round {index + 1}/{config.repeats} {strategy.value}: {metrics.samples_per_s:.3f} samples/s, "
-                f"{metrics.total_s:.1f} s, outputs equal to vanilla's {same}/{metrics.requests}",
+                f"round {index + 1}/{config.repeats} {row.name}: {metrics.samples_per_s:.3f} samples/s, "
+                f"{metrics.total_s:.1f} s, outputs {'as long as' if by_length else 'equal to'} vanilla's "
+                f"{same}/{metrics.requests}",
                 flush=True,
             )
-    rows, time_rows = summarize(runs, strategies)
-    return BenchResult(runs, rows, time_rows, policy, tuning)
+            if on_run is not None:
+                on_run(result_so_far())
+    return result_so_far()
 
 
-def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Request], extra: dict) -> dict:
-    """Everything the bench measured, as JSON."""
-    vanilla = next(item for item in result.runs if item.strategy is BenchStrategy.VANILLA)
+def _replay_info(engine: Engine, config: BenchConfig) -> dict[str, Any] | None:
+    if getattr(engine, "text_faithful", True):
+        return None
+    model = getattr(engine, "model", None)
     return {
-        **extra,
-        "config": to_dict(config),
-        "policy": to_dict(result.policy),
-        "tuning": result.tuning,
-        "table": result.rows,
-        "time": result.time_rows,
-        "ids": [request.id for request in requests],
-        "vanilla_lengths": [record.num_tokens for record in vanilla.result.records],
-        "predicted": {
-            item.strategy.value: item.predicted
-            for item in result.runs
-            if item.round == 0 and item.predicted is not None and item.strategy.source is not Source.ORACLE
-        },
-        "runs": [
-            {"strategy": item.strategy.value, "round": item.round, **item.result.metrics.row()} for item in result.runs
-        ],
+        "note": REPLAY_NOTE,
+        "random_init": config.model.random_init,
+        "lengths": config.engine.replay or getattr(engine, "source", ""),
+        "tokenizer": config.model.spec,
+        "parameters": parameter_count(model) if model is not None else 0,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else "",
     }
-
-
-def markdown(result: BenchResult, header: str) -> str:
-    """The table and the time breakdown as markdown."""
-    return (
-        f"{header}\n\n{table(result.rows, TABLE_COLUMNS)}\n\nWhere the time goes (seconds of the median round; "
-        "wasted_share = 1 - effective token ratio: padding, finished rows and recomputed attempts):\n\n"
-        f"{table(result.time_rows, TIME_COLUMNS)}\n"
-    )
-
-
-def plot(result: BenchResult, path: Path, title: str) -> Path:
-    """Bar charts: samples/s (with speedup) and effective token ratio per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [row["strategy"] for row in result.rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color="#4477aa")
-    for bar, row in zip(bars, result.rows, strict=True):
-        left.annotate(
-            f"{row['speedup']:.2f}x",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=9,
-        )
-    left.set_ylabel("samples/s")
-    left.set_title("throughput (speedup vs vanilla)")
-    right.bar(names, [row["effective_token_ratio"] for row in result.rows], color="#66aa55")
-    right.set_ylim(0, 1)
-    right.set_title("effective token ratio")
-    for axis in (left, right):
-        axis.tick_params(axis="x", rotation=30)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    with atomic_path(path) as staging:
-        figure.savefig(staging, dpi=110, format="png")
-    plt.close(figure)
-    return path
-
-
-def machine() -> str:
-    """A one-line description of this machine (CPU model and count, or the GPU)."""
-    import os
-    import platform
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     """`seqsched bench`: every strategy on the same prompts; writes OUT.json, OUT.md and OUT.png."""
     if not config.input:
         raise SeqschedError("--input is required (a prompts file; the recipe names the shared validation set)")
+    started = time.perf_counter()
     set_torch_threads(config.torch_threads)
     read = read_requests(config.input, config.input_format)
     end = None if config.count is None else config.offset + config.count
     requests = read.requests[config.offset : end]
     print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
-    started = time.perf_counter()
-    engine = engine or build_engine(config.engine, config.model)
-    result = run_bench(engine, requests, config)
-    out = Path(config.out)
+    engine = engine or build_engine(config.engine, config.model, requests)
+    replay = _replay_info(engine, config)
     import torch
 
-    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {machine()}"
+    device = device_line()
+    out = Path(config.out)
+    command = command_line()
     extra = {
-        "command": shlex.join(["seqsched", *sys.argv[1:]]),
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "machine": device,
         "torch_threads": torch.get_num_threads(),
         "model": config.model.spec,
         "engine": config.engine.kind.value,
-        "prompts": len(requests),
-        "wall_s": time.perf_counter() - started,
+        "replay": replay,
     }
-    write_json(out.with_suffix(".json"), report_dict(result, config, requests, extra))
-    header = (
-        f"`{extra['command']}`\n\n{extra['date']}, {device}, torch threads {extra['torch_threads']}; model "
-        f"{config.model.spec} ({config.engine.kind.value} engine); {len(requests)} prompts, limit {config.limit}, "
-        f"greedy; {config.repeats} round(s), median shown"
-    )
-    text = markdown(result, header)
-    write_text(out.with_suffix(".md"), text)
-    png = plot(result, out.with_suffix(".png"), f"{config.model.spec}, {len(requests)} prompts, {device}")
-    print("\n" + text)
-    print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {png}", file=sys.stderr)
+
+    def write(result: BenchResult, final: bool) -> None:
+        served = result.requests or requests
+        extra.update(prompts=len(served), wall_s=time.perf_counter() - started, complete=final)
+        write_json(out.with_suffix(".json"), report_dict(result, config, served, extra))
+        model_text = f"random-weight {config.model.random_init} (replay)" if replay else config.model.spec
+        header = "\n\n".join(
+            [
+                f"`{command}`",
+                f"{extra['date']}, {device}, torch threads {extra['torch_threads']}; model {model_text} "
+                f"({config.engine.kind.value} engine); {len(served)} prompts, limit {config.limit}, greedy; "
+                f"{config.repeats} round(s), median shown; bench wall time {extra['wall_s']:.0f} s"
+                + ("" if final else " (incomplete: rows still running)"),
+                *describe_setup(result, replay),
+            ]
+        )
+        write_text(out.with_suffix(".md"), markdown(result, header))
+
+    result = run_bench(engine, requests, config, started=started, on_run=lambda partial: write(partial, False))
+    write(result, True)
+    title = f"{config.model.random_init} (replay, random weights)" if replay else config.model.spec
+    png = plot(result, out.with_suffix(".png"), f"{title}, {len(result.requests)} prompts, {device}")
+    print("\n" + out.with_suffix(".md").read_text())
+    wrote = [str(out.with_suffix(".json")), str(out.with_suffix(".md")), *([str(png)] if png else [])]
+    print(f"wrote {', '.join(wrote)}", file=sys.stderr)
     return result
+
+
+def command_line() -> str:
+    """The command that started this bench, as one would type it again."""
+    if Path(sys.argv[0]).name == "recipe.py":
+        return shlex.join(["python", "-m", "seqsched_cli.recipe", *sys.argv[1:]])
+    return shlex.join(["seqsched", *sys.argv[1:]])

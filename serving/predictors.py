@@ -8,21 +8,21 @@ itself, zero-shot) and `none` (no predictions: vanilla only).
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from seqsched.errors import InputError, SeqschedError
+from seqsched.errors import SeqschedError
+from seqsched.length_files import LENGTH_KEYS, read_lengths
 from seqsched.requests import Request
 
 if TYPE_CHECKING:
     from lengthpred.predictor import LengthPredictor
     from seqsched.engines.api import Engine
 
-ORACLE_KEYS = ("true", "length", "num_tokens")
+ORACLE_KEYS = LENGTH_KEYS
 """Fields an oracle JSONL line may give the length in (the first one present wins)."""
 
 
@@ -123,48 +123,14 @@ class OracleLengths:
         return [self.lengths[request.id] for request in requests]
 
 
-def _oracle_line_length(record: Mapping[str, Any]) -> Any:
-    for key in ORACLE_KEYS:
-        if key in record:
-            return record[key]
-    usage = ((record.get("response") or {}).get("body") or {}).get("usage")  # an OpenAI Batch output line
-    if isinstance(usage, Mapping) and "completion_tokens" in usage:
-        return usage["completion_tokens"]
-    raise KeyError
-
-
 def read_oracle(path: str | Path) -> OracleLengths:
-    """Lengths by id from a JSONL file ({"id", "true"|"length"|"num_tokens"}, or OpenAI Batch output lines) or
-    a length dataset folder (its greedy length, else its max length)."""
+    """Lengths by id from a lengths file (JSONL {"id", "true"|"length"|"num_tokens"|"predicted"}, OpenAI Batch
+    output lines or a bench report, see seqsched.length_files) or a length dataset folder (its greedy length,
+    else its max length)."""
     path = Path(path)
     if path.is_dir():
         return _oracle_from_dataset(path)
-    if not path.is_file():
-        raise InputError(path, None, "no such oracle file (JSONL of {id, true} lines or a length dataset folder)")
-    lengths: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(path, number, f"invalid JSON ({error.msg})") from None
-            if not isinstance(record, Mapping):
-                raise InputError(path, number, "each line must be a JSON object")
-            key = record.get("custom_id", record.get("id"))
-            if not isinstance(key, str | int) or isinstance(key, bool):
-                raise InputError(path, number, "missing 'id' (a string)")
-            try:
-                value = _oracle_line_length(record)
-            except KeyError:
-                raise InputError(path, number, f"no length: expected one of {list(ORACLE_KEYS)}") from None
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputError(path, number, f"the length must be an integer >= 0, got {value!r}")
-            if str(key) in lengths:
-                raise InputError(path, number, f"duplicate id {key!r}")
-            lengths[str(key)] = value
-    return OracleLengths(lengths, str(path))
+    return OracleLengths(read_lengths(path), str(path))
 
 
 def _oracle_from_dataset(path: Path) -> OracleLengths:

@@ -122,7 +122,7 @@ def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
             from seqsched.engines.selection import build_engine
 
             pin_device(process)
-            engine = build_engine(config.engine, config.model)
+            engine = build_engine(config.engine, config.model, batch.requests)
         predictor = (
             resolve_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
         )

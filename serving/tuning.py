@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from serving.scheduler import ScheduleConfig
-from serving.simulate import StepCost, simulate
+from serving.simulate import StepCost, simulate_workloads
 
 MARGIN_TOKENS = (0, 10, 25, 50, 75, 100, 150)
 MARGIN_RATIOS = (0.0, 0.1, 0.25, 0.5)
@@ -37,9 +37,14 @@ class Tuned:
 
 
 def _time(
-    predicted: Sequence[int], true: Sequence[int], cfg: ScheduleConfig, cost: StepCost, prompt_tokens: int
+    predicted: Sequence[int],
+    true: Sequence[int],
+    cfg: ScheduleConfig,
+    cost: StepCost,
+    prompt_tokens: int,
+    workload: int | None = None,
 ) -> tuple[float, dict[str, float | int | str]]:
-    result = simulate(predicted, true, cfg, cost, prompt_tokens=prompt_tokens)
+    result = simulate_workloads(predicted, true, cfg, cost, workload=workload, prompt_tokens=prompt_tokens)
     summary = result.summary()
     return float(summary["time_s"]), summary
 
@@ -55,16 +60,18 @@ def tune_margin(
     bin_widths: Sequence[int] = BIN_WIDTHS,
     flat_sizes: Sequence[int] = (),
     prompt_tokens: int = 64,
+    workload: int | None = None,
 ) -> Tuned:
     """The margin (additive and multiplicative) and bin width that serve these requests fastest.
 
     Each (bin width, margin) is tried with cfg's VBS table and, when flat_sizes is given, with one batch size for
     every bin (each of flat_sizes): the best margin depends on the batch sizes it is served with, and a flat
     table is a far better start for tune_vbs than the paper's (whose coordinate descent otherwise stalls in a
-    table that fits the held-out requests' few long bins, not the next workload).
+    table that fits the held-out requests' few long bins, not the next workload). workload: simulate the
+    requests as runs of this many (the size of the runs the policy is for; None: all at once).
     """
     cost = cost or StepCost()
-    baseline_s, _ = _time(predicted, true, cfg, cost, prompt_tokens)
+    baseline_s, _ = _time(predicted, true, cfg, cost, prompt_tokens, workload)
     best, best_s = cfg, baseline_s
     rows = []
     for width in dict.fromkeys([cfg.bin_width, *bin_widths]):
@@ -73,7 +80,7 @@ def tune_margin(
                 candidate = replace(cfg, bin_width=width, margin_ratio=ratio, margin_tokens=tokens)
                 tables = [candidate, *(flat_table(candidate, size) for size in flat_sizes)]
                 for table in tables:
-                    seconds, summary = _time(predicted, true, table, cost, prompt_tokens)
+                    seconds, summary = _time(predicted, true, table, cost, prompt_tokens, workload)
                     flat = "" if table is candidate else table.batch_size
                     rows.append(
                         {"bin_width": width, "margin_ratio": ratio, "margin_tokens": tokens, "flat": flat, **summary}
@@ -102,11 +109,13 @@ def tune_vbs(
     sizes: Sequence[int] = BATCH_SIZES,
     rounds: int = 2,
     prompt_tokens: int = 64,
+    workload: int | None = None,
 ) -> Tuned:
     """Per-bin batch sizes that serve these requests fastest under the cost model (coordinate descent over the
-    bins, smallest first, `rounds` times; `batch_size` covers bins above the table and recompute batches)."""
+    bins, smallest first, `rounds` times; `batch_size` covers bins above the table and recompute batches);
+    workload as in tune_margin."""
     cost = cost or StepCost()
-    baseline_s, _ = _time(predicted, true, cfg, cost, prompt_tokens)
+    baseline_s, _ = _time(predicted, true, cfg, cost, prompt_tokens, workload)
     edges = _edges(cfg)
     # Start from the current table spelled out on this bin grid, so each edge can move on its own.
     current = replace(cfg, vbs={edge: _size_at(cfg, edge) for edge in edges})
@@ -120,7 +129,7 @@ def tune_vbs(
                     candidate = replace(current, batch_size=size)
                 else:
                     candidate = replace(current, vbs={**current.vbs, edge: size})
-                seconds, summary = _time(predicted, true, candidate, cost, prompt_tokens)
+                seconds, summary = _time(predicted, true, candidate, cost, prompt_tokens, workload)
                 rows.append({"edge": "default" if edge is None else edge, "size": size, **summary})
                 if seconds < best_s - 1e-9:
                     current, best_s, improved = candidate, seconds, True

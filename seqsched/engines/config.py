@@ -45,5 +45,8 @@ class EngineConfig:
     """Stop tokens besides the model's EOS."""
     system_prompt: str | None = None
     """A system message put before every prompt (None: the chat template's own default)."""
+    replay: str | None = None
+    """Length replay (hf engine): a lengths file (JSONL {id, true|length}, or a bench report's vanilla lengths);
+    each request generates exactly its length, EOS ignored. With --model.random_init: timing faithful, text not."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM engine (kind vllm)."""

@@ -94,14 +94,23 @@ class HFEngine:
         max_new_tokens: int,
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
+        *,
+        forced_lengths: Sequence[int | None] | None = None,
     ) -> BatchOutput:
-        """Generate one batch; every row stops at a stop token or after max_new_tokens."""
+        """Generate one batch; every row stops at a stop token or after max_new_tokens.
+
+        forced_lengths (replay, see seqsched.engines.replay): stop tokens are ignored and row i finishes right
+        after forced_lengths[i] tokens, as a STOP at step length + 1 like a real stop token (None: the row runs
+        to max_new_tokens). Every step computes the model's forward as usual; only when a row stops is forced.
+        """
         if not prompt_ids:
             raise ValueError("generate() needs at least one prompt")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if seeds is not None and len(seeds) != len(prompt_ids):
             raise ValueError("seeds must have one entry per prompt")
+        if forced_lengths is not None and len(forced_lengths) != len(prompt_ids):
+            raise ValueError("forced_lengths must have one entry per prompt")
         batch = len(prompt_ids)
         generators = None
         if seeds is not None and not sampling.greedy:
@@ -142,7 +151,12 @@ class HFEngine:
                 if not running[slot]:
                     continue
                 token = token_list[slot]
-                if token in self.stop_token_ids:
+                if forced_lengths is not None:
+                    forced = forced_lengths[row]
+                    stop = forced is not None and step > forced
+                else:
+                    stop = token in self.stop_token_ids
+                if stop:
                     running[slot] = False
                     reasons[row] = FinishReason.STOP
                     finish_step[row] = step
