@@ -163,7 +163,8 @@ class BenchConfig(ScheduleConfig):
         missing = [row.value for row in self.paper_rows if row not in self.strategies]
         require(not missing, "paper_rows", f"{missing} must be among --strategies too")
         require(self.budget_s is None or self.budget_s > 0, "budget_s", f"must be > 0, got {self.budget_s}")
-        require(bool(self.cost_batch_sizes), "cost_batch_sizes", "needs at least one batch size")
+        points = len(self.cost_batch_sizes) * len(self.cost_prompt_lengths)
+        require(points >= 3, "cost_batch_sizes", "x cost_prompt_lengths must give at least 3 points to fit")
 
 
 def _uses_policy(strategy: BenchStrategy) -> bool:
@@ -402,10 +403,7 @@ def _size(
     seconds_left: float,
 ) -> tuple[list[Request], dict[str, Any]]:
     """The prefix of the requests that fits the budget (replay: the engine knows every request's length)."""
-    recorded = getattr(engine, "recorded_lengths", None)
-    if recorded is None:
-        raise SeqschedError("--budget_s sizes a replay (--engine.replay): other engines' lengths are unknown")
-    true = recorded(requests)
+    true = engine.recorded_lengths(requests)  # type: ignore[attr-defined]
     needs_predictor = any(row.strategy.source in (Source.PREDICTOR, Source.PERCEPTION) for row in rows)
     predicted = (
         _Predictions(engine, config, requests).predictor().predict_requests(requests) if needs_predictor else None
@@ -440,6 +438,8 @@ def _prepare(
     tuning = config.tune_data is not None or config.tune_lengths is not None
     if not tuning and config.budget_s is None:
         return setup
+    if config.budget_s is not None and not hasattr(engine, "recorded_lengths"):
+        raise SeqschedError("--budget_s sizes a replay (--engine.replay): other engines' lengths are unknown")
     measured = time.perf_counter()
     cost, cost_table = measure_cost(engine, config.cost_batch_sizes, config.cost_prompt_lengths)
     setup.info["step_cost"] = {"fit": asdict(cost), "samples": cost_table, "seconds": time.perf_counter() - measured}

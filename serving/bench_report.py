@@ -45,8 +45,10 @@ TIME_COLUMNS = (
 
 
 def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Request], extra: dict) -> dict:
-    """Everything the bench measured, as JSON."""
+    """Everything the bench measured, as JSON. A replay leaves out the per-request lengths: they are the replayed
+    file's (often a shared dataset's labels, which must not be copied into reports that get committed)."""
     vanilla = next(item for item in result.runs if item.name == "vanilla")
+    lengths = [record.num_tokens for record in vanilla.result.records]
     return {
         **extra,
         "config": to_dict(config),
@@ -57,7 +59,7 @@ def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Req
         "table": result.rows,
         "time": result.time_rows,
         "ids": [request.id for request in requests],
-        "vanilla_lengths": [record.num_tokens for record in vanilla.result.records],
+        "vanilla_lengths": None if extra.get("replay") else lengths,
         "predicted": {
             item.name: item.predicted
             for item in result.runs

@@ -10,6 +10,7 @@ import pytest
 
 from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_dataset
 from seqsched.errors import InputError, SeqschedError
+from seqsched.length_files import LengthRecord as LengthFileRecord
 from seqsched.requests import Request
 from serving.predictors import (
     OracleLengths,
@@ -82,7 +83,7 @@ def test_bad_oracle_lines(tmp_path: Path, content: str, message: str) -> None:
     path.write_text(content)
     with pytest.raises(InputError, match=message):
         read_oracle(path)
-    with pytest.raises(InputError, match="no such oracle file"):
+    with pytest.raises(InputError, match="no such lengths file"):
         read_oracle(tmp_path / "missing.jsonl")
 
 
@@ -120,3 +121,25 @@ def test_none_perception_and_registry() -> None:
     if importlib.util.find_spec("lengthpred.registry") is None:
         with pytest.raises(SeqschedError, match=r"lengthpred\.registry is not available"):
             resolve_predictor("models:/seqsched-smollm2@champion")
+
+
+def test_lengths_files_take_predictions_prompts_and_bench_reports(tmp_path: Path) -> None:
+    from seqsched.length_files import read_length_records, read_lengths
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"id": 1, "predicted": 30, "prompt": "Hi"}\n{"id": "b", "true": 4}\n')
+    assert read_length_records(path)[0] == LengthFileRecord("1", 30, "Hi")
+    report = tmp_path / "bench.json"
+    report.write_text(json.dumps({"ids": ["a", "b"], "vanilla_lengths": [12, 40], "table": []}))
+    assert read_lengths(report) == {"a": 12, "b": 40}
+    assert read_oracle(report).predict_requests(REQUESTS) == [12, 40]
+    report.write_text(json.dumps({"ids": ["a"], "vanilla_lengths": None}))
+    with pytest.raises(InputError, match=r"bench\.json: ids and vanilla_lengths must be lists"):
+        read_lengths(report)
+    report.write_text("[1, 2]")
+    with pytest.raises(InputError, match="must be a `seqsched bench` report"):
+        read_lengths(report)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "true": 1, "prompt": 5}\n')
+    with pytest.raises(InputError, match=":1: 'prompt' must be a string"):
+        read_lengths(bad)
