@@ -91,3 +91,49 @@ def test_chat_template_and_system_prompt(tiny_engine: HFEngine) -> None:
     assert text.endswith("<|im_start|>assistant\n")
     with_system = HFEngine(tiny_engine.model, tiny_engine.tokenizer, EngineConfig(system_prompt="be brief"))
     assert tiny_engine.tokenizer.decode(with_system.encode("hi")).startswith("<|im_start|>system\nbe brief")
+
+
+def test_older_transformers_cache_argument(tiny_engine: HFEngine) -> None:
+    """transformers before the `cache` rename (5.17, on the lent GPU) takes `past_key_values` only."""
+    import torch
+
+    from seqsched.engines.hf import cache_argument
+
+    class OldStyle(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+            self.generation_config = inner.generation_config
+            self.calls = 0
+
+        def forward(
+            self,
+            input_ids,
+            attention_mask=None,
+            position_ids=None,
+            past_key_values=None,
+            use_cache=None,
+            logits_to_keep=0,
+            **kwargs,
+        ):
+            assert "cache" not in kwargs and past_key_values is not None
+            self.calls += 1
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=past_key_values,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+            )
+
+    assert cache_argument(tiny_engine.model) == "cache"
+    old = OldStyle(tiny_engine.model)
+    engine = HFEngine(old, tiny_engine.tokenizer)
+    assert engine.cache_argument == "past_key_values"
+    prompts = [tiny_engine.encode(text) for text in ("repeat apple 5 times", "say dog 9 times")]
+    expected = tiny_engine.generate(prompts, 14)
+    got = engine.generate(prompts, 14)
+    assert [row.token_ids for row in got.rows] == [row.token_ids for row in expected.rows]
+    assert old.calls == got.decode_steps  # one prefill + one forward per later step, each with the cache

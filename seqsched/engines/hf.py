@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 
@@ -21,6 +22,13 @@ from seqsched.engines.api import (
 )
 from seqsched.engines.config import EngineConfig
 from seqsched.model_specs import LoadedModel, ModelConfig, load_model
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The forward's KV-cache argument: `cache` in recent transformers, `past_key_values` before (5.17, the lent
+    GPU's, takes only that: a `cache=` there would vanish into **kwargs and every step would run without the cache)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class HFEngine:
@@ -44,6 +52,7 @@ class HFEngine:
         ) | frozenset(self.config.stop_token_ids)
         if not self.stop_token_ids:
             raise ValueError("the model has no EOS token and no stop_token_ids were given")
+        self.cache_argument = cache_argument(model)
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> HFEngine:
@@ -124,9 +133,9 @@ class HFEngine:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_argument: cache},
         )
         logits = out.logits[:, -1, :]
         prefill_s = time.perf_counter() - started
@@ -186,8 +195,8 @@ class HFEngine:
                 input_ids=feed.unsqueeze(-1),
                 attention_mask=attention_mask,
                 position_ids=next_positions.unsqueeze(-1),
-                cache=cache,
                 use_cache=True,
+                **{self.cache_argument: cache},
             )
             logits = out.logits[:, -1, :]
             next_positions = next_positions + 1
