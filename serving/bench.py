@@ -453,16 +453,34 @@ def _prepare(
     held_out = _held_out(engine, config, predictions)
     prompt_tokens = round(statistics.mean(_prompt_tokens(engine, requests[:64])))
 
-    if config.budget_s is not None:
-        # Sized before tuning, every row under the paper's policy (tuning is predicted to speed the tuned rows up,
-        # so this errs on the safe side); the time tuning will take is reserved.
-        reserve = tuning_estimate_s(held_out, paper, cost, prompt_tokens) if held_out is not None else 0.0
-        seconds_left = config.budget_s - (time.perf_counter() - started) - reserve
-        setup.requests, setup.info["sizing"] = _size(engine, config, requests, rows, (paper, paper), cost, seconds_left)
-        setup.info["sizing"]["tuning_reserve_s"] = round(reserve, 1)
-    if held_out is not None:
-        workload = len(setup.requests) if config.tune_per_run else None
-        setup.policy, setup.tuning = tune_on(held_out, paper, cost, prompt_tokens, workload)
+    def tune(count: int) -> None:
+        assert held_out is not None
+        setup.policy, setup.tuning = tune_on(
+            held_out, paper, cost, prompt_tokens, count if config.tune_per_run else None
+        )
+
+    if config.budget_s is None:
+        if held_out is not None:
+            tune(len(requests))
+    else:
+        # First sized with every row under the paper's policy (tuning is predicted to speed the tuned rows up, so
+        # this errs on the safe side), then tuned for runs of that size and sized again with the tuned policy
+        # (more prompts fit), then tuned again for the final size; the tunings' time is reserved each time.
+        once = tuning_estimate_s(held_out, paper, cost, prompt_tokens) if held_out is not None else 0.0
+
+        def size(policies: tuple[ScheduleConfig, ScheduleConfig], reserve: float) -> None:
+            seconds_left = config.budget_s - (time.perf_counter() - started) - reserve  # type: ignore[operator]
+            setup.requests, setup.info["sizing"] = _size(engine, config, requests, rows, policies, cost, seconds_left)
+            setup.info["sizing"]["tuning_reserve_s"] = round(reserve, 1)
+
+        size((paper, paper), 2 * once)
+        if held_out is not None:
+            first = len(setup.requests)
+            tune(first)
+            size((setup.policy, paper), once)
+            setup.info["sizing"]["first_count"] = first
+            if len(setup.requests) != first:
+                tune(len(setup.requests))
     if setup.tuning:
         info = setup.tuning
         print(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's table on one GPU by length replay (recipes/vicuna-7b-replay/bench.yaml): a random-weight Vicuna-7B-
-# shaped model generates exactly the paper's Vicuna-7B greedy lengths; rows vanilla, fcr, fcr-oracle, seqsch, vbs
-# under the tuned policy and fcr, fcr-oracle under the paper's. Timing faithful, text not.
+# shaped model generates exactly the paper's Vicuna-7B greedy lengths; rows vanilla, fcr, fcr-oracle under the
+# tuned policy and fcr, fcr-oracle under the paper's. Timing faithful, text not.
 #
 # Installs nothing and fetches nothing: it needs the repo, outputs/replay-inputs (made here, beforehand, by
 # `.venv/bin/python benchmarks/gpu/prepare.py`) and a python with torch + transformers + pyyaml (the GPU image's
@@ -10,14 +10,14 @@
 #   device run:  command "bash benchmarks/gpu/run.sh", carry [outputs/replay-inputs], timeout_s 540
 #   on a CPU:    OUT=outputs/gpu-replay bash benchmarks/gpu/run.sh model.random_init=smollm2 count=16 limit=64
 #
-# Extra arguments are recipe overrides (field=value). BUDGET_S (default 400) sizes the prompt count: the bench
+# Extra arguments are recipe overrides (field=value). BUDGET_S (default 420) sizes the prompt count: the bench
 # measures the step cost, then serves the most prompts whose rows the simulator fits into it; TIMEOUT_S (default
 # 470) is the hard stop (the bench rewrites its files after every row, so a stopped run keeps finished rows).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-outputs/gpu-replay}
 INPUTS=${INPUTS:-outputs/replay-inputs}
-BUDGET_S=${BUDGET_S:-400}
+BUDGET_S=${BUDGET_S:-420}
 TIMEOUT_S=${TIMEOUT_S:-470}
 NAME=${NAME:-h200-replay}
 if [[ -z "${PYTHON:-}" ]]; then
