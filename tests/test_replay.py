@@ -348,3 +348,34 @@ def test_gpu_script_explains_missing_inputs(tmp_path: Path) -> None:
 def test_chat_key_matches_request_chat() -> None:
     assert chat_key("hi") == chat_key(Request(id="a", prompt="hi").chat())
     assert chat_key("hi") != chat_key([{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}])
+
+
+def test_cli_replays_a_bench_reports_lengths(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`seqsched bench` (jsonargparse) with --model.random_init and --engine.replay set to a real run's report."""
+    from seqsched_cli.main import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": f"p{i}", "prompt": p} for i, p in enumerate(synthetic_prompts(8, seed=2))])
+    common = [
+        "bench",
+        f"--input={prompts}",
+        f"--model.spec={tiny_model_dir}",
+        "--strategies=[vanilla,fcr-oracle]",
+        "--limit=30",
+        "--bin_width=5",
+        "--torch_threads=1",
+        "--progress=false",
+    ]
+    assert main([*common, f"--out={tmp_path / 'real'}"]) == 0
+    real = json.loads((tmp_path / "real.json").read_text())
+    replay_args = [f"--model.random_init={tiny_model_dir}", f"--engine.replay={tmp_path / 'real.json'}"]
+    assert main([*common, *replay_args, f"--out={tmp_path / 'replay'}"]) == 0
+    replay = json.loads((tmp_path / "replay.json").read_text())
+    assert replay["replay"]["random_init"] == str(tiny_model_dir) and replay["vanilla_lengths"] is None
+    for ours, theirs in zip(real["table"], replay["table"], strict=True):
+        assert (ours["strategy"], ours["row_steps"], ours["generated_tokens"], ours["batches"]) == (
+            theirs["strategy"],
+            theirs["row_steps"],
+            theirs["generated_tokens"],
+            theirs["batches"],
+        ), "the replay does the real run's work"
