@@ -147,6 +147,15 @@ def describe_setup(result: BenchResult, replay: dict[str, Any] | None) -> list[s
             f"({replay['parameters'] / 1e9:.2f}B parameters, {replay['dtype']}); lengths from `{replay['lengths']}`; "
             f"prompt token counts from the tokenizer of `{replay['tokenizer']}`. same_as_vanilla compares lengths."
         )
+    step_cost = result.setup.get("step_cost")
+    if step_cost:
+        fit = step_cost["fit"]
+        lines.append(
+            f"**Step cost measured here** (fit over {len(step_cost['samples'])} timed batches): "
+            f"{fit['fixed_s'] * 1e3:.2f} ms + {fit['per_row_s'] * 1e3:.4f} ms per row + "
+            f"{fit['per_context_s'] * 1e6:.4f} us per row per context token, per decode step; prefill "
+            f"{fit['prefill_fixed_s'] * 1e3:.1f} ms + {fit['prefill_token_s'] * 1e6:.2f} us per token."
+        )
     sizing = result.setup.get("sizing")
     if sizing:
         lines.append(

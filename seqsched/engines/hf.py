@@ -26,8 +26,10 @@ from seqsched.model_specs import LoadedModel, ModelConfig, load_model
 
 def cache_argument(model: PreTrainedModel) -> str:
     """The forward's KV-cache argument: `cache` in recent transformers, `past_key_values` before (5.17, the lent
-    GPU's, takes only that: a `cache=` there would vanish into **kwargs and every step would run without the cache)."""
-    parameters = inspect.signature(model.forward).parameters
+    GPU's, takes only that: a `cache=` there would vanish into **kwargs and every step would run without the cache).
+    A PEFT wrapper's forward takes **kwargs and passes them on: its base model's signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
