@@ -122,7 +122,7 @@ def build_random_model(spec: RandomModel, device: Any, dtype: Any, seed: int = 0
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
+    return model.to(device).eval()  # a no-op unless some buffer was made elsewhere
 
 
 def parameter_count(model: Any) -> int:
