@@ -393,32 +393,46 @@ def _held_out(engine: Engine, config: BenchConfig, predictions: _Predictions) ->
     return None
 
 
+@dataclass
+class _SizingInputs:
+    """What the budget sizing simulates with: every offered request's true length, prediction and prompt tokens."""
+
+    true: list[int]
+    predicted: list[int] | None
+    prompt_tokens: list[int]
+
+
+def _sizing_inputs(
+    engine: Engine, config: BenchConfig, requests: list[Request], rows: Sequence[BenchRow]
+) -> _SizingInputs:
+    true = engine.recorded_lengths(requests)  # type: ignore[attr-defined]
+    predicted = None
+    if any(row.strategy.source is Source.PREDICTOR for row in rows):  # perception rows are simulated as the oracle
+        predicted = _Predictions(engine, config, requests).predictor().predict_requests(requests)
+    return _SizingInputs(true, predicted, _prompt_tokens(engine, requests))
+
+
 def _size(
-    engine: Engine,
     config: BenchConfig,
     requests: list[Request],
     rows: Sequence[BenchRow],
+    inputs: _SizingInputs,
     policies: tuple[ScheduleConfig, ScheduleConfig],
     cost: StepCost,
     seconds_left: float,
 ) -> tuple[list[Request], dict[str, Any]]:
     """The prefix of the requests that fits the budget (replay: the engine knows every request's length)."""
-    true = engine.recorded_lengths(requests)  # type: ignore[attr-defined]
-    needs_predictor = any(row.strategy.source in (Source.PREDICTOR, Source.PERCEPTION) for row in rows)
-    predicted = (
-        _Predictions(engine, config, requests).predictor().predict_requests(requests) if needs_predictor else None
-    )
     tuned, paper = policies
     plans = [
         RowPlan(
             row.name,
             strategy_config(row.strategy, paper if row.paper else tuned, config.vanilla_batch_size),
-            oracle=row.strategy.source is Source.ORACLE,
+            oracle=row.strategy.source is not Source.PREDICTOR,
         )
         for row in rows
     ]
     count, info = fit_count(
-        plans, predicted, true, _prompt_tokens(engine, requests), cost, seconds_left, config.repeats
+        plans, inputs.predicted, inputs.true, inputs.prompt_tokens, cost, seconds_left, config.repeats
     )
     info["offered"] = len(requests)
     print(
@@ -467,10 +481,11 @@ def _prepare(
         # this errs on the safe side), then tuned for runs of that size and sized again with the tuned policy
         # (more prompts fit), then tuned again for the final size; the tunings' time is reserved each time.
         once = tuning_estimate_s(held_out, paper, cost, prompt_tokens) if held_out is not None else 0.0
+        inputs = _sizing_inputs(engine, config, requests, rows)
 
         def size(policies: tuple[ScheduleConfig, ScheduleConfig], reserve: float) -> None:
             seconds_left = config.budget_s - (time.perf_counter() - started) - reserve  # type: ignore[operator]
-            setup.requests, setup.info["sizing"] = _size(engine, config, requests, rows, policies, cost, seconds_left)
+            setup.requests, setup.info["sizing"] = _size(config, requests, rows, inputs, policies, cost, seconds_left)
             setup.info["sizing"]["tuning_reserve_s"] = round(reserve, 1)
 
         size((paper, paper), 2 * once)
