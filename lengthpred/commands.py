@@ -16,6 +16,7 @@ from lengthpred.evaluate import EvalReport, EvalTarget
 from lengthpred.generative import GenerativeConfig
 from lengthpred.head import HeadConfig
 from lengthpred.kinds import PredictorKind
+from lengthpred.probe import ProbeConfig
 from seqsched.config import to_dict
 from seqsched.errors import SeqschedError
 from seqsched.files import write_json
@@ -64,6 +65,8 @@ class TrainConfig:
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     """For kinds lora and perception."""
     head: HeadConfig = field(default_factory=HeadConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """For kind probe: a head on the served model's own hidden states."""
 
 
 @dataclass(frozen=True)

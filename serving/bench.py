@@ -244,6 +244,7 @@ class _Predictions:
         self.oracle: list[int] | None = None
         self._predictor: RequestPredictor | None = None
         self._perception: RequestPredictor | None = None
+        self.last: RequestPredictor | None = None
 
     def predictor(self) -> RequestPredictor:
         if self._predictor is None:
@@ -258,13 +259,16 @@ class _Predictions:
             self._predictor = loaded
         return self._predictor
 
-    def get(self, source: Source) -> tuple[list[int] | None, float]:
+    def get(self, source: Source) -> tuple[list[int] | None, float, float]:
+        """Predicted lengths, seconds the prediction took, and the part of them that prefilled prompts for the
+        run (a probe sharing the serving prefill; release() frees those prefills after the run)."""
+        self.last = None
         if source is Source.NONE:
-            return None, 0.0
+            return None, 0.0, 0.0
         if source is Source.ORACLE:
             if self.oracle is None:
                 raise RuntimeError("the oracle's lengths come from vanilla's run, which has not run yet")
-            return list(self.oracle), 0.0
+            return list(self.oracle), 0.0, 0.0
         if source is Source.PERCEPTION:
             if self._perception is None:
                 self._perception = resolve_predictor("perception", self.engine)
@@ -274,7 +278,14 @@ class _Predictions:
         assert predictor is not None
         started = time.perf_counter()
         values = predictor.predict_requests(self.requests)
-        return values, time.perf_counter() - started
+        self.last = predictor
+        return values, time.perf_counter() - started, float(getattr(predictor, "prefill_s", 0.0))
+
+    def release(self) -> None:
+        """Free what the last prediction kept for its run (prefilled prompts)."""
+        release = getattr(self.last, "release", None)
+        if release is not None:
+            release()
 
 
 def tune_policy(engine: Engine, config: BenchConfig, predictions: _Predictions) -> tuple[ScheduleConfig, dict]:
@@ -314,6 +325,9 @@ def tune_schedule(
     data = load_length_data(str(data_dir), split, start, limit)
     held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
     predicted = predictor.predict_requests(held_out)
+    release = getattr(predictor, "release", None)
+    if release is not None:
+        release()  # a probe sharing the serving prefill kept the held-out prompts' caches: not needed
     true = data.max_lengths
     prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
     margin = tune_margin(predicted, true, policy, cost, flat_sizes=BATCH_SIZES, prompt_tokens=prompt_tokens)
@@ -358,9 +372,12 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
     vanilla: RunResult | None = None
     for index in range(config.repeats):
         for strategy in round_order(strategies, index):
-            predicted, predictor_s = predictions.get(strategy.source)
+            predicted, predictor_s, shared_prefill_s = predictions.get(strategy.source)
             cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
-            result = run(engine, requests, predicted, cfg, options, predictor_s=predictor_s)
+            result = run(
+                engine, requests, predicted, cfg, options, predictor_s=predictor_s, shared_prefill_s=shared_prefill_s
+            )
+            predictions.release()
             if vanilla is None:
                 vanilla = result
                 predictions.oracle = [record.num_tokens for record in result.records]

@@ -88,7 +88,15 @@ def predict_and_run(
         started = time.perf_counter()
         predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
-    return run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, process=process)
+    shared = getattr(predictor, "prefill_s", 0.0) if predicted is not None else 0.0
+    try:
+        return run(
+            engine, requests, predicted, cfg, options, predictor_s=predictor_s, shared_prefill_s=shared, process=process
+        )
+    finally:
+        release = getattr(predictor, "release", None)
+        if release is not None:
+            release()
 
 
 def metrics_path(output: str | Path) -> Path:

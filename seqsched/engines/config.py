@@ -45,5 +45,8 @@ class EngineConfig:
     """Stop tokens besides the model's EOS."""
     system_prompt: str | None = None
     """A system message put before every prompt (None: the chat template's own default)."""
+    prefill_store_gib: float = 4.0
+    """HF engine: memory for prompts prefilled ahead of their batches (a length probe reading the served
+    model's states shares that prefill with generation); prompts beyond it are prefilled again in their batch."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM engine (kind vllm)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -23,8 +24,29 @@ from seqsched.engines.config import EngineConfig
 from seqsched.model_specs import LoadedModel, ModelConfig, load_model
 
 
+@dataclass
+class PrefilledPrompt:
+    """A prompt's prefill kept for a later batch: each layer's keys and values (kv heads, length, head dim) and
+    the logits of the first generated token."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the kept tensors take."""
+        tensors = [*self.keys, *self.values, self.logits]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
 class HFEngine:
-    """Generation engine over a Hugging Face causal LM, one static batch at a time."""
+    """Generation engine over a Hugging Face causal LM, one static batch at a time.
+
+    `prefill()` can run prompts' prefills ahead of their batches (reading hidden states on the way, for a length
+    probe) and keep their KV caches: a later `generate()` whose prompts were all prefilled starts from them
+    instead of computing the prefill again.
+    """
 
     batching = Batching.STATIC
 
@@ -44,12 +66,19 @@ class HFEngine:
         ) | frozenset(self.config.stop_token_ids)
         if not self.stop_token_ids:
             raise ValueError("the model has no EOS token and no stop_token_ids were given")
+        self.model_spec: str | None = None
+        """The spec the model was loaded from (from_spec), so a length probe of the same model can share it."""
+        self.prefilled: dict[tuple[int, ...], PrefilledPrompt] = {}
+        """Prompts prefilled ahead of their batch (by token ids), until drop_prefilled()."""
+        self.prefilled_bytes = 0
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> HFEngine:
         """Load a model spec (see seqsched.model_specs) and wrap it."""
         loaded: LoadedModel = load_model(model)
-        return cls(loaded.model, loaded.tokenizer, config)
+        engine = cls(loaded.model, loaded.tokenizer, config)
+        engine.model_spec = loaded.spec
+        return engine
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
@@ -88,6 +117,84 @@ class HFEngine:
         return torch.cat(picked).to(logits.device)
 
     @torch.inference_mode()
+    def prefill(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        hidden_layers: Sequence[int] = (),
+        keep: bool = True,
+        batch_size: int = 16,
+    ) -> list[dict[int, torch.Tensor]]:
+        """Prefill prompts (batched by length) and, with keep, hold each one's KV cache and first-token logits for
+        a later generate() of the same prompt (up to config.prefill_store_gib). Returns each prompt's hidden
+        states at hidden_layers (0 = embeddings), unpadded: layer -> (prompt length, hidden size)."""
+        budget = self.config.prefill_store_gib * 2**30
+        order = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]))
+        hidden: list[dict[int, torch.Tensor]] = [{} for _ in prompt_ids]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            chunk = [prompt_ids[row] for row in rows]
+            input_ids, attention_mask = self._left_pad(chunk)
+            position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                output_hidden_states=bool(hidden_layers),
+                logits_to_keep=1,
+            )
+            width = input_ids.shape[1]
+            for slot, row in enumerate(rows):
+                length = len(prompt_ids[row])
+                for layer in hidden_layers:
+                    hidden[row][layer] = out.hidden_states[layer][slot, width - length :, :]
+                key = tuple(prompt_ids[row])
+                if not keep or key in self.prefilled:
+                    continue
+                kept = PrefilledPrompt(
+                    keys=[layer.keys[slot, :, width - length :, :].clone() for layer in cache.layers],
+                    values=[layer.values[slot, :, width - length :, :].clone() for layer in cache.layers],
+                    logits=out.logits[slot, -1, :].clone(),
+                )
+                if self.prefilled_bytes + kept.nbytes <= budget:
+                    self.prefilled[key] = kept
+                    self.prefilled_bytes += kept.nbytes
+        return hidden
+
+    def drop_prefilled(self) -> None:
+        """Forget the prompts prefilled ahead of their batches (frees their KV caches)."""
+        self.prefilled.clear()
+        self.prefilled_bytes = 0
+
+    def _from_prefilled(
+        self, prompt_ids: Sequence[Sequence[int]]
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The batch's cache, first logits, attention mask and positions assembled from kept prefills (left
+        padded as a batch prefill would be), or None unless every prompt was prefilled."""
+        kept = [self.prefilled.get(tuple(ids)) for ids in prompt_ids]
+        if not kept or any(item is None for item in kept):
+            return None
+        _, attention_mask = self._left_pad(prompt_ids)
+        width = attention_mask.shape[1]
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(kept[0].keys)):  # type: ignore[union-attr]
+            first = kept[0].keys[layer]  # type: ignore[union-attr]
+            shape = (len(kept), first.shape[0], width, first.shape[2])
+            keys = torch.zeros(shape, dtype=first.dtype, device=first.device)
+            values = torch.zeros(shape, dtype=first.dtype, device=first.device)
+            for row, item in enumerate(kept):
+                length = item.keys[layer].shape[1]  # type: ignore[union-attr]
+                keys[row, :, width - length :, :] = item.keys[layer]  # type: ignore[union-attr]
+                values[row, :, width - length :, :] = item.values[layer]  # type: ignore[union-attr]
+            cache.update(keys, values, layer)
+        logits = torch.stack([item.logits for item in kept])  # type: ignore[union-attr]
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+        return cache, logits, attention_mask, position_ids
+
+    @torch.inference_mode()
     def generate(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -108,18 +215,24 @@ class HFEngine:
             generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
         started = time.perf_counter()
-        input_ids, attention_mask = self._left_pad(prompt_ids)
-        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1, :]
+        reused = self._from_prefilled(prompt_ids)
+        if reused is not None:
+            cache, logits, attention_mask, position_ids = reused
+            padded_prompt_tokens = 0  # nothing computed here: the prefill ran ahead (see prefill())
+        else:
+            input_ids, attention_mask = self._left_pad(prompt_ids)
+            position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1, :]
+            padded_prompt_tokens = input_ids.numel()
         prefill_s = time.perf_counter() - started
 
         decode_started = time.perf_counter()
@@ -191,7 +304,7 @@ class HFEngine:
         return BatchOutput(
             rows=rows,
             prompt_tokens=sum(len(ids) for ids in prompt_ids),
-            padded_prompt_tokens=input_ids.numel(),
+            padded_prompt_tokens=padded_prompt_tokens,
             decode_steps=step,
             row_steps=row_steps,
             prefill_s=prefill_s,

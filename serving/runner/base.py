@@ -35,12 +35,14 @@ class RunState(abc.ABC):
         options: RunOptions,
         predictor_s: float,
         on_progress: Callable[[int], None],
+        shared_prefill_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.requests = requests
         self.cfg = cfg
         self.options = options
         self.predictor_s = predictor_s
+        self.shared_prefill_s = shared_prefill_s
         self.on_progress = on_progress
         self.predicted = list(predicted) if predicted is not None else None
         self.limits = [min(cfg.limit, request.max_tokens or cfg.limit) for request in requests]
@@ -129,5 +131,5 @@ class RunState(abc.ABC):
         generation_s = time.perf_counter() - self.started
         records = [record for record in self.records if record is not None]
         assert len(records) == len(self.requests), "every request gets a record"
-        metrics = run_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s)
+        metrics = run_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s, self.shared_prefill_s)
         return RunResult(records, self.batches, metrics, self.cfg)

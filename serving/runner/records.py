@@ -81,6 +81,7 @@ class RunMetrics:
     """Predictor plus generation wall time."""
     generation_s: float
     predictor_s: float
+    """Time the prediction added (a probe that shares the serving prefill: its head; the prefill is in prefill_s)."""
     predictor_share: float
     samples_per_s: float
     tokens_per_s: float
@@ -102,6 +103,8 @@ class RunMetrics:
     prefill_s: float
     decode_s: float
     oom_splits: int
+    shared_prefill_s: float = 0.0
+    """Prefill run ahead of the batches while predicting (reused by generation; counted in prefill_s)."""
 
     def row(self) -> dict[str, float | int | str]:
         """The metrics as a flat dict (a table row, JSON)."""
@@ -129,9 +132,12 @@ def run_metrics(
     batches: Sequence[BatchRecord],
     generation_s: float,
     predictor_s: float,
+    shared_prefill_s: float = 0.0,
 ) -> RunMetrics:
-    """A run's metrics from its request and batch records (any engine)."""
+    """A run's metrics from its request and batch records (any engine). predictor_s: all time before generation;
+    shared_prefill_s: the part of it that prefilled prompts for generation (a probe reading the served model)."""
     total_s = generation_s + predictor_s
+    own_predictor_s = max(0.0, predictor_s - shared_prefill_s)
     generated = sum(record.num_tokens for record in records)
     row_steps = sum(batch.row_steps for batch in batches)
     recompute_steps = sum(batch.row_steps for batch in batches if batch.phase is Phase.RECOMPUTE)
@@ -144,8 +150,8 @@ def run_metrics(
         batches=len(batches),
         total_s=total_s,
         generation_s=generation_s,
-        predictor_s=predictor_s,
-        predictor_share=predictor_s / total_s if total_s else 0.0,
+        predictor_s=own_predictor_s,
+        predictor_share=own_predictor_s / total_s if total_s else 0.0,
         samples_per_s=len(records) / total_s if total_s else 0.0,
         tokens_per_s=generated / total_s if total_s else 0.0,
         generated_tokens=generated,
@@ -158,9 +164,10 @@ def run_metrics(
         recompute_share=recompute_steps / row_steps if row_steps else 0.0,
         latency_p50_s=_latency(latencies, 50),
         latency_p99_s=_latency(latencies, 99),
-        prefill_s=sum(batch.prefill_s for batch in batches),
+        prefill_s=sum(batch.prefill_s for batch in batches) + shared_prefill_s,
         decode_s=sum(batch.decode_s for batch in batches),
         oom_splits=sum(batch.oom_splits for batch in batches),
+        shared_prefill_s=shared_prefill_s,
     )
 
 
