@@ -109,3 +109,13 @@ class Checkpoint:
             os.fsync(handle.fileno())
         for sample in new:
             self.samples[sample.key] = sample
+
+
+def finished_samples(work: str | Path, settings: Mapping[str, Any]) -> dict[tuple[str, float, int], Sample]:
+    """Every sample in the checkpoints under a run's working folder (its own and, for a data-parallel run, each
+    shard's), so a resumed run of any process count skips them. Checkpoints made with other settings are refused."""
+    samples: dict[tuple[str, float, int], Sample] = {}
+    work = Path(work)
+    for path in sorted(work.glob(f"**/{CHECKPOINT_FILE}")):
+        samples.update(Checkpoint(path.parent, settings).samples)
+    return samples

@@ -13,11 +13,13 @@ from data_tools.labels import PAPER_BUCKET
 from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_dataset
 from data_tools.stats_report import report_stats
 from seqsched.config import FloatList, to_dict
+from seqsched.distributed import current_process, gather, pin_device
 from seqsched.engines.api import Engine
 from seqsched.errors import InputError, SeqschedError
 from seqsched.files import write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
+from seqsched.sharding import shard_by_predicted_tokens
 from seqsched.tables import table
 
 
@@ -137,7 +139,7 @@ def run_label(
     config: LabelConfig, engine: Engine | None = None, on_batch: Callable[[int], None] | None = None
 ) -> tuple[Path, dict[str, float]]:
     """Sample, checkpoint and write the length dataset; returns its folder and this process's metrics."""
-    from data_tools.checkpoint import Checkpoint, working_dir
+    from data_tools.checkpoint import Checkpoint, finished_samples, working_dir
     from data_tools.sampler import LengthSampler, SamplerConfig, build_record
 
     if not config.data or not config.out:
@@ -162,35 +164,57 @@ def run_label(
     if not requests:
         raise SeqschedError(f"{config.data}: no instructions to label")
     split_records([], config.split, config.validation_fraction, config.seed)  # fail on bad split options early
+    process = current_process()
+    mine = shard_by_predicted_tokens([len(request.prompt) for request in requests], process.count)[process.index]
     if engine is None:
-        from seqsched.engines.hf import EngineConfig, HFEngine
+        from seqsched.engines.config import EngineConfig
+        from seqsched.engines.hf import HFEngine
 
         if config.torch_threads is not None:
             import torch
 
             torch.set_num_threads(config.torch_threads)
+        pin_device(process)
         # Evicting finished rows gives the same outputs and skips their steps; labels need no static batching.
         engine = HFEngine.from_spec(config.model, EngineConfig(evict_finished=True))
 
     work = working_dir(config.out)
-    checkpoint = Checkpoint(work, _sampler_settings(config))
-    if checkpoint.samples:
+    # One checkpoint per process of a data-parallel run; each skips what any earlier run's checkpoint holds.
+    folder = work if process.count == 1 else work / f"shard-{process.index}"
+    checkpoint = Checkpoint(folder, _sampler_settings(config))
+    done = finished_samples(work, _sampler_settings(config))
+    if done:
         torn = " (a torn last line was dropped)" if checkpoint.dropped_torn_line else ""
-        print(f"resuming: {len(checkpoint.samples)} finished generations in {checkpoint.path}{torn}")
-    sampler = LengthSampler(engine, sampler_config, checkpoint, progress=config.progress, on_batch=on_batch)
+        print(f"resuming: {len(done)} finished generations in {work}{torn}")
+    sampler = LengthSampler(
+        engine, sampler_config, checkpoint, progress=config.progress and process.main, on_batch=on_batch, done=done
+    )
     try:
-        run = sampler.run(requests)
+        run = sampler.run([requests[index] for index in mine])
     except KeyboardInterrupt:
         print(
             f"\nstopped: {len(checkpoint.samples)} finished generations are in {checkpoint.path}; "
             "run the same command again to resume"
         )
         raise
+    samples = run.samples
+    metrics = run.metrics()
+    if process.count > 1:
+        shards = gather((process.index, run.samples, metrics))
+        samples = {key: sample for _, part, _ in shards for key, sample in part.items()}
+        metrics = {
+            **metrics,
+            "processes": process.count,
+            "generations": sum(part[2]["generations"] for part in shards),
+            "generated_tokens": sum(part[2]["generated_tokens"] for part in shards),
+        }
+        if not process.main:
+            return Path(config.out), metrics  # the main process writes the dataset
 
     records = [
         build_record(
             request,
-            run.samples,
+            samples,
             sampler_config,
             config.model.spec,
             config.bucket,
@@ -229,6 +253,8 @@ def label(config: LabelConfig, engine: Engine | None = None) -> Path:
 
     disable_progress_bars()  # one tqdm bar (the sampler's) is enough
     out, metrics = run_label(config, engine)
+    if not current_process().main:
+        return out
     columns = ["generations", "resumed_generations", "generated_tokens", "tokens_per_s", "effective_token_ratio"]
     print(table([metrics], [*columns, "wall_s"]))
     report_stats(out, out / "stats")

@@ -125,13 +125,17 @@ class LengthSampler:
     progress: bool = True
     on_batch: Callable[[int], None] | None = None
     """Called with the number of finished batches after each one (tests use it)."""
+    done: dict[tuple[str, float, int], Sample] = field(default_factory=dict)
+    """Samples finished elsewhere (other processes' checkpoints of a data-parallel run): not generated again."""
 
     def run(self, requests: Sequence[Request]) -> SamplingRun:
         """Generate every sample of requests that the checkpoint does not hold yet."""
         from tqdm import tqdm
 
         slots = self.config.sample_slots()
-        done: dict[tuple[str, float, int], Sample] = dict(self.checkpoint.samples) if self.checkpoint else {}
+        done: dict[tuple[str, float, int], Sample] = dict(self.done)
+        if self.checkpoint is not None:
+            done.update(self.checkpoint.samples)
         jobs = [
             Job(position, temperature, index)
             for position, request in enumerate(requests)
