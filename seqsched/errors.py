@@ -35,3 +35,8 @@ def require(condition: bool, option: str, problem: str) -> None:
     """Raise OptionError(option, problem) unless condition holds (configs' __post_init__ checks)."""
     if not condition:
         raise OptionError(option, problem)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (see seqsched_cli.main): a run stops as on Ctrl-C, its cleanup runs
+    (staging files removed, locks released) and what it checkpointed stays for a resume."""
