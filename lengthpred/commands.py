@@ -17,7 +17,7 @@ from lengthpred.generative import GenerativeConfig
 from lengthpred.head import HeadConfig
 from lengthpred.kinds import PredictorKind
 from seqsched.config import to_dict
-from seqsched.errors import SeqschedError
+from seqsched.errors import SeqschedError, require_at_least
 from seqsched.files import write_json
 from seqsched.tables import table
 
@@ -65,6 +65,10 @@ class TrainConfig:
     """For kinds lora and perception."""
     head: HeadConfig = field(default_factory=HeadConfig)
 
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "limit", "validation_limit")
+        require_at_least(self, 0, "validation_start")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -81,6 +85,10 @@ class EvalConfig:
     target: EvalTarget = EvalTarget.MAX_LENGTH
     output_dir: str = "outputs/eval"
     tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "limit")
+        require_at_least(self, 0, "start")
 
 
 @dataclass(frozen=True)

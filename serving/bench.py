@@ -23,7 +23,7 @@ from seqsched.config import to_dict
 from seqsched.engines.api import Engine
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.selection import build_engine, set_torch_threads
-from seqsched.errors import SeqschedError
+from seqsched.errors import SeqschedError, require_at_least
 from seqsched.files import atomic_path, write_json, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
@@ -135,6 +135,11 @@ class BenchConfig(ScheduleConfig):
     out: str = "outputs/bench/bench"
     """Writes OUT.json, OUT.md and OUT.png."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, 0, "offset", "tune_start")
+        require_at_least(self, 1, "count", "repeats", "vanilla_batch_size", "tune_limit", "torch_threads")
 
 
 @dataclass

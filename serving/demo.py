@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from seqsched.engines.api import GREEDY, Engine
+from seqsched.errors import require, require_at_least
 from seqsched.files import write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request, read_requests
@@ -67,6 +68,13 @@ class DemoConfig:
     out_dir: str = "outputs/demo"
     """Everything goes here: lengths, predictor, MLflow store (mlflow.db), batch files, metrics."""
     torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "prompts", "batch_size", "max_new_tokens", "torch_threads")
+        share = self.validation_fraction
+        require(0 <= share < 1, "validation_fraction", f"must be in [0, 1), got {share}")
+        temperatures = list(self.temperatures)
+        require(bool(temperatures) and min(temperatures) >= 0, "temperatures", f"must be >= 0, got {temperatures}")
 
 
 def demo(config: DemoConfig) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.api import BatchOutput, Engine, RowOutput, SamplingParams
+from seqsched.errors import require, require_at_least
 from seqsched.files import write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
@@ -32,6 +33,11 @@ class GenerateConfig:
     seed: int = 0
     evict_finished: bool = False
     """Drop finished rows from the KV cache (faster; the paper's engine keeps them)."""
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "batch_size", "max_new_tokens")
+        require_at_least(self, 0, "temperature")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

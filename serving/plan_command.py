@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqsched.errors import InputError, SeqschedError
+from seqsched.errors import InputError, SeqschedError, require_at_least
 from seqsched.files import write_json
 from seqsched.tables import table
 from serving.scheduler import (
@@ -48,6 +48,10 @@ class PlanConfig(ScheduleConfig):
     """Prompt length assumed by the time estimate (printed when the trace has true lengths)."""
     cost: str | None = None
     """A JSON file of serving.simulate.StepCost fields (default: SmolLM2-135M on this project's CPU)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, 0, "prompt_tokens")
 
 
 @dataclass
