@@ -263,6 +263,19 @@ def _not_utf8(line: bytes, error: UnicodeDecodeError) -> Unreadable:
     return Unreadable(f"not UTF-8 text (byte 0x{line[error.start]:02x} at column {column})")
 
 
+def read_utf8(path: str | Path) -> str:
+    """A whole text file; bytes that are not UTF-8 stop with InputError naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        start = data.rfind(b"\n", 0, error.start) + 1
+        end = data.find(b"\n", error.start)
+        line = data[start : end if end >= 0 else len(data)]
+        bad = _not_utf8(line, UnicodeDecodeError("utf-8", line, error.start - start, error.end - start, error.reason))
+        raise InputError(path, data.count(b"\n", 0, error.start) + 1, bad.problem) from None
+
+
 def iter_records(path: Path) -> Iterator[tuple[int | str, Any]]:
     """(position, record) pairs: line numbers for JSONL, 'record N' for a JSON array (both from 1). A record that
     cannot be read comes as an Unreadable (bad JSON, or bytes that are not UTF-8), so a reader can skip it."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from seqsched.errors import InputError, SeqschedError, require_at_least
 from seqsched.files import write_json
+from seqsched.requests import read_utf8
 from seqsched.tables import table
 from serving.scheduler import (
     Batch,
@@ -74,7 +75,7 @@ def read_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "no such trace file (JSONL lines of {id, predicted, true})")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_utf8(path)
     text = raw.strip()
     try:  # one parse of the whole file is several times faster than a parse per line
         records = json.loads("[" + text.replace("\n", ",") + "]")

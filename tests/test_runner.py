@@ -176,7 +176,6 @@ def test_out_of_memory_splits_the_batch(tiny_engine: HFEngine, requests: list[Re
     assert result.metrics.oom_splits > 0 and len(result.batches) == len(vanilla.batches)
 
 
-
 def test_a_request_out_of_memory_alone_is_an_error_and_the_rest_are_served(
     tiny_engine: HFEngine, requests: list[Request], vanilla: RunResult
 ) -> None:
