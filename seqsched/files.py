@@ -108,7 +108,8 @@ def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Pa
     try:  # a real probe: os.access says yes for root on a read-only mount and for /proc
         os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".probe", dir=ancestor))
     except OSError as error:
-        raise OptionError(option, f"cannot write {path} ({error.strerror or error})") from None
+        reason = error.strerror or str(error)
+        raise OptionError(option, f"cannot write {path}: no new file can be made in {ancestor} ({reason})") from None
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from seqsched.engines.api import GREEDY, Engine
 from seqsched.errors import require, require_at_least
-from seqsched.files import write_json, write_jsonl
+from seqsched.files import check_writable, write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request, read_requests
 from seqsched.tables import table
@@ -88,7 +88,7 @@ def answers_demo(config: DemoConfig) -> int:
     """The engine alone: built-in instructions answered, lengths and tokens/s."""
     from seqsched.engines.hf import HFEngine
 
-    out_dir = Path(config.out_dir)
+    out_dir = check_writable(config.out_dir, "out_dir", folder=True)
     started = time.perf_counter()
     print(f"loading {config.model.spec} ...")
     engine = HFEngine.from_spec(config.model)
@@ -178,6 +178,7 @@ def pipeline_demo(config: DemoConfig) -> int:
 
     set_torch_threads(config.torch_threads)
     out = Path(config.out_dir).resolve()
+    check_writable(out, "out_dir", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     limit = config.max_new_tokens

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqsched.errors import InputError, SeqschedError, require_at_least
-from seqsched.files import write_json
+from seqsched.files import check_writable, write_json
 from seqsched.requests import read_utf8
 from seqsched.tables import table
 from serving.scheduler import (
@@ -215,6 +215,7 @@ def plan(config: PlanConfig) -> Path:
     """`seqsched plan`: read the trace, write the plan, print its summary (and simulated cost)."""
     if not config.lengths:
         raise SeqschedError("--lengths is required (a JSONL trace of {id, predicted, true})")
+    check_writable(config.out, "out")
     started = time.perf_counter()
     trace = read_trace(config.lengths)
     cfg = config.schedule()
