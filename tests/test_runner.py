@@ -202,6 +202,15 @@ def test_a_request_out_of_memory_alone_is_an_error_and_the_rest_are_served(
     assert sorted(reported) == list(range(len(requests))), "every request is reported once, errors included"
 
 
+def test_out_of_memory_is_recognised_on_gpu_and_cpu() -> None:
+    from serving.runner.static import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    cpu = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 25600000000 bytes. Error code 12"
+    assert is_out_of_memory(RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] data. {cpu}"))
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
 def test_other_errors_are_not_swallowed(tiny_engine: HFEngine, requests: list[Request]) -> None:
     class Broken(FlakyMemoryEngine):
         def generate(self, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for torch.OutOfMemoryError (CUDA or otherwise) and RuntimeErrors that report running out of memory."""
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+    """True for torch.OutOfMemoryError (CUDA or otherwise), MemoryError, and RuntimeErrors that report running out
+    of memory (CUDA's "out of memory", the CPU allocator's "can't allocate memory")."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    message = str(error).lower()
+    return "out of memory" in message or "can't allocate memory" in message or "cannot allocate memory" in message
 
 
 def _release_memory() -> None:
@@ -75,7 +79,7 @@ def generate_splitting(
     """
     try:
         return engine.generate(prompt_ids, max_new_tokens, sampling, seeds=seeds), {}
-    except RuntimeError as error:
+    except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
         _release_memory()
