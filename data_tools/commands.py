@@ -15,8 +15,8 @@ from data_tools.stats_report import report_stats
 from seqsched.config import FloatList, to_dict
 from seqsched.distributed import current_process, gather, pin_device
 from seqsched.engines.api import Engine
-from seqsched.errors import InputError, SeqschedError
-from seqsched.files import write_text
+from seqsched.errors import InputError, SeqschedError, require
+from seqsched.files import check_writable, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
 from seqsched.sharding import shard_by_predicted_tokens
@@ -63,6 +63,25 @@ class LabelConfig:
     torch_threads: int | None = None
     """CPU threads for torch (default: torch's choice). On cores shared with other jobs, 1 is several times faster."""
 
+    def __post_init__(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", f"must be >= 1 (or unset: all), got {self.limit}")
+        temperatures = list(self.temperatures)
+        require(bool(temperatures), "temperatures", "give at least one temperature")
+        require(min(temperatures, default=0) >= 0, "temperatures", f"must be >= 0, got {temperatures}")
+        require(len(set(temperatures)) == len(temperatures), "temperatures", f"must be distinct, got {temperatures}")
+        for name in ("samples_per_temperature", "max_new_tokens", "batch_size", "bucket"):
+            value = getattr(self, name)
+            require(value >= 1, name, f"must be >= 1, got {value}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(bool(self.split), "split", "must be a split name (e.g. train)")
+        _check_fraction(self.validation_fraction)
+        threads = self.torch_threads
+        require(threads is None or threads >= 1, "torch_threads", f"must be >= 1, got {threads}")
+
+
+def _check_fraction(value: float) -> None:
+    require(0 <= value < 1, "validation_fraction", f"must be in [0, 1), got {value}")
+
 
 @dataclass(frozen=True)
 class ImportConfig:
@@ -83,6 +102,16 @@ class ImportConfig:
     split: str = "train"
     validation_fraction: float = 0.0
     seed: int = 0
+    skip_bad: bool = False
+    """Skip records of either file that cannot be read (and list them) instead of stopping at the first."""
+    strict: bool = False
+    """Stop when some instructions have no lengths (by default they are left out, and counted)."""
+
+    def __post_init__(self) -> None:
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.bucket >= 1, "bucket", f"must be >= 1, got {self.bucket}")
+        require(bool(self.split), "split", "must be a split name (e.g. train)")
+        _check_fraction(self.validation_fraction)
 
 
 @dataclass(frozen=True)
@@ -144,6 +173,8 @@ def run_label(
 
     if not config.data or not config.out:
         raise SeqschedError("--data (instructions) and --out (output folder) are required")
+    check_writable(config.out, "out", folder=True)
+    check_writable(working_dir(config.out), "out", folder=True)
     try:
         sampler_config = SamplerConfig(
             temperatures=tuple(float(t) for t in config.temperatures),
@@ -266,28 +297,52 @@ def label_import(config: ImportConfig) -> Path:
     """`seqsched label import`: the paper's length file + its instructions -> a length dataset."""
     from datasets.utils import disable_progress_bars
 
-    from data_tools.paper_labels import paper_records, read_paper_lengths
+    from data_tools.paper_labels import import_paper_labels
 
     disable_progress_bars()
     if not config.lengths or not config.data or not config.out:
         raise SeqschedError("--lengths, --data and --out are required")
-    records = paper_records(
-        config.lengths, config.data, config.model, config.max_new_tokens, config.bucket, config.input_format
+    check_writable(config.out, "out", folder=True)
+    imported = import_paper_labels(
+        config.lengths,
+        config.data,
+        config.model,
+        config.max_new_tokens,
+        config.bucket,
+        config.input_format,
+        skip_bad=config.skip_bad,
     )
-    temperatures = sorted(read_paper_lengths(config.lengths)[0].lengths)
+    for bad in imported.bad:
+        print(f"skipped {bad}")
+    if imported.uncovered:
+        shown = ", ".join(repr(record_id) for record_id in imported.uncovered[:5])
+        more = " ..." if len(imported.uncovered) > 5 else ""
+        total = len(imported.records) + len(imported.uncovered)
+        message = (
+            f"{len(imported.uncovered)} of {total} instructions of {config.data} have no lengths in "
+            f"{config.lengths} ({shown}{more})"
+        )
+        if config.strict:
+            raise SeqschedError(f"{message}; drop --strict to import the {len(imported.records)} that have")
+        print(f"left out: {message}")
     meta = LengthDatasetMeta(
         model=config.model,
-        temperatures=temperatures,
+        temperatures=imported.temperatures,
         max_new_tokens=config.max_new_tokens,
         bucket=config.bucket,
         source=f"{config.lengths} + {config.data}",
-        extra={"imported": True, "config": to_dict(config)},
+        extra={
+            "imported": True,
+            "uncovered_instructions": len(imported.uncovered),
+            "skipped_records": len(imported.bad),
+            "config": to_dict(config),
+        },
     )
     out = save_length_dataset(
-        config.out, split_records(records, config.split, config.validation_fraction, config.seed), meta
+        config.out, split_records(imported.records, config.split, config.validation_fraction, config.seed), meta
     )
     report_stats(out, out / "stats", plots=False)
-    print(f"dataset: {out}")
+    print(f"imported {len(imported.records)} instructions; dataset: {out}")
     return out
 
 
@@ -324,7 +379,9 @@ def export_lengths(dataset_dir: str | Path, split: str | None = None) -> list[di
         for index, record in enumerate(part):
             temperatures = [float(value) for value in record["temperatures"]]
             if len(set(temperatures)) != len(temperatures):
-                raise InputError(dataset_dir, f"record {index}", "the paper's format holds one sample per temperature")
+                raise InputError(
+                    dataset_dir, f"record {index + 1}", "the paper's format holds one sample per temperature"
+                )
             row: dict[str, Any] = {"id": str(record["id"])}
             row.update(
                 {

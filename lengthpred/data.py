@@ -59,6 +59,8 @@ def load_length_data(
     dataset = load_length_dataset(path, split)
     if start < 0 or start > len(dataset):
         raise InputError(path, None, f"start {start} is outside the split's {len(dataset)} records")
+    if len(dataset) == 0:
+        raise InputError(path, None, f"the split{f' {split!r}' if split else ''} holds no records")
     end = len(dataset) if limit is None else min(len(dataset), start + limit)
     rows = dataset.select(range(start, end))
     labels = [int(value) for value in rows["label"]]

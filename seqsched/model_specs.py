@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqsched.errors import SeqschedError
+from seqsched.errors import SeqschedError, require
 from seqsched.files import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,11 @@ class ModelConfig:
     """Weights' dtype: auto is bfloat16 on cuda, float32 on cpu."""
     cache_dir: str | None = None
     """Where converted GGUF models are cached (default: $SEQSCHED_CACHE or ~/.cache/seqsched/models)."""
+
+    def __post_init__(self) -> None:
+        require(
+            bool(self.spec.strip()), "spec", "name a model: smollm2, a Hugging Face folder, a .gguf file or a hub id"
+        )
 
 
 @dataclass

@@ -23,8 +23,8 @@ from seqsched.config import to_dict
 from seqsched.engines.api import Engine
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.selection import build_engine, set_torch_threads
-from seqsched.errors import SeqschedError
-from seqsched.files import atomic_path, write_json, write_text
+from seqsched.errors import SeqschedError, require_at_least
+from seqsched.files import atomic_path, check_writable, write_json, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
 from seqsched.tables import table
@@ -135,6 +135,11 @@ class BenchConfig(ScheduleConfig):
     out: str = "outputs/bench/bench"
     """Writes OUT.json, OUT.md and OUT.png."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, 0, "offset", "tune_start")
+        require_at_least(self, 1, "count", "repeats", "vanilla_batch_size", "tune_limit", "torch_threads")
 
 
 @dataclass
@@ -478,6 +483,9 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     """`seqsched bench`: every strategy on the same prompts; writes OUT.json, OUT.md and OUT.png."""
     if not config.input:
         raise SeqschedError("--input is required (a prompts file; the recipe names the shared validation set)")
+    out = Path(config.out)
+    for suffix in (".json", ".md", ".png"):  # before the model loads: hours of measurement must land somewhere
+        check_writable(out.with_suffix(suffix), "out")
     set_torch_threads(config.torch_threads)
     read = read_requests(config.input, config.input_format)
     end = None if config.count is None else config.offset + config.count
@@ -486,7 +494,6 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     started = time.perf_counter()
     engine = engine or build_engine(config.engine, config.model)
     result = run_bench(engine, requests, config)
-    out = Path(config.out)
     import torch
 
     device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {machine()}"

@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 from seqsched.engines.api import GREEDY, Engine
-from seqsched.files import write_json, write_jsonl
+from seqsched.errors import require, require_at_least
+from seqsched.files import check_writable, write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request, read_requests
 from seqsched.tables import table
@@ -68,6 +69,13 @@ class DemoConfig:
     """Everything goes here: lengths, predictor, MLflow store (mlflow.db), batch files, metrics."""
     torch_threads: int | None = None
 
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "prompts", "batch_size", "max_new_tokens", "torch_threads")
+        share = self.validation_fraction
+        require(0 <= share < 1, "validation_fraction", f"must be in [0, 1), got {share}")
+        temperatures = list(self.temperatures)
+        require(bool(temperatures) and min(temperatures) >= 0, "temperatures", f"must be >= 0, got {temperatures}")
+
 
 def demo(config: DemoConfig) -> int:
     """`seqsched demo`."""
@@ -80,7 +88,7 @@ def answers_demo(config: DemoConfig) -> int:
     """The engine alone: built-in instructions answered, lengths and tokens/s."""
     from seqsched.engines.hf import HFEngine
 
-    out_dir = Path(config.out_dir)
+    out_dir = check_writable(config.out_dir, "out_dir", folder=True)
     started = time.perf_counter()
     print(f"loading {config.model.spec} ...")
     engine = HFEngine.from_spec(config.model)
@@ -161,16 +169,16 @@ def demo_policy(config: DemoConfig, engine: Engine, lengths: Path, predictor: st
 
 def pipeline_demo(config: DemoConfig) -> int:
     """label -> train -> register @champion -> serve vanilla and scheduled (OpenAI Batch in and out) -> compare."""
-    from lengthpred.kinds import PredictorKind
-
     from data_tools.commands import LabelConfig, label
     from lengthpred.commands import TrainConfig, train
+    from lengthpred.kinds import PredictorKind
     from seqsched.engines.hf import HFEngine
     from seqsched.engines.selection import set_torch_threads
     from serving.serve_command import ServeConfig, metrics_path, serve
 
     set_torch_threads(config.torch_threads)
     out = Path(config.out_dir).resolve()
+    check_writable(out, "out_dir", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     limit = config.max_new_tokens

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqsched.errors import InputError, SeqschedError
-from seqsched.files import write_json
+from seqsched.errors import InputError, SeqschedError, require_at_least
+from seqsched.files import check_writable, write_json
+from seqsched.requests import read_utf8
 from seqsched.tables import table
 from serving.scheduler import (
     Batch,
@@ -49,6 +50,10 @@ class PlanConfig(ScheduleConfig):
     cost: str | None = None
     """A JSON file of serving.simulate.StepCost fields (default: SmolLM2-135M on this project's CPU)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, 0, "prompt_tokens")
+
 
 @dataclass
 class Trace:
@@ -70,7 +75,7 @@ def read_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "no such trace file (JSONL lines of {id, predicted, true})")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_utf8(path)
     text = raw.strip()
     try:  # one parse of the whole file is several times faster than a parse per line
         records = json.loads("[" + text.replace("\n", ",") + "]")
@@ -210,6 +215,7 @@ def plan(config: PlanConfig) -> Path:
     """`seqsched plan`: read the trace, write the plan, print its summary (and simulated cost)."""
     if not config.lengths:
         raise SeqschedError("--lengths is required (a JSONL trace of {id, predicted, true})")
+    check_writable(config.out, "out")
     started = time.perf_counter()
     trace = read_trace(config.lengths)
     cfg = config.schedule()

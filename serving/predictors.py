@@ -8,7 +8,6 @@ itself, zero-shot) and `none` (no predictions: vanilla only).
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from seqsched.errors import InputError, SeqschedError
-from seqsched.requests import Request
+from seqsched.requests import Request, Unreadable, iter_records
 
 if TYPE_CHECKING:
     from lengthpred.predictor import LengthPredictor
@@ -188,28 +187,23 @@ def read_oracle(path: str | Path) -> OracleLengths:
     if not path.is_file():
         raise InputError(path, None, "no such oracle file (JSONL of {id, true} lines or a length dataset folder)")
     lengths: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(path, number, f"invalid JSON ({error.msg})") from None
-            if not isinstance(record, Mapping):
-                raise InputError(path, number, "each line must be a JSON object")
-            key = record.get("custom_id", record.get("id"))
-            if not isinstance(key, str | int) or isinstance(key, bool):
-                raise InputError(path, number, "missing 'id' (a string)")
-            try:
-                value = _oracle_line_length(record)
-            except KeyError:
-                raise InputError(path, number, f"no length: expected one of {list(ORACLE_KEYS)}") from None
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputError(path, number, f"the length must be an integer >= 0, got {value!r}")
-            if str(key) in lengths:
-                raise InputError(path, number, f"duplicate id {key!r}")
-            lengths[str(key)] = value
+    for number, record in iter_records(path):
+        if isinstance(record, Unreadable):
+            raise InputError(path, number, record.problem)
+        if not isinstance(record, Mapping):
+            raise InputError(path, number, "each line must be a JSON object")
+        key = record.get("custom_id", record.get("id"))
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise InputError(path, number, "missing 'id' (a string)")
+        try:
+            value = _oracle_line_length(record)
+        except KeyError:
+            raise InputError(path, number, f"no length: expected one of {list(ORACLE_KEYS)}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(path, number, f"the length must be an integer >= 0, got {value!r}")
+        if str(key) in lengths:
+            raise InputError(path, number, f"duplicate id {key!r}")
+        lengths[str(key)] = value
     return OracleLengths(lengths, str(path))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from seqsched.engines.hf import HFEngine
 from seqsched.engines.vllm import VLLMEngine
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
-from serving.runner import run
+from serving.runner import RunOptions, run
 from serving.runner.continuous import ContinuousMode, mode_for, priorities
 from serving.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
 from tests.fake_vllm import LLM, fake_vllm_module
@@ -99,3 +100,26 @@ def test_fcr_caps_follow_one_rule_on_every_engine(
     for engine in (tiny_engine, fake_engine):
         result = run(engine, requests, true, cfg)
         assert result.metrics.failed == 0, type(engine).__name__
+
+
+def test_every_runner_reports_each_request_once_as_it_finishes(
+    tiny_engine: HFEngine, fake_engine: VLLMEngine, requests: list[Request]
+) -> None:
+    """on_finished (what serve's checkpoint listens to) fires once per request with its final record, on static
+    and continuous engines alike, FCR recompute included; positions keep a part of a job sampling as the whole."""
+    true = [record.num_tokens for record in run(tiny_engine, requests, None, BASE).records]
+    rng = random.Random(3)
+    noisy = [max(0, length + rng.randint(-8, 8)) for length in true]
+    cfg = ScheduleConfig(strategy=Strategy.FCR, limit=40, bin_width=5, batch_size=4, vbs={})
+    for engine in (tiny_engine, fake_engine):
+        reported: list[tuple[int, object]] = []
+        options = RunOptions(on_finished=lambda index, record, seen=reported: seen.append((index, record)))
+        result = run(engine, requests, noisy, cfg, options)
+        assert result.metrics.failed > 0, "some requests went through the recompute pass"
+        assert sorted(index for index, _ in reported) == list(range(len(requests))), type(engine).__name__
+        assert all(record is result.records[index] for index, record in reported)
+    sampled = [replace(request, temperature=1.0) for request in requests]
+    whole = run(tiny_engine, sampled, None, BASE, RunOptions(seed=5))
+    part = [3, 7, 8]
+    again = run(tiny_engine, [sampled[i] for i in part], None, BASE, RunOptions(seed=5, positions=tuple(part)))
+    assert [r.token_ids for r in again.records] == [whole.records[i].token_ids for i in part]

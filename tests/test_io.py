@@ -95,7 +95,7 @@ def test_bad_line_names_file_and_line(tmp_path: Path) -> None:
 def test_json_array_errors_name_record_index(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text(json.dumps([{"id": "1", "conversations": []}]))
-    with pytest.raises(InputError, match=r"x\.json:record 0: missing or empty 'conversations'"):
+    with pytest.raises(InputError, match=r"x\.json:record 1: missing or empty 'conversations'"):
         read_requests(path)
     path.write_text('[{"id": "1",\n "conversations": [}]')
     with pytest.raises(InputError, match=r"x\.json:2: invalid JSON"):

@@ -127,9 +127,17 @@ def model_stop_token_ids(*sources: Any) -> set[int]:
     return ids
 
 
+def context_length(engine: Any) -> int | None:
+    """The most tokens (prompt plus generated) the engine's model takes, when the engine says (its optional
+    `context_length` attribute); None when unknown."""
+    value = getattr(engine, "context_length", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 class Engine(Protocol):
     """Batched generation: prompts in, token ids and costs out. Every engine can run a static batch
-    (`generate`, what the label sampler and the step-cost probe use); `batching` says how it serves a run."""
+    (`generate`, what the label sampler and the step-cost probe use); `batching` says how it serves a run.
+    An engine may also say how long a sequence its model takes (`context_length`, see context_length())."""
 
     batching: Batching
 

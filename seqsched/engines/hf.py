@@ -80,6 +80,12 @@ class HFEngine:
         engine.model_spec = loaded.spec
         return engine
 
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window (max_position_embeddings), when its config says."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
+
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
         return encode_chat(self.tokenizer, prompt, self.config.system_prompt)

@@ -73,6 +73,14 @@ class VLLMEngine:
         )
         return cls(llm, load_tokenizer(path), vllm)
 
+    @property
+    def context_length(self) -> int | None:
+        """vLLM's max_model_len (the model's context, or what --engine.vllm.max_model_len lowered it to)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
         return encode_chat(self.tokenizer, prompt)

@@ -55,6 +55,12 @@ def run(
     weights = list(predicted) if predicted is not None else [1] * len(requests)
     groups = shard_by_predicted_tokens(weights, process.count)
     mine = groups[process.index]
+    # The shard's requests keep their place in the whole set: for seeds, and for the caller's on_finished.
+    positions = options.positions or tuple(range(len(requests)))
+    options = replace(options, positions=tuple(positions[index] for index in mine))
+    if options.on_finished is not None:
+        report = options.on_finished
+        options = replace(options, on_finished=lambda local, record: report(mine[local], record))
     local = _run_local(
         engine,
         [requests[index] for index in mine],

@@ -41,6 +41,8 @@ class RunState(abc.ABC):
         self.requests = requests
         self.cfg = cfg
         self.options = options
+        if options.positions is not None and len(options.positions) != len(requests):
+            raise ValueError(f"{len(options.positions)} positions for {len(requests)} requests")
         self.predictor_s = predictor_s
         self.shared_prefill_s = shared_prefill_s
         self.on_progress = on_progress
@@ -76,8 +78,10 @@ class RunState(abc.ABC):
         return state.prompt_ids + state.prefix
 
     def seed(self, index: int) -> int:
-        """Request i samples with seed + i, so its output does not depend on where it runs."""
-        return self.options.seed + index
+        """Request i samples with seed + i (i: its position in the whole job), so its output does not depend on
+        where it runs."""
+        positions = self.options.positions
+        return self.options.seed + (index if positions is None else positions[index])
 
     def elapsed(self) -> float:
         """Seconds since the run started, the predictor's time included."""
@@ -101,7 +105,19 @@ class RunState(abc.ABC):
         text = row.text if not state.prefix and tokens is row.token_ids else self.engine.decode(full)
         record = self.record(index, full, reason, finished_at)
         record.text = text
+        self.report(index, record)
         return True
+
+    def fail(self, index: int, error: str, code: str, finished_at: float) -> None:
+        """Record that a request cannot be served (it gets an error line; the rest of the run goes on)."""
+        record = self.record(index, [], FinishReason.LENGTH, finished_at)
+        record.error, record.error_code = error, code
+        self.report(index, record)
+
+    def report(self, index: int, record: RequestRecord) -> None:
+        """Tell the caller a request's final result (RunOptions.on_finished): the one place both runners use."""
+        if self.options.on_finished is not None:
+            self.options.on_finished(index, record)
 
     def record(self, index: int, tokens: list[int], reason: FinishReason, finished_at: float) -> RequestRecord:
         """The request's record, created on first use and updated with its latest result."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.api import FinishReason
@@ -22,8 +22,15 @@ class RunOptions:
     top_p: float = 1.0
     seed: int = 0
     """Request i samples with seed + i, so its output does not depend on which batch it lands in."""
+    positions: tuple[int, ...] | None = None
+    """Each request's position in the whole job when this run serves part of it (a resumed run, a data-parallel
+    shard): request i then samples with seed + positions[i], the same sample as in one uninterrupted run."""
     progress: bool = False
     """Show a tqdm progress bar."""
+    on_finished: Callable[[int, RequestRecord], None] | None = None
+    """Called once per request as soon as its final result is known (index into the run's requests), so a caller
+    can keep finished work on disk while the run goes on (serve's checkpoint); requests that end in an error
+    (out of memory alone) are reported too, with record.error set."""
 
 
 @dataclass
@@ -44,6 +51,10 @@ class RequestRecord:
     """Tokens its cut-short first attempt generated."""
     completion_s: float = 0.0
     """Seconds from the start of the run (predictor included) until its final batch ended."""
+    error: str | None = None
+    """Why the request has no output (e.g. it ran out of memory alone in its batch); None when served."""
+    error_code: str | None = None
+    """A short machine-readable kind of error (OpenAI style: `out_of_memory`, `context_length_exceeded`)."""
 
     @property
     def num_tokens(self) -> int:
@@ -105,6 +116,8 @@ class RunMetrics:
     oom_splits: int
     shared_prefill_s: float = 0.0
     """Prefill run ahead of the batches while predicting (reused by generation; counted in prefill_s)."""
+    errors: int = 0
+    """Requests that ended in an error instead of an output (out of memory even alone)."""
 
     def row(self) -> dict[str, float | int | str]:
         """The metrics as a flat dict (a table row, JSON)."""
@@ -168,6 +181,7 @@ def run_metrics(
         decode_s=sum(batch.decode_s for batch in batches),
         oom_splits=sum(batch.oom_splits for batch in batches),
         shared_prefill_s=shared_prefill_s,
+        errors=sum(record.error is not None for record in records),
     )
 
 
