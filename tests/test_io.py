@@ -131,3 +131,17 @@ def test_write_jsonl_is_atomic(tmp_path: Path) -> None:
     write_jsonl(target, [{"a": 1}, {"a": 2}])
     assert target.read_text().splitlines() == ['{"a": 1}', '{"a": 2}']
     assert not list(target.parent.glob(".*partial"))
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from seqsched.files import write_json
+
+    path = write_json(tmp_path / "result.json", {"a": 1})
+    mode = stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    assert not [item for item in tmp_path.iterdir() if item.name.startswith(".")], "no staging file left"
