@@ -42,6 +42,15 @@ class ProbePooling(enum.Enum):
     """Both, concatenated."""
 
 
+class ProbeCombine(enum.Enum):
+    """How the layers read become a prediction."""
+
+    CONCAT = "concat"
+    """One head on all layers' features concatenated."""
+    AVERAGE = "average"
+    """One head per layer; their bin distributions are averaged (an ensemble over depth)."""
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """A head on the served model's own hidden states (the served model perceives its own response length)."""
@@ -52,6 +61,9 @@ class ProbeConfig:
     """Hidden-state indices to read (0 = embeddings, 1..L = after each decoder layer); the forward stops after
     the deepest one."""
     pooling: ProbePooling = ProbePooling.LAST
+    combine: ProbeCombine = ProbeCombine.CONCAT
+    seeds: int = 1
+    """Heads per layer group, each from another seed; their distributions are averaged."""
     hidden: int = 256
     """Width of the MLP's hidden layer (0: a linear head)."""
     dropout: float = 0.2
@@ -82,6 +94,7 @@ class ProbeConfig:
         require(0 < self.quantile < 1, "quantile", f"must be in (0, 1), got {self.quantile}")
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(0 <= self.early_stop_fraction < 1, "early_stop_fraction", "must be in [0, 1)")
+        require(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
 
 
 def bin_count(config: ProbeConfig) -> int:
@@ -231,6 +244,58 @@ def build_head(features: int, config: ProbeConfig) -> Any:  # torch.nn.Module
             return self.net((x - self.mean) / self.scale)
 
     return ProbeHead()
+
+
+def member_slices(features: int, config: ProbeConfig) -> list[tuple[int, int]]:
+    """The feature columns each ensemble member reads: all of them (concat) or one layer's each (average),
+    repeated once per seed."""
+    if config.combine is ProbeCombine.CONCAT:
+        groups = [(0, features)]
+    else:
+        width = features // len(config.layers)
+        groups = [(index * width, (index + 1) * width) for index in range(len(config.layers))]
+    return [group for group in groups for _ in range(config.seeds)]
+
+
+def build_probe_model(features: int, config: ProbeConfig) -> Any:  # torch.nn.Module
+    """The members' heads behind one module whose output is the log of their averaged bin distributions."""
+    import torch
+
+    slices = member_slices(features, config)
+
+    class ProbeEnsemble(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slices = slices
+            self.members = torch.nn.ModuleList(build_head(end - start, config) for start, end in slices)
+
+        def forward(self, x: Any) -> Any:
+            probs = sum(
+                member(x[:, start:end]).softmax(dim=-1)
+                for member, (start, end) in zip(self.members, self.slices, strict=True)
+            )
+            return (probs / len(self.members)).clamp(min=1e-12).log()
+
+    return ProbeEnsemble()
+
+
+def fit_probe(features: Any, targets: Sequence[int], config: ProbeConfig, on_epoch: Any = None) -> tuple[Any, dict]:
+    """Train every member on its columns (seed config.seed + its index) and put them behind one module."""
+    model = build_probe_model(features.shape[1], config)
+    summaries = []
+    for index, (start, end) in enumerate(model.slices):
+        member_config = replace(config, seed=config.seed + index)
+        hook = None if on_epoch is None or index else on_epoch  # the first member's curve is enough to log
+        head, summary = fit_head(features[:, start:end], targets, member_config, hook)
+        model.members[index].load_state_dict(head.state_dict())
+        summaries.append(summary)
+    model.eval()
+    return model, {
+        "members": len(summaries),
+        "best_epoch": summaries[0]["best_epoch"],
+        "history": summaries[0]["history"],
+        "best_stop_mae": [summary["best_stop_mae"] for summary in summaries],
+    }
 
 
 def quantile_points(probs: Any, config: ProbeConfig, quantile: float | None = None) -> Any:  # numpy
@@ -389,7 +454,7 @@ def train_probe(
         if on_metrics is not None:
             on_metrics(epoch, {key: value for key, value in record.items() if key != "epoch"})
 
-    head, summary = fit_head(features, targets, config, epoch_metrics)
+    head, summary = fit_probe(features, targets, config, epoch_metrics)
     folder = save_probe(head, config, Path(output_dir) / "predictor", features.shape[1])
     result = TrainResult(
         steps=summary["best_epoch"],
@@ -427,7 +492,7 @@ def load_probe_predictor(folder: str | Path, manifest: dict[str, Any]) -> ProbeP
     from safetensors.torch import load_file
 
     config = config_from_dict(ProbeConfig, manifest["config"])
-    head = build_head(int(manifest["features"]), config)
+    head = build_probe_model(int(manifest["features"]), config)
     head.load_state_dict(load_file(Path(folder) / manifest["head_file"]))
     head.eval()
     return ProbePredictor(head=head, config=config)

@@ -91,6 +91,25 @@ def test_head_learns_a_signal_and_stops_early() -> None:
     assert 1 <= summary["best_epoch"] <= 40 and summary["best_stop_mae"] is not None
 
 
+def test_average_of_per_layer_heads_is_one_module() -> None:
+    from lengthpred.probe import ProbeCombine, fit_probe, member_slices
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(300, 12)).astype(np.float32)  # three "layers" of 4 columns
+    lengths = np.clip(100 + 50 * features[:, 4] + 30 * features[:, 8], 1, 255).astype(int)
+    config = ProbeConfig(layers=(1, 2, 3), combine=ProbeCombine.AVERAGE, seeds=2, epochs=5, hidden=0)
+    assert member_slices(12, config) == [(0, 4), (0, 4), (4, 8), (4, 8), (8, 12), (8, 12)]
+    model, summary = fit_probe(features, lengths.tolist(), config)
+    assert summary["members"] == 6 and len(model.members) == 6
+    with torch.inference_mode():
+        probs = model(torch.from_numpy(features)).softmax(dim=-1)
+        by_hand = sum(
+            member(torch.from_numpy(features[:, start:end])).softmax(dim=-1)
+            for member, (start, end) in zip(model.members, model.slices, strict=True)
+        ) / 6
+    assert torch.allclose(probs, by_hand, atol=1e-5)
+
+
 def test_probe_trains_saves_loads_and_serves_sharing_the_prefill(
     tiny_model_dir: Path,
     tiny_engine: HFEngine,
