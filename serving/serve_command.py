@@ -20,7 +20,7 @@ from seqsched.tables import table
 from serving.batch_io import OutputFormat, read_batch_input, write_batch_output
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
 from serving.runner import RunOptions, RunResult, run
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.scheduler import Admission, ScheduleConfig
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -30,8 +30,10 @@ SUMMARY_COLUMNS = (
     "effective_token_ratio",
     "failure_ratio",
     "recompute_share",
+    "latency_mean_s",
     "latency_p50_s",
     "latency_p99_s",
+    "time_to_half_s",
     "predictor_share",
     "total_s",
 )
@@ -54,8 +56,9 @@ class ServeConfig(ScheduleConfig):
     """MLflow tracking URI for models:/ and runs:/ predictors (default: MLFLOW_TRACKING_URI or ./mlflow.db)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    """`--engine.kind hf` (static batches: the paper's VBS and FCR) or `vllm` (continuous batching: predicted
-    lengths become request priorities, fcr adds per-request caps and the recompute pass; CUDA and `.[gpu]`)."""
+    """`--engine.kind hf` with static batches (the paper's VBS and FCR) or `--engine.batching continuous
+    --engine.slots N` (a pool of N rows refilled at every step), or `vllm` (continuous, CUDA and `.[gpu]`). On a
+    continuous engine `--policy` picks the admission order (fcfs, sjf, sjf-fcr; auto: from --strategy)."""
     temperature: float = 0.0
     """Default temperature for requests that do not set one (0: greedy)."""
     top_p: float = 1.0
@@ -105,10 +108,18 @@ def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
     if not config.input:
         raise SeqschedError("--input is required (a file of requests, e.g. OpenAI Batch JSONL)")
     spec = parse_predictor(config.predictor)
-    if spec.kind is PredictorSource.NONE and config.strategy is not Strategy.VANILLA:
+    if config.policy is not Admission.AUTO and not config.engine.continuous:
         raise SeqschedError(
-            f"--strategy {config.strategy.value} orders requests by predicted length: give --predictor "
-            "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla"
+            f"--policy {config.policy.value} orders admission on a continuous engine: add --engine.batching "
+            "continuous (or --engine.kind vllm), or leave --policy auto"
+        )
+    if spec.kind is PredictorSource.NONE and config.needs_predictions:
+        what = f"--strategy {config.strategy.value}"
+        if config.policy is not Admission.AUTO:
+            what = f"--policy {config.policy.value}"
+        raise SeqschedError(
+            f"{what} orders requests by predicted length: give --predictor "
+            "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla / --policy fcfs"
         )
     batch = read_batch_input(config.input, config.input_format)
     for bad in batch.errors:
@@ -119,13 +130,11 @@ def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
     process = current_process()
     if batch.requests:
         if engine is None:
-            from seqsched.engines.selection import build_engine
+            from serving.slots import serving_engine
 
             pin_device(process)
-            engine = build_engine(config.engine, config.model)
-        predictor = (
-            resolve_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
-        )
+            engine = serving_engine(config.engine, config.model, batch.requests, config.limit)
+        predictor = resolve_predictor(spec, engine, config.tracking_uri) if config.needs_predictions else None
         options = RunOptions(
             temperature=config.temperature,
             top_p=config.top_p,

@@ -97,6 +97,26 @@ class BatchOutput:
 
 
 @dataclass
+class SubmitStats:
+    """What a continuous engine's latest submit() computed, for the run's time breakdown."""
+
+    steps: int = 0
+    """Decode forwards over the pool."""
+    row_steps: int = 0
+    """Rows x decode forwards (each row's first token comes from its prefill, as in a static batch)."""
+    prefills: int = 0
+    """Admissions: batched prefills of newcomers."""
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    context_tokens: int = 0
+    """Sum over decode forwards of the rows' real context (prompt + generated)."""
+    padded_context_tokens: int = 0
+    """The same with the alignment padding the engine computes (0 when it computes none)."""
+    max_rows: int = 0
+    """The most rows decoded at once."""
+
+
+@dataclass
 class TimedRow:
     """A request's output from a continuous engine and when it finished, seconds after the set was submitted."""
 
@@ -154,6 +174,9 @@ class Engine(Protocol):
 
 class ContinuousEngine(Engine, Protocol):
     """An engine that takes a whole set of requests with per-request caps and priorities and schedules them."""
+
+    last_stats: SubmitStats | None
+    """What the latest submit() computed (None before the first)."""
 
     def submit(
         self,

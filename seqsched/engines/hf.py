@@ -59,7 +59,8 @@ class HFEngine:
         """Text of generated token ids, special tokens dropped."""
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def _left_pad(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as one left-padded id tensor and its attention mask (1 = real token), on the model's device."""
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
@@ -69,9 +70,10 @@ class HFEngine:
                 attention_mask[row, width - len(ids) :] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def _next_tokens(
+    def next_tokens(
         self, logits: torch.Tensor, sampling: SamplingParams, generators: list[torch.Generator] | None
     ) -> torch.Tensor:
+        """One token per row of `logits`: argmax, or a sample (each row with its own generator when given)."""
         if sampling.greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
@@ -108,7 +110,7 @@ class HFEngine:
             generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
         started = time.perf_counter()
-        input_ids, attention_mask = self._left_pad(prompt_ids)
+        input_ids, attention_mask = self.left_pad(prompt_ids)
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         out = self.model(
@@ -134,9 +136,9 @@ class HFEngine:
         for step in range(1, max_new_tokens + 1):
             row_steps += len(active)
             if generators is not None:
-                tokens = self._next_tokens(logits, sampling, [generators[row] for row in active])
+                tokens = self.next_tokens(logits, sampling, [generators[row] for row in active])
             else:
-                tokens = self._next_tokens(logits, sampling, None)
+                tokens = self.next_tokens(logits, sampling, None)
             token_list = tokens.tolist()
             for slot, row in enumerate(active):
                 if not running[slot]:

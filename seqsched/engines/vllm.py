@@ -20,6 +20,7 @@ from seqsched.engines.api import (
     Message,
     RowOutput,
     SamplingParams,
+    SubmitStats,
     TimedRow,
     encode_chat,
     model_stop_token_ids,
@@ -52,6 +53,7 @@ class VLLMEngine:
         self.stop_token_ids = model_stop_token_ids(tokenizer)
         if not self.stop_token_ids:
             raise ValueError("the tokenizer declares no EOS token")
+        self.last_stats: SubmitStats | None = None
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: VLLMConfig | None = None) -> VLLMEngine:
@@ -111,12 +113,16 @@ class VLLMEngine:
                 priority=0 if priorities is None else int(priorities[index]),
             )
         finished: dict[int, TimedRow] = {}
+        steps = 0
         while engine.has_unfinished_requests():
+            steps += 1
             for output in engine.step():
                 if output.finished:
                     finished[int(str(output.request_id).split("-")[0])] = TimedRow(
                         self._row(output), time.perf_counter() - started
                     )
+        # vLLM mixes prefill and decode in its steps: the time is all counted as decode.
+        self.last_stats = SubmitStats(steps=steps, decode_s=time.perf_counter() - started)
         missing = set(range(len(prompt_ids))) - set(finished)
         if missing:
             raise RuntimeError(f"vLLM returned no output for requests {sorted(missing)[:5]}")
