@@ -461,7 +461,7 @@ def continuous_pool(
         slots, info = config.engine.slots, {"slots": config.engine.slots, "rule": "--engine.slots"}
     else:
         slots, info = slots_for(static, requests, config.limit, cost)
-    return with_batching(static, Batching.CONTINUOUS, slots), info
+    return with_batching(static, Batching.CONTINUOUS, slots, config.engine.admit_min), info
 
 
 def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) -> BenchResult:

@@ -55,9 +55,11 @@ def simulate_pass(
     cost: StepCost,
     prompt_tokens: int = 64,
     start_s: float = 0.0,
+    admit_min: int = 1,
 ) -> tuple[ContinuousSim, list[int]]:
     """One submission: completion times (from start_s) and the requests whose cap cut them short (their true
-    length reaches the cap: they emitted cap tokens without their stop token)."""
+    length reaches the cap: they emitted cap tokens without their stop token). Waiting requests are admitted once
+    admit_min slots are free (or fewer are waiting, or none runs)."""
     count = len(lengths)
     priorities = submission.priorities or [0] * count
     waiting = [(priorities[index], index) for index in range(count)]
@@ -75,7 +77,9 @@ def simulate_pass(
 
     while waiting or running:
         newcomers: list[int] = []
-        while waiting and len(running) + len(newcomers) < slots:
+        free = slots - len(running)
+        ready = free >= min(admit_min, len(waiting)) or not running
+        while ready and waiting and len(running) + len(newcomers) < slots:
             newcomers.append(heapq.heappop(waiting)[1])
         if newcomers:
             now += cost.prefill_s(len(newcomers), prompt_tokens)
@@ -115,19 +119,22 @@ def simulate_continuous(
     slots: int,
     cost: StepCost | None = None,
     prompt_tokens: int = 64,
+    admit_min: int | None = None,
 ) -> ContinuousSim:
-    """The policy's first pass over every request, then its recompute pass over those cut short (from scratch)."""
+    """The policy's first pass over every request, then its recompute pass over those cut short (from scratch).
+    admit_min: newcomers wait until this many slots are free (default: the engine's, slots // 8)."""
+    admit_min = max(1, slots // 8) if admit_min is None else admit_min  # as seqsched.engines.hf_continuous
     cost = cost or StepCost()
     budgets = [cfg.limit] * len(true_lengths)
     lengths = [min(length, cfg.limit) for length in true_lengths]
     submission = policy.first(predicted, budgets, cfg)
-    first, cut = simulate_pass(lengths, submission, slots, cost, prompt_tokens)
+    first, cut = simulate_pass(lengths, submission, slots, cost, prompt_tokens, admit_min=admit_min)
     failed = [index for index in cut if submission.caps[index] < cfg.limit]
     if not failed:
         return first
     again = policy.recompute([cfg.limit] * len(failed))
     second, _ = simulate_pass(
-        [lengths[index] for index in failed], again, slots, cost, prompt_tokens, start_s=first.time_s
+        [lengths[index] for index in failed], again, slots, cost, prompt_tokens, first.time_s, admit_min
     )
     completion = list(first.completion_s)
     for position, index in enumerate(failed):

@@ -66,6 +66,23 @@ def test_greedy_equals_one_request_runs(
         assert stats.prefills == len(prompt_ids)
 
 
+def test_newcomers_wait_for_admit_min_free_slots(
+    tiny_engine: HFEngine, prompt_ids: list[list[int]], alone: list
+) -> None:
+    """Admitting once 3 of 6 slots are free: fewer, larger prefills, the same outputs, never more than 6 rows."""
+    one_by_one = HFContinuousEngine(tiny_engine, 6, admit_min=1)
+    grouped = HFContinuousEngine(tiny_engine, 6, admit_min=3)
+    assert HFContinuousEngine(tiny_engine, 16).admit_min == 2, "default: an eighth of the pool"
+    caps = [40] * len(prompt_ids)
+    first = one_by_one.submit(prompt_ids, caps)
+    second = grouped.submit(prompt_ids, caps)
+    assert [item.row.token_ids for item in second] == [item.row.token_ids for item in first]
+    assert [item.row.token_ids for item in second] == [reference.token_ids for reference in alone]
+    assert one_by_one.last_stats is not None and grouped.last_stats is not None
+    assert grouped.last_stats.prefills < one_by_one.last_stats.prefills
+    assert grouped.last_stats.max_rows == 6
+
+
 def test_admission_follows_priorities_then_arrival(tiny_engine: HFEngine, prompt_ids: list[list[int]]) -> None:
     engine = HFContinuousEngine(tiny_engine, 1)
     priorities = [3, 1, 2, 1, 0, 3, 2, 1, 0, 2, 3, 1, 0, 2]

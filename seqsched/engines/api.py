@@ -108,6 +108,9 @@ class SubmitStats:
     """Admissions: batched prefills of newcomers."""
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    forward_s: float = 0.0
+    """Seconds inside the model's forward calls; prefill_s + decode_s - forward_s is the engine's own work
+    (sampling, finishing rows, joining and compacting the cache); 0 when the engine does not say."""
     context_tokens: int = 0
     """Sum over decode forwards of the rows' real context (prompt + generated)."""
     padded_context_tokens: int = 0

@@ -49,6 +49,9 @@ class EngineConfig:
     """Continuous HF engine: rows decoded at once. None: `serve` and `bench` choose it from the step cost measured on
     this machine (the smallest pool reaching 80% of the most rows/s a step can give; see serving.slots). `bench`
     runs its cb-* rows with it whatever `batching` says."""
+    admit_min: int | None = None
+    """Continuous HF engine: admit waiting requests once this many slots are free (or none is running), so that
+    newcomers share one prefill (a prefill call has a fixed cost). None: slots // 8, at least 1."""
     evict_finished: bool = False
     """HF engine: drop finished rows from the KV cache as they finish (the paper's engine keeps them)."""
     stop_token_ids: tuple[int, ...] = ()
@@ -60,6 +63,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         require(self.slots is None or self.slots >= 1, "engine.slots", f"must be >= 1, got {self.slots}")
+        admit_min = self.admit_min
+        require(admit_min is None or admit_min >= 1, "engine.admit_min", f"must be >= 1, got {admit_min}")
 
     @property
     def continuous(self) -> bool:

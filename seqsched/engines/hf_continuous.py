@@ -121,6 +121,13 @@ class _Pool:
         self.rows = self.rows + other.rows
 
 
+def default_admit_min(slots: int) -> int:
+    """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
+    or more beside its tokens, and admitting one request per step made prefills a third of a refill run; waiting
+    for slots/8 keeps the pool at least 7/8 full (serving.simulate_continuous models both)."""
+    return max(1, slots // 8)
+
+
 def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
     """KV states [batch, heads, seq, dim] with `columns` zero columns before the sequence."""
     return F.pad(states, (0, 0, columns, 0)) if columns else states
@@ -131,11 +138,15 @@ class HFContinuousEngine:
 
     batching = Batching.CONTINUOUS
 
-    def __init__(self, static: HFEngine, slots: int) -> None:
+    def __init__(self, static: HFEngine, slots: int, admit_min: int | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if admit_min is not None and admit_min < 1:
+            raise ValueError(f"admit_min must be >= 1, got {admit_min}")
         self.static = static
         self.slots = slots
+        self.admit_min = default_admit_min(slots) if admit_min is None else min(admit_min, slots)
+        """Waiting requests are admitted once this many slots are free (or fewer are waiting, or none runs)."""
         self.model = static.model
         self.tokenizer = static.tokenizer
         self.last_stats: SubmitStats | None = None
@@ -152,7 +163,7 @@ class HFContinuousEngine:
         """Load a model spec with `config.slots` rows (which must be set)."""
         if config.slots is None:
             raise SeqschedError("--engine.slots is required to build a continuous HF engine here")
-        return cls(HFEngine.from_spec(model, config), config.slots)
+        return cls(HFEngine.from_spec(model, config), config.slots, config.admit_min)
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
@@ -198,7 +209,9 @@ class HFContinuousEngine:
         run = _Submission(self, prompt_ids, max_tokens, sampling, seeds, started)
         pool = _Pool([])
         while waiting or pool:
-            while waiting and len(pool) < self.slots:
+            # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
+            ready = not pool or self.slots - len(pool) >= min(self.admit_min, len(waiting))
+            while ready and waiting and len(pool) < self.slots:
                 newcomers = [waiting.popleft() for _ in range(min(self.slots - len(pool), len(waiting)))]
                 pool.join(run.prefill(newcomers))
             if pool:
@@ -272,6 +285,7 @@ class _Submission:
         input_ids, mask = self.static.left_pad([self.prompt_ids[index] for index in indices])
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
+        forward = time.perf_counter()
         out = model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -280,6 +294,7 @@ class _Submission:
             use_cache=True,
             logits_to_keep=1,
         )
+        self.stats.forward_s += time.perf_counter() - forward
         tokens = self.static.next_tokens(out.logits[:, -1, :], self.sampling, generators)
         pool = _Pool(rows, cache, mask, positions[:, -1] + 1, tokens)
         pool.keep(self._take(rows, tokens.tolist()))
@@ -293,6 +308,7 @@ class _Submission:
         assert pool.mask is not None and pool.pending is not None and pool.positions is not None
         ones = torch.ones((len(pool), 1), dtype=pool.mask.dtype, device=pool.mask.device)
         pool.mask = torch.cat([pool.mask, ones], dim=-1)
+        forward = time.perf_counter()
         out = self.engine.model(
             input_ids=pool.pending.unsqueeze(-1),
             attention_mask=pool.mask,
@@ -300,6 +316,7 @@ class _Submission:
             cache=pool.cache,
             use_cache=True,
         )
+        self.stats.forward_s += time.perf_counter() - forward
         pool.positions = pool.positions + 1
         tokens = self.static.next_tokens(out.logits[:, -1, :], self.sampling, self._generators(pool.rows))
         stats = self.stats

@@ -31,20 +31,23 @@ def build_engine(config: EngineConfig, model: ModelConfig) -> Engine:
     return HFEngine.from_spec(model, config)
 
 
-def with_batching(engine: Engine, batching: Batching, slots: int | None = None) -> Engine:
-    """The same loaded HF model served with the other batching (static <-> a continuous pool of `slots` rows);
-    engines that cannot switch (vLLM batches continuously) come back as they are."""
+def with_batching(engine: Engine, batching: Batching, slots: int | None = None, admit_min: int | None = None) -> Engine:
+    """The same loaded HF model served with the other batching (static <-> a continuous pool of `slots` rows,
+    admitting once `admit_min` are free); engines that cannot switch (vLLM batches continuously) come back as
+    they are."""
     from seqsched.engines.hf import HFEngine
     from seqsched.engines.hf_continuous import HFContinuousEngine
 
     if batching is Batching.STATIC:
         return engine.static if isinstance(engine, HFContinuousEngine) else engine
     if isinstance(engine, HFContinuousEngine):
-        return engine if slots is None or slots == engine.slots else HFContinuousEngine(engine.static, slots)
+        if (slots is None or slots == engine.slots) and (admit_min is None or admit_min == engine.admit_min):
+            return engine
+        return HFContinuousEngine(engine.static, slots or engine.slots, admit_min)
     if isinstance(engine, HFEngine):
         if slots is None:
             raise OptionError("engine.slots", "give the pool size of the continuous HF engine")
-        return HFContinuousEngine(engine, slots)
+        return HFContinuousEngine(engine, slots, admit_min)
     return engine
 
 
