@@ -8,8 +8,8 @@ Three measurements, each on the same loaded model (greedy):
 2. slot refill: `--refill` prompts with caps from 4 to --steps tokens through a pool of --slots rows: prefills,
    alignment padding, the pool's own work per step (joins and compaction included);
 3. `--prompts` prompts of the shared validation set, `--tokens` new tokens: static `generate`, the pool with one slot
-   per prompt, and transformers' `generate_batch` (attn_implementation "paged|sdpa"), each checked token for token
-   against one-request runs.
+   per prompt, and transformers' `generate_batch` (sdpa; its defaults, then its paged cache sized to the workload),
+   each checked token for token against one-request runs.
 Writes OUT.json and OUT.md.
 """
 
@@ -102,19 +102,33 @@ def three_ways(engine, pool_cls, path: str, count: int, tokens: int) -> list[dic
     elapsed = time.perf_counter() - started
     rows.append((f"seqsched continuous ({count} slots)", elapsed, [item.row.token_ids for item in timed]))
 
-    paged = AutoModelForCausalLM.from_pretrained(path, attn_implementation="paged|sdpa").eval()
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    paged = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
     config = GenerationConfig(
         max_new_tokens=tokens,
         do_sample=False,
         eos_token_id=sorted(engine.stop_token_ids),
         pad_token_id=engine.pad_token_id,
     )
-    started = time.perf_counter()
-    outputs = paged.generate_batch(inputs=prompts, generation_config=config)
-    elapsed = time.perf_counter() - started
-    ordered = list(outputs.values())  # generate_batch returns them in input order
-    generated = [[t for t in output.generated_tokens if t not in engine.stop_token_ids] for output in ordered]
-    rows.append(("transformers generate_batch (paged|sdpa)", elapsed, generated))
+    # Its defaults size the paged cache to ~90% of free memory: on a CPU that is gigabytes to allocate and to
+    # reset every step. Sized to the workload (blocks for every request's prompt + tokens), it is another story.
+    pages = count * -(-(max(len(ids) for ids in prompts) + tokens) // 64) + 8
+    sized = ContinuousBatchingConfig(
+        num_blocks=pages,
+        page_size=64,
+        max_batch_tokens=4096,
+        max_requests_per_batch=count,
+        use_async_batching=False,
+        use_cuda_graph=False,
+    )
+    for name, batching in (("defaults", None), (f"cache sized: {pages} pages of 64", sized)):
+        started = time.perf_counter()
+        outputs = paged.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=batching)
+        elapsed = time.perf_counter() - started
+        ordered = list(outputs.values())  # generate_batch returns them in input order
+        generated = [[t for t in output.generated_tokens if t not in engine.stop_token_ids] for output in ordered]
+        rows.append((f"transformers generate_batch ({name})", elapsed, generated))
 
     base = rows[0][1]
     return [
