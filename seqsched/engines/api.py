@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -188,6 +188,8 @@ class ContinuousEngine(Engine, Protocol):
         priorities: Sequence[int] | None = None,
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
     ) -> list[TimedRow]:
-        """Serve every request (lower priority value first); outputs in input order with finish times."""
+        """Serve every request (lower priority value first); outputs in input order with finish times.
+        on_finished(index, row) is called as each request finishes (to checkpoint it, say)."""
         ...

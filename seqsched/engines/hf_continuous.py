@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -191,9 +191,11 @@ class HFContinuousEngine:
         priorities: Sequence[int] | None = None,
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
     ) -> list[TimedRow]:
         """Serve every request through the pool (lower priority value first, ties in input order); outputs in
-        input order, each with the seconds from this call until it finished."""
+        input order, each with the seconds from this call until it finished. on_finished(index, row) is called as
+        each request finishes."""
         count = len(prompt_ids)
         if len(max_tokens) != count or (priorities is not None and len(priorities) != count):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
@@ -206,7 +208,7 @@ class HFContinuousEngine:
         started = time.perf_counter()
         order = sorted(range(count), key=lambda index: (0 if priorities is None else int(priorities[index]), index))
         waiting = deque(order)
-        run = _Submission(self, prompt_ids, max_tokens, sampling, seeds, started)
+        run = _Submission(self, prompt_ids, max_tokens, sampling, seeds, started, on_finished)
         pool = _Pool([])
         while waiting or pool:
             # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
@@ -233,8 +235,10 @@ class _Submission:
         sampling: SamplingParams,
         seeds: Sequence[int] | None,
         started: float,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_finished = on_finished
         self.static = engine.static
         self.prompt_ids = prompt_ids
         self.max_tokens = max_tokens
@@ -268,7 +272,10 @@ class _Submission:
     def _finish(self, row: _Row, reason: FinishReason, step: int) -> None:
         text = self.static.decode(row.tokens)
         output = RowOutput(token_ids=row.tokens, text=text, finish_reason=reason, finish_step=step)
-        self.finished[row.index] = TimedRow(output, time.perf_counter() - self.started)
+        timed = TimedRow(output, time.perf_counter() - self.started)
+        self.finished[row.index] = timed
+        if self.on_finished is not None:
+            self.on_finished(row.index, timed)
 
     def prefill(self, indices: list[int]) -> _Pool:
         """Prefill newcomers in one left-padded batch and sample their first tokens; the pool of those that go on."""

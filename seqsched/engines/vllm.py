@@ -9,7 +9,7 @@ Needs the `gpu` extra (vllm) and a CUDA device; imported lazily so nothing else 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from seqsched.engines.api import (
@@ -99,8 +99,10 @@ class VLLMEngine:
         priorities: Sequence[int] | None = None,
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
     ) -> list[TimedRow]:
-        """Submit a whole set at once (lower priority value runs first); outputs in input order with times."""
+        """Submit a whole set at once (lower priority value runs first); outputs in input order with times.
+        on_finished(index, row) is called as each request finishes."""
         if not (len(prompt_ids) == len(max_tokens) and (priorities is None or len(priorities) == len(prompt_ids))):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
         engine = self.llm.llm_engine
@@ -118,9 +120,10 @@ class VLLMEngine:
             steps += 1
             for output in engine.step():
                 if output.finished:
-                    finished[int(str(output.request_id).split("-")[0])] = TimedRow(
-                        self._row(output), time.perf_counter() - started
-                    )
+                    index = int(str(output.request_id).split("-")[0])
+                    finished[index] = TimedRow(self._row(output), time.perf_counter() - started)
+                    if on_finished is not None:
+                        on_finished(index, finished[index])
         # vLLM mixes prefill and decode in its steps: the time is all counted as decode.
         self.last_stats = SubmitStats(steps=steps, decode_s=time.perf_counter() - started)
         missing = set(range(len(prompt_ids))) - set(finished)
