@@ -1,15 +1,17 @@
 """Continuous batching over a Hugging Face causal LM (CPU or GPU): a pool of `slots` rows decoded together. At every
-step the rows that finished leave, and waiting requests take the free slots (lowest priority value first, ties in
-arrival order) after one batched prefill of the newcomers.
+step the rows that finished leave; once `admit_min` slots are free, waiting requests take them (lowest priority
+value first, ties in arrival order) after one batched prefill of the newcomers.
 
 KV layout: left-padding alignment on transformers' DynamicCache. Every row's tokens end at the cache's last column.
-A newcomers' prefilled cache is padded on the left to the pool's width (or the pool's to theirs) and joined along
+The newcomers' prefilled cache is padded on the left to the pool's width (or the pool's to theirs) and joined along
 the batch; the attention mask hides the padding and positions are per row, so a row's keys carry the same rotary
 positions as in a batch of its own and greedy outputs equal a one-request run. When rows leave, the leading columns
 no remaining row uses are cut (compaction), so the width follows the longest running context rather than the
 longest the pool has seen. What the layout costs: each forward attends over rows x width instead of each row's own
-context (SubmitStats.padded_context_tokens vs context_tokens); a paged layout would not pay it, but would need
-custom attention, which on this CPU costs more than the padding (see transformers' own paged `generate_batch`).
+context (SubmitStats.padded_context_tokens vs context_tokens). A paged layout would not pay it: transformers' own
+paged `generate_batch` (sdpa) runs about as fast on this CPU once its cache is sized to the workload
+(benchmarks/continuous_engine.py), but it draws every sample from one generator (no per-request seeds, so no
+reproducible labels) and admits first in, first out; this pool keeps the static engine's sampling and order.
 """
 
 from __future__ import annotations
@@ -123,8 +125,9 @@ class _Pool:
 
 def default_admit_min(slots: int) -> int:
     """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
-    or more beside its tokens, and admitting one request per step made prefills a third of a refill run; waiting
-    for slots/8 keeps the pool at least 7/8 full (serving.simulate_continuous models both)."""
+    or more beside its tokens, and admitting as soon as one slot freed made prefills over a third of a refill run
+    here; waiting for slots/8 leaves fewer than that idle while requests wait (serving.simulate_continuous models
+    both)."""
     return max(1, slots // 8)
 
 
