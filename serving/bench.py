@@ -472,6 +472,8 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
         raise SeqschedError("no prompts to benchmark")
     if config.repeats < 1:
         raise SeqschedError(f"--repeats must be >= 1, got {config.repeats}")
+    if config.policy is not Admission.AUTO:
+        raise SeqschedError("bench: each cb-* row sets its own admission policy (cb-fcfs, cb-sjf, ...); drop --policy")
     strategies = [BenchStrategy.VANILLA, *(s for s in config.strategies if s is not BenchStrategy.VANILLA)]
     static = with_batching(engine, Batching.STATIC)
     continuous = any(strategy.continuous for strategy in strategies)

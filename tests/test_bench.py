@@ -166,3 +166,5 @@ def test_scheduled_rows_need_a_predictor(tiny_engine: HFEngine, requests: list[R
     config = BenchConfig(strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR), progress=False, **POLICY)
     with pytest.raises(SeqschedError, match="need --predictor"):
         run_bench(tiny_engine, requests[:4], config)
+    with pytest.raises(SeqschedError, match="drop --policy"):
+        run_bench(tiny_engine, requests[:4], BenchConfig(policy=Admission.SJF, progress=False, **POLICY))
