@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,7 @@ def main() -> None:
     document = {
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d"),
+        "load_average_after": os.getloadavg()[0],
         "model": args.model,
         "torch_threads": args.threads,
         "full_pool": steps,
@@ -185,7 +187,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
     text = (
-        f"`{document['command']}` ({document['date']}, torch threads {args.threads})\n\n"
+        f"`{document['command']}` ({document['date']}, torch threads {args.threads}, load average after "
+        f"{document['load_average_after']:.1f} on {os.cpu_count()} cores)\n\n"
         f"Step cost at a full pool ({args.steps} steps):\n\n{table(steps)}\n\n"
         f"Slot refill:\n\n{table(refilled)}\n\n"
     )
