@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,23 @@ def test_fcr_caps_recompute_the_under_predicted() -> None:
     assert all(not math.isnan(value) and value > 0 for value in sim.completion_s)
     plain = simulate_continuous(true, predicted, make_policy(Admission.SJF), cfg, 8, COST)
     assert sim.row_steps > plain.row_steps, "recomputed attempts cost row-steps"
+
+
+def test_serving_engine_measures_the_pool_when_slots_are_not_given(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seqsched.engines.api import Batching
+    from seqsched.engines.config import EngineConfig
+    from seqsched.engines.hf_continuous import HFContinuousEngine
+    from seqsched.model_specs import ModelConfig
+    from seqsched.requests import Request
+    from serving.slots import serving_engine
+    from tests.tiny_model import synthetic_prompts
+
+    requests = [Request(id=str(index), prompt=prompt) for index, prompt in enumerate(synthetic_prompts(6))]
+    model = ModelConfig(spec=str(tiny_model_dir))
+    engine = serving_engine(EngineConfig(batching=Batching.CONTINUOUS), model, requests, 40)
+    assert isinstance(engine, HFContinuousEngine) and 1 <= engine.slots <= len(requests)
+    assert f"continuous engine: {engine.slots} slots" in capsys.readouterr().out
+    given = serving_engine(EngineConfig(batching=Batching.CONTINUOUS, slots=2, admit_min=2), model, requests, 40)
+    assert isinstance(given, HFContinuousEngine) and (given.slots, given.admit_min) == (2, 2)
