@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,8 @@ from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_datas
 from data_tools.stats_report import report_stats
 from seqsched.config import FloatList, to_dict
 from seqsched.distributed import current_process, gather, pin_device
-from seqsched.engines.api import Engine
+from seqsched.engines.api import Batching, Engine
+from seqsched.engines.config import EngineConfig
 from seqsched.errors import InputError, SeqschedError, require
 from seqsched.files import check_writable, write_text
 from seqsched.model_specs import ModelConfig
@@ -46,7 +47,12 @@ class LabelConfig:
     max_new_tokens: int = 512
     """The cap on each response; records with a sample at the cap are flagged hit_limit."""
     batch_size: int = 64
-    """Rows per generated batch. A SmolLM2 CPU step costs ~80 ms + ~4 ms per row, so big batches are cheap per row."""
+    """Rows per generated batch (with `--engine.batching continuous`: the pool's slots, unless --engine.slots).
+    A SmolLM2 CPU step costs ~80 ms + ~4 ms per row, so big batches are cheap per row."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """`--engine.batching continuous`: every generation of a temperature goes through one pool of slots that is
+    refilled as rows finish (the longest expected first); static (default): batches grouped by length whose
+    finished rows are evicted. Same samples either way (per-generation seeds)."""
     top_p: float = 1.0
     seed: int = 0
     """Seeds every sample (with its instruction id, temperature and index) and the validation split."""
@@ -198,16 +204,15 @@ def run_label(
     process = current_process()
     mine = shard_by_predicted_tokens([len(request.prompt) for request in requests], process.count)[process.index]
     if engine is None:
-        from seqsched.engines.config import EngineConfig
-        from seqsched.engines.hf import HFEngine
+        from seqsched.engines.selection import build_engine, set_torch_threads
 
-        if config.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
+        set_torch_threads(config.torch_threads)
         pin_device(process)
         # Evicting finished rows gives the same outputs and skips their steps; labels need no static batching.
-        engine = HFEngine.from_spec(config.model, EngineConfig(evict_finished=True))
+        engine_config = replace(config.engine, evict_finished=True)
+        if engine_config.batching is Batching.CONTINUOUS and engine_config.slots is None:
+            engine_config = replace(engine_config, slots=config.batch_size)
+        engine = build_engine(engine_config, config.model)
 
     work = working_dir(config.out)
     # One checkpoint per process of a data-parallel run; each skips what any earlier run's checkpoint holds.

@@ -1,6 +1,11 @@
 """`seqsched bench`: the paper's table, rerun here. Several strategies serve the same prompts in one process, one
-engine, repeated and interleaved so machine noise hits them alike; greedy decoding, so the oracle's lengths are
+model, repeated and interleaved so machine noise hits them alike; greedy decoding, so the oracle's lengths are
 exactly the lengths vanilla produced and every strategy's outputs can be checked against vanilla's.
+
+The static rows (vanilla, seqsch, vbs, fcr, ...) run the paper's batches; the cb-* rows run the same loaded model as
+a continuous-batching pool (seqsched.engines.hf_continuous) with an admission policy (serving.admission): FCFS,
+SJF by the predictor, SJF by the oracle, SJF with FCR caps. Every request is submitted at t=0, as in an offline
+batch job, so latencies are completion times from the start of the run.
 
 Writes <out>.json (every run, per-request lengths and predictions, the tuned policy), <out>.md (the table and
 where the time goes) and <out>.png (bar charts).
@@ -20,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from seqsched.config import to_dict
-from seqsched.engines.api import Engine
+from seqsched.engines.api import Batching, Engine
 from seqsched.engines.config import EngineConfig
-from seqsched.engines.selection import build_engine, set_torch_threads
+from seqsched.engines.selection import build_engine, set_torch_threads, with_batching
 from seqsched.errors import SeqschedError, require_at_least
 from seqsched.files import atomic_path, check_writable, write_json, write_text
 from seqsched.model_specs import ModelConfig
@@ -30,7 +35,8 @@ from seqsched.requests import InputFormat, Request, read_requests
 from seqsched.tables import table
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
 from serving.runner import RunOptions, RunResult, run
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.scheduler import Admission, ScheduleConfig, Strategy
+from serving.simulate import StepCost
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,8 @@ class Source(enum.Enum):
 
 
 class BenchStrategy(enum.Enum):
-    """The table's rows: the paper's ablation plus perception-only and oracle predictions."""
+    """The table's rows: the paper's ablation plus perception-only and oracle predictions (static batches), and
+    continuous batching with each admission policy (cb-*)."""
 
     VANILLA = "vanilla"
     SEQSCH = "seqsch"
@@ -53,20 +60,40 @@ class BenchStrategy(enum.Enum):
     FCR = "fcr"
     FCR_PERCEPTION = "fcr-perception"
     FCR_ORACLE = "fcr-oracle"
+    CB_FCFS = "cb-fcfs"
+    CB_SJF = "cb-sjf"
+    CB_SJF_ORACLE = "cb-sjf-oracle"
+    CB_SJF_FCR = "cb-sjf-fcr"
+
+    @property
+    def continuous(self) -> bool:
+        """True for the rows served by the continuous-batching pool."""
+        return self.value.startswith("cb-")
+
+    @property
+    def admission(self) -> Admission:
+        """The admission policy of a cb-* row (auto for the static rows)."""
+        if not self.continuous:
+            return Admission.AUTO
+        if self is BenchStrategy.CB_FCFS:
+            return Admission.FCFS
+        return Admission.SJF_FCR if self is BenchStrategy.CB_SJF_FCR else Admission.SJF
 
     @property
     def strategy(self) -> Strategy:
-        """The scheduler strategy this row runs."""
+        """The scheduler strategy this row runs (a cb-* row: its policy's static counterpart)."""
+        if self.continuous:
+            return {Admission.FCFS: Strategy.VANILLA, Admission.SJF: Strategy.SEQSCH}.get(self.admission, Strategy.FCR)
         return Strategy(self.value.split("-")[0])
 
     @property
     def source(self) -> Source:
         """Where its predictions come from."""
-        if self is BenchStrategy.VANILLA:
+        if self in (BenchStrategy.VANILLA, BenchStrategy.CB_FCFS):
             return Source.NONE
         if self is BenchStrategy.FCR_PERCEPTION:
             return Source.PERCEPTION
-        if self is BenchStrategy.FCR_ORACLE:
+        if self in (BenchStrategy.FCR_ORACLE, BenchStrategy.CB_SJF_ORACLE):
             return Source.ORACLE
         return Source.PREDICTOR
 
@@ -79,12 +106,29 @@ TABLE_COLUMNS = (
     "tokens_per_s",
     "effective_token_ratio",
     "failure_ratio",
+    "latency_mean_s",
     "latency_p50_s",
     "latency_p99_s",
+    "time_to_half_s",
     "predictor_share",
     "speedup",
     "of_oracle",
     "same_as_vanilla",
+)
+VS_CB_FCFS_COLUMNS = ("speed_vs_cb_fcfs", "latency_vs_cb_fcfs")
+"""Columns added to the table when cb-fcfs ran: samples/s and mean latency as ratios to cb-fcfs's."""
+CONTINUOUS_COLUMNS = (
+    "strategy",
+    "slots",
+    "samples_per_s",
+    "latency_mean_s",
+    "time_to_half_s",
+    "decode_steps",
+    "mean_rows",
+    "ms_per_step",
+    "padding_share",
+    "prefills",
+    "prefill_s",
 )
 TIME_COLUMNS = (
     "strategy",
@@ -117,7 +161,9 @@ class BenchConfig(ScheduleConfig):
     """The predictor of seqsch, vbs and fcr: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., oracle:FILE."""
     tracking_uri: str | None = None
     strategies: tuple[BenchStrategy, ...] = ALL_STRATEGIES
-    """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (vanilla always runs: it is the base)."""
+    """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (static batches; vanilla always runs: it
+    is the base), cb-fcfs, cb-sjf, cb-sjf-oracle, cb-sjf-fcr (continuous batching with `--engine.slots` rows, or as
+    many as the measured step cost suggests: see serving.slots)."""
     repeats: int = 1
     """Rounds over all strategies; each round rotates their order. The table shows each strategy's median round."""
     vanilla_batch_size: int = 16
@@ -130,6 +176,8 @@ class BenchConfig(ScheduleConfig):
     tune_limit: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    """The engine; static rows run static batches on it and cb-* rows a continuous pool of `--engine.slots` rows
+    over the same loaded model (whatever `--engine.batching` says; vLLM serves every row itself)."""
     torch_threads: int | None = None
     """CPU threads for torch (default: torch's choice)."""
     out: str = "outputs/bench/bench"
@@ -162,6 +210,10 @@ class BenchResult:
     time_rows: list[dict[str, Any]]
     policy: ScheduleConfig
     tuning: dict[str, Any] = field(default_factory=dict)
+    continuous_rows: list[dict[str, Any]] = field(default_factory=list)
+    """The cb-* rows' engine counters (pool size, steps, rows per step, alignment padding, prefills)."""
+    slots: dict[str, Any] = field(default_factory=dict)
+    """The continuous pool's size and how it was chosen."""
 
     def row(self, strategy: BenchStrategy) -> dict[str, Any]:
         """The summary row of a strategy."""
@@ -180,37 +232,57 @@ def round_order(strategies: Sequence[BenchStrategy], index: int) -> list[BenchSt
 
 
 def strategy_config(strategy: BenchStrategy, policy: ScheduleConfig, vanilla_batch_size: int) -> ScheduleConfig:
-    """The schedule one row runs."""
+    """The schedule one row runs (a cb-* row: its admission policy with the tuned margin and bins)."""
+    if strategy.continuous:
+        return replace(policy, strategy=strategy.strategy, policy=strategy.admission)
     if strategy.strategy in (Strategy.VANILLA, Strategy.SEQSCH):
-        return replace(policy, strategy=strategy.strategy, batch_size=vanilla_batch_size)
-    return replace(policy, strategy=strategy.strategy)
+        return replace(policy, strategy=strategy.strategy, batch_size=vanilla_batch_size, policy=Admission.AUTO)
+    return replace(policy, strategy=strategy.strategy, policy=Admission.AUTO)
 
 
 def _same(result: RunResult, vanilla: RunResult) -> int:
     return sum(a.token_ids == b.token_ids for a, b in zip(result.records, vanilla.records, strict=True))
 
 
-def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> tuple[list[dict], list[dict]]:
-    """One row per strategy (its median round by samples/s) with speedup vs vanilla and share of the oracle."""
+def median_runs(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> dict[BenchStrategy, StrategyRun]:
+    """Each strategy's median round by samples/s (the one the table shows)."""
     chosen: dict[BenchStrategy, StrategyRun] = {}
-    spread: dict[BenchStrategy, list[float]] = {}
     for strategy in strategies:
         mine = sorted(
             (item for item in runs if item.strategy is strategy), key=lambda r: r.result.metrics.samples_per_s
         )
         if mine:
             chosen[strategy] = mine[(len(mine) - 1) // 2]
-            spread[strategy] = [item.result.metrics.samples_per_s for item in mine]
+    return chosen
+
+
+def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> tuple[list[dict], list[dict]]:
+    """One row per strategy (its median round by samples/s) with speedup vs vanilla and share of the oracle, and
+    samples/s and mean latency as ratios to cb-fcfs when it ran."""
+    chosen = median_runs(runs, strategies)
+    spread = {
+        strategy: sorted(item.result.metrics.samples_per_s for item in runs if item.strategy is strategy)
+        for strategy in chosen
+    }
     base = chosen[BenchStrategy.VANILLA].result.metrics.samples_per_s
     oracle = chosen.get(BenchStrategy.FCR_ORACLE)
     oracle_sps = oracle.result.metrics.samples_per_s if oracle else None
+    cb_fcfs = chosen.get(BenchStrategy.CB_FCFS)
     rows, time_rows = [], []
     for strategy, item in chosen.items():
         metrics = item.result.metrics
         values = spread[strategy]
+        versus = {}
+        if cb_fcfs is not None:
+            reference = cb_fcfs.result.metrics
+            versus = {
+                "speed_vs_cb_fcfs": metrics.samples_per_s / reference.samples_per_s,
+                "latency_vs_cb_fcfs": metrics.latency_mean_s / reference.latency_mean_s,
+            }
         rows.append(
             {
                 **metrics.row(),
+                **versus,
                 "strategy": strategy.value,
                 "speedup": metrics.samples_per_s / base if base else float("nan"),
                 "of_oracle": metrics.samples_per_s / oracle_sps if oracle_sps else float("nan"),
@@ -241,6 +313,40 @@ def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) 
     return rows, time_rows
 
 
+def continuous_rows(
+    runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy], slots: int | None
+) -> list[dict[str, Any]]:
+    """The cb-* rows' engine counters (of the round the table shows): decode steps, mean rows per step, ms per
+    step, the share of attended context that was alignment padding, prefills."""
+    out = []
+    for strategy, item in median_runs(runs, strategies).items():
+        if not strategy.continuous:
+            continue
+        metrics = item.result.metrics
+        submissions = item.result.extra.get("submissions", [])
+        assert isinstance(submissions, list)
+        steps = sum(sub["steps"] for sub in submissions)
+        decode_s = sum(sub["decode_s"] for sub in submissions)
+        context = sum(sub["context_tokens"] for sub in submissions)
+        padded = sum(sub["padded_context_tokens"] for sub in submissions)
+        out.append(
+            {
+                "strategy": strategy.value,
+                "slots": slots,
+                "samples_per_s": metrics.samples_per_s,
+                "latency_mean_s": metrics.latency_mean_s,
+                "time_to_half_s": metrics.time_to_half_s,
+                "decode_steps": steps,
+                "mean_rows": sum(sub["row_steps"] for sub in submissions) / steps if steps else 0.0,
+                "ms_per_step": 1000 * decode_s / steps if steps else 0.0,
+                "padding_share": 1 - context / padded if padded else 0.0,
+                "prefills": sum(sub["prefills"] for sub in submissions),
+                "prefill_s": sum(sub["prefill_s"] for sub in submissions),
+            }
+        )
+    return out
+
+
 class _Predictions:
     """Predicted lengths per source, each prediction timed (it counts in the run's total time)."""
 
@@ -256,15 +362,16 @@ class _Predictions:
             spec = parse_predictor(self.config.predictor)
             if spec.kind in (PredictorSource.NONE, PredictorSource.PERCEPTION):
                 raise SeqschedError(
-                    "seqsch, vbs and fcr rows need --predictor (models:/NAME@ALIAS, runs:/..., oracle:FILE); "
-                    "fcr-perception and fcr-oracle rows need none. Drop them with --strategies [vanilla,...]"
+                    "seqsch, vbs, fcr, cb-sjf and cb-sjf-fcr rows need --predictor (models:/NAME@ALIAS, runs:/..., "
+                    "oracle:FILE); fcr-perception, fcr-oracle, cb-fcfs and cb-sjf-oracle rows need none. Drop them "
+                    "with --strategies [vanilla,...]"
                 )
             loaded = resolve_predictor(spec, self.engine, self.config.tracking_uri)
             assert loaded is not None
             self._predictor = loaded
         return self._predictor
 
-    def get(self, source: Source) -> tuple[list[int] | None, float, float]:
+    def get(self, source: Source, share_prefill: bool = True) -> tuple[list[int] | None, float, float]:
         """Predicted lengths, seconds the prediction took, and the part of them that prefilled prompts for the
         run (a probe sharing the serving prefill; release() frees those prefills after the run)."""
         self.last = None
@@ -281,6 +388,8 @@ class _Predictions:
         else:
             predictor = self.predictor()
         assert predictor is not None
+        if hasattr(predictor, "share"):
+            predictor.share = share_prefill  # type: ignore[union-attr]  # only the static engine reuses prefills
         started = time.perf_counter()
         values = predictor.predict_requests(self.requests)
         self.last = predictor
@@ -293,9 +402,11 @@ class _Predictions:
             release()
 
 
-def tune_policy(engine: Engine, config: BenchConfig, predictions: _Predictions) -> tuple[ScheduleConfig, dict]:
+def tune_policy(
+    engine: Engine, config: BenchConfig, predictions: _Predictions, cost: StepCost | None = None
+) -> tuple[ScheduleConfig, dict]:
     """Margin, bin width and VBS chosen by simulation on held-out predictor errors and this engine's step cost."""
-    policy = replace(config.schedule(), strategy=Strategy.FCR)
+    policy = replace(config.schedule(), strategy=Strategy.FCR, policy=Admission.AUTO)
     if not config.tune_data:
         return policy, {}
     return tune_schedule(
@@ -306,6 +417,7 @@ def tune_policy(engine: Engine, config: BenchConfig, predictions: _Predictions) 
         config.tune_split,
         config.tune_start,
         config.tune_limit,
+        cost=cost,
     )
 
 
@@ -317,16 +429,16 @@ def tune_schedule(
     split: str | None = None,
     start: int = 0,
     limit: int | None = None,
+    cost: StepCost | None = None,
 ) -> tuple[ScheduleConfig, dict]:
-    """`policy` with its margin, bin width and VBS re-chosen: the engine's step cost is measured, the predictor
-    runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
+    """`policy` with its margin, bin width and VBS re-chosen: the engine's step cost is measured (unless given),
+    the predictor runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
     from lengthpred.data import load_length_data
-    from serving.costmodel import fit, measure
+    from serving.slots import measure_cost
     from serving.tuning import BATCH_SIZES, tune_margin, tune_vbs
 
     started = time.perf_counter()
-    samples = measure(engine, batch_sizes=(1, 4, 16, 32, 64), prompt_lengths=(32, 160), steps=12)
-    cost = fit(samples)
+    cost = cost or measure_cost(engine)
     data = load_length_data(str(data_dir), split, start, limit)
     held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
     predicted = predictor.predict_requests(held_out)
@@ -356,15 +468,41 @@ def tune_schedule(
     return tuned, info
 
 
+def continuous_pool(
+    engine: Engine, requests: Sequence[Request], config: BenchConfig, cost: StepCost | None
+) -> tuple[Engine, dict[str, Any]]:
+    """The engine of the cb-* rows: the loaded HF model as a pool of --engine.slots rows, or of as many as the
+    measured step cost suggests (serving.slots); a vLLM engine serves them itself."""
+    from serving.slots import slots_for
+
+    static = with_batching(engine, Batching.STATIC)
+    if static.batching is Batching.CONTINUOUS:
+        return static, {"slots": None, "rule": "the engine's own scheduler (vLLM max_num_seqs)"}
+    if config.engine.slots is not None:
+        slots, info = config.engine.slots, {"slots": config.engine.slots, "rule": "--engine.slots"}
+    else:
+        slots, info = slots_for(static, requests, config.limit, cost)
+    return with_batching(static, Batching.CONTINUOUS, slots, config.engine.admit_min), info
+
+
 def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) -> BenchResult:
     """Run every strategy `repeats` times, interleaved, and summarize."""
+    from serving.slots import measure_cost
+
     if not requests:
         raise SeqschedError("no prompts to benchmark")
     if config.repeats < 1:
         raise SeqschedError(f"--repeats must be >= 1, got {config.repeats}")
+    if config.policy is not Admission.AUTO:
+        raise SeqschedError("bench: each cb-* row sets its own admission policy (cb-fcfs, cb-sjf, ...); drop --policy")
     strategies = [BenchStrategy.VANILLA, *(s for s in config.strategies if s is not BenchStrategy.VANILLA)]
-    predictions = _Predictions(engine, config, requests)
-    policy, tuning = tune_policy(engine, config, predictions)
+    static = with_batching(engine, Batching.STATIC)
+    continuous = any(strategy.continuous for strategy in strategies)
+    pool_needs_cost = continuous and static.batching is Batching.STATIC and config.engine.slots is None
+    # One step-cost probe serves both the tuner and the pool size.
+    cost = measure_cost(static) if config.tune_data or pool_needs_cost else None
+    predictions = _Predictions(static, config, requests)
+    policy, tuning = tune_policy(static, config, predictions, cost)
     if tuning:
         print(
             f"tuned policy: margin +{tuning['margin_tokens']} tokens x{1 + tuning['margin_ratio']:.2f}, bins of "
@@ -372,15 +510,21 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
             f"{tuning['simulated_paper_policy_s']:.0f} s -> {tuning['simulated_after_vbs_s']:.0f} s)",
             flush=True,
         )
+    pool, slots = continuous_pool(engine, requests, config, cost) if continuous else (static, {})
+    if continuous:
+        print(f"continuous rows: {slots['slots']} slots ({slots['rule']})", flush=True)
     options = RunOptions(progress=config.progress)
     runs: list[StrategyRun] = []
     vanilla: RunResult | None = None
     for index in range(config.repeats):
         for strategy in round_order(strategies, index):
-            predicted, predictor_s, shared_prefill_s = predictions.get(strategy.source)
+            predicted, predictor_s, shared_prefill_s = predictions.get(
+                strategy.source, share_prefill=not strategy.continuous
+            )
             cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
+            serving = pool if strategy.continuous else static
             result = run(
-                engine, requests, predicted, cfg, options, predictor_s=predictor_s, shared_prefill_s=shared_prefill_s
+                serving, requests, predicted, cfg, options, predictor_s=predictor_s, shared_prefill_s=shared_prefill_s
             )
             predictions.release()
             if vanilla is None:
@@ -391,11 +535,13 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
             metrics = result.metrics
             print(
                 f"round {index + 1}/{config.repeats} {strategy.value}: {metrics.samples_per_s:.3f} samples/s, "
-                f"{metrics.total_s:.1f} s, outputs equal to vanilla's {same}/{metrics.requests}",
+                f"mean latency {metrics.latency_mean_s:.1f} s, {metrics.total_s:.1f} s, outputs equal to "
+                f"vanilla's {same}/{metrics.requests}",
                 flush=True,
             )
     rows, time_rows = summarize(runs, strategies)
-    return BenchResult(runs, rows, time_rows, policy, tuning)
+    pool_rows = continuous_rows(runs, strategies, slots.get("slots")) if continuous else []
+    return BenchResult(runs, rows, time_rows, policy, tuning, pool_rows, slots)
 
 
 def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Request], extra: dict) -> dict:
@@ -418,28 +564,46 @@ def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Req
         "runs": [
             {"strategy": item.strategy.value, "round": item.round, **item.result.metrics.row()} for item in result.runs
         ],
+        "slots": result.slots,
+        "continuous": result.continuous_rows,
+        "completion_s": {
+            strategy.value: [record.completion_s for record in item.result.records]
+            for strategy, item in median_runs(result.runs, [row.strategy for row in result.runs]).items()
+        },
     }
 
 
 def markdown(result: BenchResult, header: str) -> str:
-    """The table and the time breakdown as markdown."""
-    return (
-        f"{header}\n\n{table(result.rows, TABLE_COLUMNS)}\n\nWhere the time goes (seconds of the median round; "
+    """The table, the time breakdown and the continuous pool's counters as markdown."""
+    columns = TABLE_COLUMNS
+    if any("speed_vs_cb_fcfs" in row for row in result.rows):
+        columns = (*TABLE_COLUMNS, *VS_CB_FCFS_COLUMNS)
+    text = (
+        f"{header}\n\n{table(result.rows, columns)}\n\nWhere the time goes (seconds of the median round; "
         "wasted_share = 1 - effective token ratio: padding, finished rows and recomputed attempts):\n\n"
         f"{table(result.time_rows, TIME_COLUMNS)}\n"
     )
+    if result.continuous_rows:
+        text += (
+            f"\nContinuous batching ({result.slots.get('slots')} slots: {result.slots.get('rule')}; every request "
+            "submitted at t=0; padding_share = the share of attended context that was left-padding alignment):\n\n"
+            f"{table(result.continuous_rows, CONTINUOUS_COLUMNS)}\n"
+        )
+    return text
 
 
 def plot(result: BenchResult, path: Path, title: str) -> Path:
-    """Bar charts: samples/s (with speedup) and effective token ratio per strategy."""
+    """Charts: samples/s (with speedup) and effective token ratio per strategy (static rows blue, continuous
+    orange), mean latency and time to half, and the share of requests complete over time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [row["strategy"] for row in result.rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color="#4477aa")
+    colors = ["#ee7733" if BenchStrategy(name).continuous else "#4477aa" for name in names]
+    figure, ((left, right), (latency, done)) = plt.subplots(2, 2, figsize=(12, 8))
+    bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color=colors)
     for bar, row in zip(bars, result.rows, strict=True):
         left.annotate(
             f"{row['speedup']:.2f}x",
@@ -453,7 +617,24 @@ def plot(result: BenchResult, path: Path, title: str) -> Path:
     right.bar(names, [row["effective_token_ratio"] for row in result.rows], color="#66aa55")
     right.set_ylim(0, 1)
     right.set_title("effective token ratio")
-    for axis in (left, right):
+    positions = range(len(names))
+    latency.bar([x - 0.2 for x in positions], [row["latency_mean_s"] for row in result.rows], 0.4, label="mean")
+    latency.bar([x + 0.2 for x in positions], [row["time_to_half_s"] for row in result.rows], 0.4, label="half done")
+    latency.set_xticks(list(positions), names)
+    latency.set_ylabel("seconds from submission (all at t=0)")
+    latency.set_title("completion latency: mean, and time until half are done")
+    latency.legend(fontsize=8)
+    shown = median_runs(result.runs, [BenchStrategy(name) for name in names])
+    for strategy, item in shown.items():
+        times = sorted(record.completion_s for record in item.result.records)
+        share = [(position + 1) / len(times) for position in range(len(times))]
+        style = "-" if strategy.continuous else "--"
+        done.step(times, share, where="post", linestyle=style, label=strategy.value)
+    done.set_xlabel("seconds")
+    done.set_ylabel("share of requests complete")
+    done.set_title("requests complete over time (dashed: static batches)")
+    done.legend(fontsize=7)
+    for axis in (left, right, latency):
         axis.tick_params(axis="x", rotation=30)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
@@ -492,7 +673,8 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     requests = read.requests[config.offset : end]
     print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
     started = time.perf_counter()
-    engine = engine or build_engine(config.engine, config.model)
+    # The static rows need static batches; the cb-* rows get a pool over the same model (run_bench).
+    engine = engine or build_engine(replace(config.engine, batching=Batching.STATIC), config.model)
     result = run_bench(engine, requests, config)
     import torch
 
@@ -504,6 +686,7 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
         "torch_threads": torch.get_num_threads(),
         "model": config.model.spec,
         "engine": config.engine.kind.value,
+        "slots": result.slots.get("slots"),
         "prompts": len(requests),
         "wall_s": time.perf_counter() - started,
     }

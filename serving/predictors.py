@@ -118,6 +118,9 @@ class SharedPrefillPredictor:
     """The quantile of each predicted distribution to report (None: the probe's own)."""
     prefill_s: float = 0.0
     """Seconds of the last predict_requests spent prefilling (work generation then skips)."""
+    share: bool = True
+    """Prefill ahead and keep the caches for generation; False (a run on another engine, such as a continuous
+    pool) reads the probe's layers alone, stopping the forward after the deepest one."""
     last_distribution: Any = None
 
     def predict_requests(self, requests: Sequence[Request]) -> list[int]:
@@ -125,6 +128,10 @@ class SharedPrefillPredictor:
         import time
 
         ids = [self.engine.encode(request.chat()) for request in requests]
+        if not self.share:
+            self.prefill_s = 0.0
+            self.last_distribution = self.probe.distribution_from_ids(ids)
+            return self.probe.lengths(self.last_distribution, self.quantile)
         started = time.perf_counter()
         hidden = self.engine.prefill(ids, hidden_layers=self.probe.config.layers, keep=True)
         self.prefill_s = time.perf_counter() - started

@@ -34,6 +34,20 @@ class Strategy(enum.Enum):
     """Sorted, binned, VBS, each batch capped at its bin's length; unfinished rows are recomputed (the full method)."""
 
 
+class Admission(enum.Enum):
+    """Continuous-batching engines: the order waiting requests take free slots, and whether FCR caps apply
+    (the policy objects are in serving.admission)."""
+
+    AUTO = "auto"
+    """From the strategy: vanilla -> fcfs, seqsch and vbs -> sjf, fcr -> sjf-fcr."""
+    FCFS = "fcfs"
+    """Arrival order, every request with its whole budget."""
+    SJF = "sjf"
+    """Shortest predicted length first (an oracle predictor makes it SJF by the true lengths)."""
+    SJF_FCR = "sjf-fcr"
+    """SJF, each request capped at its predicted bin's edge; the ones cut short are recomputed after the rest."""
+
+
 class Phase(enum.Enum):
     """Which pass over the requests a batch belongs to."""
 
@@ -72,6 +86,9 @@ class ScheduleConfig:
     """Predicted lengths are scaled by 1 + margin_ratio before binning (then margin_tokens is added)."""
     recompute: RecomputeMode = RecomputeMode.SCRATCH
     """FCR's second pass: scratch (the paper) or continue from the generated prefix."""
+    policy: Admission = Admission.AUTO
+    """Continuous batching (--engine.batching continuous, or vLLM): admission order fcfs, sjf (shortest predicted
+    first) or sjf-fcr (plus FCR caps and recompute); auto follows --strategy. Static batches ignore it."""
 
     def __post_init__(self) -> None:
         # YAML/JSON may spell the table's keys as strings; the policy works on integers.
@@ -99,8 +116,11 @@ class ScheduleConfig:
 
     @property
     def needs_predictions(self) -> bool:
-        """Every strategy but vanilla orders requests by predicted length."""
-        return self.strategy is not Strategy.VANILLA
+        """Every strategy but vanilla orders requests by predicted length; so does every admission policy but
+        FCFS (an explicit policy decides; auto follows the strategy)."""
+        if self.policy is Admission.AUTO:
+            return self.strategy is not Strategy.VANILLA
+        return self.policy is not Admission.FCFS
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from serving.predictors import (
 )
 from serving.prompt_checks import Rejection, rejections
 from serving.runner import RequestRecord, RunOptions, RunResult, run
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.scheduler import Admission, ScheduleConfig
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -47,8 +47,10 @@ SUMMARY_COLUMNS = (
     "effective_token_ratio",
     "failure_ratio",
     "recompute_share",
+    "latency_mean_s",
     "latency_p50_s",
     "latency_p99_s",
+    "time_to_half_s",
     "predictor_share",
     "total_s",
 )
@@ -71,8 +73,9 @@ class ServeConfig(ScheduleConfig):
     """MLflow tracking URI for models:/ and runs:/ predictors (default: MLFLOW_TRACKING_URI or ./mlflow.db)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    """`--engine.kind hf` (static batches: the paper's VBS and FCR) or `vllm` (continuous batching: predicted
-    lengths become request priorities, fcr adds per-request caps and the recompute pass; CUDA and `.[gpu]`)."""
+    """`--engine.kind hf` with static batches (the paper's VBS and FCR) or `--engine.batching continuous
+    --engine.slots N` (a pool of N rows refilled at every step), or `vllm` (continuous, CUDA and `.[gpu]`). On a
+    continuous engine `--policy` picks the admission order (fcfs, sjf, sjf-fcr; auto: from --strategy)."""
     temperature: float = 0.0
     """Default temperature for requests that do not set one (0: greedy)."""
     top_p: float = 1.0
@@ -183,10 +186,18 @@ def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
     if not config.input:
         raise SeqschedError("--input is required (a file of requests, e.g. OpenAI Batch JSONL)")
     spec = parse_predictor(config.predictor)
-    if spec.kind is PredictorSource.NONE and config.strategy is not Strategy.VANILLA:
+    if config.policy is not Admission.AUTO and not config.engine.continuous:
         raise SeqschedError(
-            f"--strategy {config.strategy.value} orders requests by predicted length: give --predictor "
-            "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla"
+            f"--policy {config.policy.value} orders admission on a continuous engine: add --engine.batching "
+            "continuous (or --engine.kind vllm), or leave --policy auto"
+        )
+    if spec.kind is PredictorSource.NONE and config.needs_predictions:
+        what = f"--strategy {config.strategy.value}"
+        if config.policy is not Admission.AUTO:
+            what = f"--policy {config.policy.value}"
+        raise SeqschedError(
+            f"{what} orders requests by predicted length: give --predictor "
+            "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla / --policy fcfs"
         )
     process = current_process()
     output, path, work = Path(config.output), metrics_path(config.output), working_dir(config.output)
@@ -257,10 +268,10 @@ def _serve_pending(
     if not pending:
         return None, {}
     if engine is None:
-        from seqsched.engines.selection import build_engine
+        from serving.slots import serving_engine
 
         pin_device(process)
-        engine = build_engine(config.engine, config.model)
+        engine = serving_engine(config.engine, config.model, [requests[index] for index in pending], config.limit)
     turned_away = rejections(engine, [requests[index] for index in pending], config.limit, config.max_prompt_tokens)
     rejected = {pending[local]: why for local, why in turned_away.items()}
     if process.main:
@@ -270,9 +281,7 @@ def _serve_pending(
     todo = [index for index in pending if index not in rejected]
     if not todo:
         return None, rejected
-    predictor = (
-        resolve_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
-    )
+    predictor = resolve_predictor(spec, engine, config.tracking_uri) if config.needs_predictions else None
     options = RunOptions(
         temperature=config.temperature,
         top_p=config.top_p,

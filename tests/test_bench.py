@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
 from seqsched.files import write_jsonl
 from seqsched.requests import Request
 from seqsched_cli.main import main
-from serving.bench import BenchConfig, BenchStrategy, round_order, run_bench, summarize
+from serving.bench import BenchConfig, BenchStrategy, markdown, round_order, run_bench, strategy_config, summarize
 from serving.runner import run
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.scheduler import Admission, ScheduleConfig, Strategy
 from tests.tiny_model import synthetic_prompts
 
 POLICY = {"limit": 40, "bin_width": 5, "batch_size": 6, "vbs": {5: 12, 10: 8, 15: 6, 20: 5}}
@@ -80,6 +81,50 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
     assert fcr["recompute_share"] > 0 and times["fcr"]["wasted_share"] > 0
 
 
+def test_continuous_rows_share_the_model_and_equal_vanilla(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.FCR, *(s for s in BenchStrategy if s.continuous))
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}",
+        strategies=strategies,
+        engine=EngineConfig(slots=3),
+        vanilla_batch_size=6,
+        progress=False,
+        **POLICY,
+    )
+    result = run_bench(tiny_engine, requests, config)
+    assert result.slots == {"slots": 3, "rule": "--engine.slots"}
+    for item in result.runs:
+        assert item.same_as_vanilla == len(requests), item.strategy.value
+        expected = item.strategy.admission.value if item.strategy.continuous else "-"
+        assert item.result.metrics.admission == expected
+    assert [row["strategy"] for row in result.continuous_rows] == ["cb-fcfs", "cb-sjf", "cb-sjf-oracle", "cb-sjf-fcr"]
+    for row in result.continuous_rows:
+        assert row["slots"] == 3 and 1 <= row["mean_rows"] <= 3 and row["prefills"] >= len(requests) / 3
+    cb_fcfs = result.row(BenchStrategy.CB_FCFS)
+    assert cb_fcfs["speed_vs_cb_fcfs"] == pytest.approx(1.0) and cb_fcfs["latency_vs_cb_fcfs"] == pytest.approx(1.0)
+    assert result.row(BenchStrategy.CB_SJF_FCR)["failed"] > 0, "noisy predictions cut some requests short"
+    assert result.row(BenchStrategy.CB_SJF_ORACLE)["failed"] == 0
+    # Continuous rows decode no finished rows: row-steps are each request's own steps.
+    vanilla = next(item for item in result.runs if item.strategy is BenchStrategy.VANILLA).result
+    own_steps = sum(r.num_tokens + (r.finish_reason.value == "stop") for r in vanilla.records)
+    assert result.row(BenchStrategy.CB_FCFS)["row_steps"] == own_steps
+    text = markdown(result, "tiny")
+    assert "Continuous batching (3 slots" in text and "| cb-sjf-oracle" in text and "latency_vs_cb_fcfs" in text
+
+
+def test_rows_map_to_strategies_and_policies() -> None:
+    assert BenchStrategy.CB_FCFS.strategy is Strategy.VANILLA and BenchStrategy.CB_FCFS.admission is Admission.FCFS
+    oracle = BenchStrategy.CB_SJF_ORACLE
+    assert oracle.admission is Admission.SJF and oracle.source.value == "oracle"
+    assert BenchStrategy.CB_SJF_FCR.strategy is Strategy.FCR and BenchStrategy.FCR.admission is Admission.AUTO
+    policy = ScheduleConfig(policy=Admission.SJF, margin_tokens=3)
+    assert strategy_config(BenchStrategy.FCR, policy, 16).policy is Admission.AUTO, "static rows ignore policies"
+    cb = strategy_config(BenchStrategy.CB_SJF_FCR, policy, 16)
+    assert cb.policy is Admission.SJF_FCR and cb.margin_tokens == 3
+
+
 def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_oracle: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": f"p{i}", "prompt": p} for i, p in enumerate(synthetic_prompts(10, seed=3))])
@@ -92,7 +137,8 @@ def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_orac
             f"--input={prompts}",
             f"--predictor=oracle:{oracle}",
             f"--model.spec={tiny_model_dir}",
-            "--strategies=[vanilla,fcr,fcr-oracle]",
+            "--strategies=[vanilla,fcr,fcr-oracle,cb-fcfs,cb-sjf-oracle]",
+            "--engine.slots=4",
             "--limit=40",
             "--bin_width=5",
             "--vanilla_batch_size=4",
@@ -103,8 +149,12 @@ def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_orac
     )
     assert code == 0
     report = json.loads(out.with_suffix(".json").read_text())
-    assert [row["strategy"] for row in report["table"]] == ["vanilla", "fcr", "fcr-oracle"]
+    names = ["vanilla", "fcr", "fcr-oracle", "cb-fcfs", "cb-sjf-oracle"]
+    assert [row["strategy"] for row in report["table"]] == names
     assert all(row["same_as_vanilla"] == "10/10" for row in report["table"])
+    assert all(row["time_to_half_s"] <= row["latency_p99_s"] for row in report["table"])
+    assert report["slots"]["slots"] == 4 and len(report["continuous"]) == 2
+    assert set(report["completion_s"]) == set(names) and len(report["completion_s"]["cb-fcfs"]) == 10
     assert len(report["vanilla_lengths"]) == 10 and report["ids"][0] == "p0"
     assert "| fcr-oracle" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -116,3 +166,5 @@ def test_scheduled_rows_need_a_predictor(tiny_engine: HFEngine, requests: list[R
     config = BenchConfig(strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR), progress=False, **POLICY)
     with pytest.raises(SeqschedError, match="need --predictor"):
         run_bench(tiny_engine, requests[:4], config)
+    with pytest.raises(SeqschedError, match="drop --policy"):
+        run_bench(tiny_engine, requests[:4], BenchConfig(policy=Admission.SJF, progress=False, **POLICY))

@@ -24,11 +24,12 @@ def test_bench_outputs_equal_across_strategies(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     argv = ["bench", f"--input={prompts}", f"--predictor=oracle:{guesses}", "--limit=40", "--bin_width=10"]
     argv += ["--vanilla_batch_size=4", "--batch_size=4", "--vbs={10: 8, 20: 8}", "--torch_threads=1"]
-    argv += ["--progress=false", f"--out={out}"]
+    argv += ["--engine.slots=3", "--progress=false", f"--out={out}"]
     assert main(argv) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     names = [row["strategy"] for row in report["table"]]
-    assert names == ["vanilla", "seqsch", "vbs", "fcr", "fcr-perception", "fcr-oracle"]
+    static = ["vanilla", "seqsch", "vbs", "fcr", "fcr-perception", "fcr-oracle"]
+    assert names == [*static, "cb-fcfs", "cb-sjf", "cb-sjf-oracle", "cb-sjf-fcr"]
     for row in report["table"]:
         assert row["same_as_vanilla"] == "8/8", row["strategy"]
     fcr = next(row for row in report["table"] if row["strategy"] == "fcr")

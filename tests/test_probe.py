@@ -103,10 +103,13 @@ def test_average_of_per_layer_heads_is_one_module() -> None:
     assert summary["members"] == 6 and len(model.members) == 6
     with torch.inference_mode():
         probs = model(torch.from_numpy(features)).softmax(dim=-1)
-        by_hand = sum(
-            member(torch.from_numpy(features[:, start:end])).softmax(dim=-1)
-            for member, (start, end) in zip(model.members, model.slices, strict=True)
-        ) / 6
+        by_hand = (
+            sum(
+                member(torch.from_numpy(features[:, start:end])).softmax(dim=-1)
+                for member, (start, end) in zip(model.members, model.slices, strict=True)
+            )
+            / 6
+        )
     assert torch.allclose(probs, by_hand, atol=1e-5)
 
 

@@ -88,3 +88,30 @@ def test_serve_recipes_load() -> None:
     assert config.schedule().vbs == config.vbs
     paper = load_recipe(ServeConfig, REPO / "recipes" / "vicuna-7b-gpu" / "serve.yaml")
     assert (paper.batch_size, paper.limit, paper.token_budget) == (16, 512, 12800)
+
+
+def test_serve_on_the_continuous_pool_with_each_policy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    batch_file(tmp_path / "in.jsonl", synthetic_prompts(10, seed=4))
+    vanilla = serve(tiny_model_dir, tmp_path, "vanilla", "--strategy", "vanilla")
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps(line) + "\n" for line in vanilla if line["error"] is None))
+    pool = ["--engine.batching", "continuous", "--engine.slots", "3"]
+    for policy in ("fcfs", "sjf", "sjf-fcr"):
+        predictor = [] if policy == "fcfs" else ["--predictor", f"oracle:{oracle}"]
+        lines = serve(tiny_model_dir, tmp_path, policy, *pool, "--policy", policy, *predictor)
+        assert [line["custom_id"] for line in lines] == [line["custom_id"] for line in vanilla]
+        for theirs, mine in zip(vanilla, lines, strict=True):
+            if theirs["error"] is None:
+                assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"], policy
+        metrics = json.loads(metrics_path(tmp_path / f"{policy}.jsonl").read_text())
+        assert metrics["admission"] == policy and metrics["requests"] == 10
+        assert metrics["latency_mean_s"] > 0 and metrics["time_to_half_s"] <= metrics["latency_p99_s"]
+
+
+def test_serve_policy_needs_a_continuous_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    assert main(["serve", "--input", str(tmp_path / "in.jsonl"), "--policy", "sjf"]) == 2
+    assert "--policy sjf orders admission on a continuous engine" in capsys.readouterr().err
+    argv = ["serve", "--input", str(tmp_path / "in.jsonl"), "--engine.batching", "continuous", "--policy", "sjf"]
+    assert main(argv) == 2
+    assert "--policy sjf orders requests by predicted length" in capsys.readouterr().err

@@ -94,7 +94,8 @@ class HFEngine:
         """Text of generated token ids, special tokens dropped."""
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def _left_pad(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as one left-padded id tensor and its attention mask (1 = real token), on the model's device."""
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
@@ -104,9 +105,10 @@ class HFEngine:
                 attention_mask[row, width - len(ids) :] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def _next_tokens(
+    def next_tokens(
         self, logits: torch.Tensor, sampling: SamplingParams, generators: list[torch.Generator] | None
     ) -> torch.Tensor:
+        """One token per row of `logits`: argmax, or a sample (each row with its own generator when given)."""
         if sampling.greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
@@ -140,7 +142,7 @@ class HFEngine:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             chunk = [prompt_ids[row] for row in rows]
-            input_ids, attention_mask = self._left_pad(chunk)
+            input_ids, attention_mask = self.left_pad(chunk)
             position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
             cache = DynamicCache(config=self.model.config)
             out = self.model(
@@ -183,7 +185,7 @@ class HFEngine:
         kept = [self.prefilled.get(tuple(ids)) for ids in prompt_ids]
         if not kept or any(item is None for item in kept):
             return None
-        _, attention_mask = self._left_pad(prompt_ids)
+        _, attention_mask = self.left_pad(prompt_ids)
         width = attention_mask.shape[1]
         cache = DynamicCache(config=self.model.config)
         for layer in range(len(kept[0].keys)):  # type: ignore[union-attr]
@@ -226,7 +228,7 @@ class HFEngine:
             cache, logits, attention_mask, position_ids = reused
             padded_prompt_tokens = 0  # nothing computed here: the prefill ran ahead (see prefill())
         else:
-            input_ids, attention_mask = self._left_pad(prompt_ids)
+            input_ids, attention_mask = self.left_pad(prompt_ids)
             position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
             cache = DynamicCache(config=self.model.config)
             out = self.model(
@@ -253,9 +255,9 @@ class HFEngine:
         for step in range(1, max_new_tokens + 1):
             row_steps += len(active)
             if generators is not None:
-                tokens = self._next_tokens(logits, sampling, [generators[row] for row in active])
+                tokens = self.next_tokens(logits, sampling, [generators[row] for row in active])
             else:
-                tokens = self._next_tokens(logits, sampling, None)
+                tokens = self.next_tokens(logits, sampling, None)
             token_list = tokens.tolist()
             for slot, row in enumerate(active):
                 if not running[slot]:

@@ -75,7 +75,9 @@ def run(
     records = gather_in_order(groups, [shard[1] for shard in shards], len(requests))
     all_batches = [batch for shard in shards for batch in shard[2]]
     generation_s = max(shard[3] for shard in shards)  # the processes run side by side: the slowest decides
-    metrics = run_metrics(cfg, records, all_batches, generation_s, predictor_s, shared_prefill_s)
+    metrics = run_metrics(
+        cfg, records, all_batches, generation_s, predictor_s, local.metrics.admission, shared_prefill_s=shared_prefill_s
+    )
     extra = {
         "processes": process.count,
         "shard_sizes": [len(group) for group in groups],

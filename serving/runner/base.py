@@ -51,6 +51,8 @@ class RunState(abc.ABC):
         self.records: list[RequestRecord | None] = [None] * len(requests)
         self.batches: list[BatchRecord] = []
         self.pending: dict[int, PendingRequest] = {}
+        self.extra: dict[str, object] = {}
+        """What the engine reported beyond the records (a continuous engine's per-submission counters)."""
         self.started = time.perf_counter()
 
     def sampling_groups(self) -> list[tuple[SamplingParams, list[int]]]:
@@ -136,6 +138,10 @@ class RunState(abc.ABC):
         record.token_ids, record.finish_reason, record.completion_s = tokens, reason, finished_at
         return record
 
+    def admission(self) -> str:
+        """The admission policy's name on a continuous engine; "-" for static batches."""
+        return "-"
+
     @abc.abstractmethod
     def serve_group(self, sampling: SamplingParams, members: list[int]) -> None:
         """Serve requests sharing one decoding setting: initial pass, then the recompute pass for failures."""
@@ -147,5 +153,13 @@ class RunState(abc.ABC):
         generation_s = time.perf_counter() - self.started
         records = [record for record in self.records if record is not None]
         assert len(records) == len(self.requests), "every request gets a record"
-        metrics = run_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s, self.shared_prefill_s)
-        return RunResult(records, self.batches, metrics, self.cfg)
+        metrics = run_metrics(
+            self.cfg,
+            records,
+            self.batches,
+            generation_s,
+            self.predictor_s,
+            self.admission(),
+            shared_prefill_s=self.shared_prefill_s,
+        )
+        return RunResult(records, self.batches, metrics, self.cfg, self.extra)

@@ -10,7 +10,7 @@ from seqsched.engines.api import FinishReason
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
 from seqsched.stats import percentile
-from serving.scheduler import Phase, RecomputeMode, ScheduleConfig
+from serving.scheduler import Admission, Phase, RecomputeMode, ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ class RunMetrics:
     """A run's throughput, waste and latency."""
 
     strategy: str
+    admission: str
+    """The admission policy of a continuous run (fcfs, sjf, sjf-fcr); "-" for static batches."""
     requests: int
     batches: int
     total_s: float
@@ -109,8 +111,13 @@ class RunMetrics:
     recompute_row_steps: int
     recompute_share: float
     """Share of row_steps spent in the recompute pass."""
+    latency_mean_s: float
+    """Mean completion latency: seconds from the start of the run (every request submitted at t=0, predictor
+    included) until the request's output was complete."""
     latency_p50_s: float
     latency_p99_s: float
+    time_to_half_s: float
+    """Seconds until half of the requests (rounded up) were complete."""
     prefill_s: float
     decode_s: float
     oom_splits: int
@@ -139,12 +146,21 @@ def _latency(latencies: Sequence[float], q: float) -> float:
     return percentile(latencies, q) if latencies else math.nan
 
 
+def time_to_fraction(latencies: Sequence[float], fraction: float = 0.5) -> float:
+    """Seconds until `fraction` of the requests (rounded up, at least one) were complete."""
+    if not latencies:
+        return math.nan
+    needed = max(1, math.ceil(fraction * len(latencies)))
+    return sorted(latencies)[needed - 1]
+
+
 def run_metrics(
     cfg: ScheduleConfig,
     records: Sequence[RequestRecord],
     batches: Sequence[BatchRecord],
     generation_s: float,
     predictor_s: float,
+    admission: str = "-",
     shared_prefill_s: float = 0.0,
 ) -> RunMetrics:
     """A run's metrics from its request and batch records (any engine). predictor_s: all time before generation;
@@ -159,6 +175,7 @@ def run_metrics(
     latencies = [record.completion_s for record in records]
     return RunMetrics(
         strategy=cfg.strategy.value,
+        admission=admission,
         requests=len(records),
         batches=len(batches),
         total_s=total_s,
@@ -175,8 +192,10 @@ def run_metrics(
         recomputed_tokens=wasted,
         recompute_row_steps=recompute_steps,
         recompute_share=recompute_steps / row_steps if row_steps else 0.0,
+        latency_mean_s=sum(latencies) / len(latencies) if latencies else math.nan,
         latency_p50_s=_latency(latencies, 50),
         latency_p99_s=_latency(latencies, 99),
+        time_to_half_s=time_to_fraction(latencies),
         prefill_s=sum(batch.prefill_s for batch in batches) + shared_prefill_s,
         decode_s=sum(batch.decode_s for batch in batches),
         oom_splits=sum(batch.oom_splits for batch in batches),
@@ -188,6 +207,7 @@ def run_metrics(
 def check_predictions(requests: Sequence[Request], predicted: Sequence[int] | None, cfg: ScheduleConfig) -> None:
     """Predicted lengths are there when the strategy needs them, one per request."""
     if predicted is None and cfg.needs_predictions:
-        raise SeqschedError(f"strategy {cfg.strategy.value!r} needs predicted lengths; use vanilla or a predictor")
+        what = f"strategy {cfg.strategy.value!r}" if cfg.policy is Admission.AUTO else f"policy {cfg.policy.value!r}"
+        raise SeqschedError(f"{what} needs predicted lengths; use vanilla (fcfs) or a predictor")
     if predicted is not None and len(predicted) != len(requests):
         raise ValueError(f"{len(predicted)} predicted lengths for {len(requests)} requests")
