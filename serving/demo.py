@@ -161,10 +161,9 @@ def demo_policy(config: DemoConfig, engine: Engine, lengths: Path, predictor: st
 
 def pipeline_demo(config: DemoConfig) -> int:
     """label -> train -> register @champion -> serve vanilla and scheduled (OpenAI Batch in and out) -> compare."""
-    from lengthpred.kinds import PredictorKind
-
     from data_tools.commands import LabelConfig, label
     from lengthpred.commands import TrainConfig, train
+    from lengthpred.kinds import PredictorKind
     from seqsched.engines.hf import HFEngine
     from seqsched.engines.selection import set_torch_threads
     from serving.serve_command import ServeConfig, metrics_path, serve

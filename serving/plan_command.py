@@ -147,7 +147,8 @@ def build_plan(trace: Trace, cfg: ScheduleConfig) -> tuple[list[Batch], list[Bat
         remaining = {index: cfg.limit - min(kept[index], cfg.limit - 1) for index in failed}
     else:
         remaining = None  # from scratch: the full limit
-    return initial, recompute_plan(failed, cfg, remaining)
+    caps = {index: batch.max_new_tokens for batch in initial for index in batch.request_ids}
+    return initial, recompute_plan(failed, cfg, remaining, failed_caps=caps, predicted=trace.predicted)
 
 
 def plan_document(strategy: str, ids: Sequence[str], batches: Sequence[Batch]) -> dict[str, object]:
