@@ -10,17 +10,22 @@ from typing import Any
 
 from seqsched.config import to_dict
 from seqsched.distributed import Process, current_process, pin_device
-from seqsched.engines.api import Engine
+from seqsched.engines.api import Batching, Engine
 from seqsched.engines.config import EngineConfig
 from seqsched.errors import SeqschedError
 from seqsched.files import write_json
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
+from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
 from serving.batch_io import OutputFormat, read_batch_input, write_batch_output
+from serving.costmodel import CostConfig
+from serving.memory import MemoryConfig, kv_budget
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
 from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import ScheduleConfig, Strategy
+from serving.stepcost import StepCost
+from serving.workload import TuneConfig
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -60,6 +65,14 @@ class ServeConfig(ScheduleConfig):
     """Default temperature for requests that do not set one (0: greedy)."""
     top_p: float = 1.0
     seed: int = 0
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """With `--tune.data HELD_OUT_LENGTHS`: margin, bins and VBS tuned by simulation on these requests' predicted
+    and prompt lengths with the predictor's held-out errors; vanilla batches serve when the tuned schedule is not
+    predicted to beat them by `--tune.min_gain` (static engine, fcr/vbs strategies)."""
+    cost: CostConfig = field(default_factory=CostConfig)
+    """The step cost tuning simulates with: measured once per machine and model, then cached."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """The KV-cache budget of a batch (static engine): rows x (prompt + cap) stays within it."""
     progress: bool = True
 
 
@@ -80,15 +93,61 @@ def predict_and_run(
     cfg: ScheduleConfig,
     options: RunOptions | None = None,
     process: Process | None = None,
+    tuner: Tuner | None = None,
 ) -> RunResult:
-    """Predict the lengths (timed, counted in the run) and serve the requests (see serving.runner.run)."""
+    """Predict the lengths (timed, counted in the run), tune the schedule on them when a tuner is given (timed,
+    counted too; vanilla batches when the schedule is not predicted to win) and serve the requests (see
+    serving.runner.run)."""
     predicted = None
     predictor_s = 0.0
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
         predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
-    return run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, process=process)
+    tuning_s = 0.0
+    extra: dict[str, Any] = {}
+    if tuner is not None:
+        cfg = tuner.apply_budget(cfg)
+        if predicted is not None and cfg.binned and tuner.errors is not None:
+            prompts = prompt_lengths(engine, requests)
+            decision = tuner.decide(predicted, prompts, own_limits(requests, cfg.limit), cfg, cfg.batch_size)
+            tuning_s = decision.tuning_s
+            print(decision.describe(), flush=True)
+            extra["schedule"] = decision.as_dict()
+            cfg = decision.config  # vanilla batches ignore the predictions (kept in the records)
+    result = run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, tuning_s=tuning_s, process=process)
+    if tuner is not None:
+        result.extra.update(extra, tuning=tuner.info)
+    return result
+
+
+def serve_tuner(
+    config: ServeConfig, engine: Engine, requests: Sequence[Request], predictor: RequestPredictor | None
+) -> Tuner | None:
+    """A static engine's tuner: the KV budget always; the step cost and held-out errors when --tune.data is set
+    for a binned strategy (a continuous engine schedules its own memory and has no batches to tune)."""
+    if engine.batching is not Batching.STATIC:
+        if config.tune.data:
+            print("--tune.data: a continuous-batching engine has no static batches to tune; serving as configured")
+        return None
+    if not (config.tune.data and config.binned and predictor is not None):
+        budget = kv_budget(config.token_budget, config.memory, config.model)
+        print(budget.describe())
+        return Tuner(StepCost(), budget, config.tune)  # the budget alone: no decision without held-out errors
+    return prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        config.tune,
+        config.token_budget,
+        config.limit,
+        prompt_lengths(engine, requests),
+        predictor,
+        progress=config.progress,
+    )
 
 
 def metrics_path(output: str | Path) -> Path:
@@ -132,7 +191,8 @@ def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
             seed=config.seed,
             progress=config.progress and process.main,
         )
-        result = predict_and_run(engine, batch.requests, predictor, config.schedule(), options, process)
+        tuner = serve_tuner(config, engine, batch.requests, predictor)
+        result = predict_and_run(engine, batch.requests, predictor, config.schedule(), options, process, tuner)
         extra = result.extra
         summary = result.metrics.row()
         if process.main:

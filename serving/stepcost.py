@@ -48,37 +48,48 @@ def _integers_sum(first: int, last: int) -> float:
 
 @dataclass(frozen=True)
 class StepCost:
-    """A linear step cost: step_s(batch, context) = fixed_s + per_row_s * batch + per_context_s * batch * context,
-    prefill_s(batch, prompt) = prefill_fixed_s + prefill_token_s * batch * prompt.
+    """A linear step cost:
+    step_s(batch, context) = fixed_s + per_row_s * batch + context_s * context + per_context_s * batch * context
+    prefill_s(batch, prompt) = prefill_fixed_s + prefill_row_s * batch + prefill_token_s * batch * prompt
 
-    Defaults: SmolLM2-135M fp32 on this project's 2-core CPU at short contexts, fitted 2026-11-25 (it under-states
-    long contexts: measure a GridStepCost for real decisions, `python benchmarks/step_cost.py`).
+    Defaults: SmolLM2-135M fp32 on this project's 2-core CPU at short contexts, fitted 2026-11-25; they under-state
+    long contexts (issue 13). Real decisions use a measured cost (serving.costmodel; `seqsched serve` and `bench`
+    measure and cache one per machine and model).
     """
 
     fixed_s: float = 0.0745
     per_row_s: float = 0.00297
     per_context_s: float = 4.6e-06
+    """Seconds per row and context token (reading each row's KV cache)."""
     prefill_fixed_s: float = 0.0155
     prefill_token_s: float = 0.000264
+    context_s: float = 0.0
+    """Seconds per context token whatever the batch size."""
+    prefill_row_s: float = 0.0
 
     def step_s(self, batch: int, context: float) -> float:
         """One decode forward of `batch` rows whose context is `context` tokens."""
-        return self.fixed_s + self.per_row_s * batch + self.per_context_s * batch * context
+        return self.fixed_s + self.per_row_s * batch + (self.context_s + self.per_context_s * batch) * context
 
     def prefill_s(self, batch: int, prompt_tokens: int) -> float:
         """The prefill of `batch` rows padded to `prompt_tokens`."""
-        return self.prefill_fixed_s + self.prefill_token_s * batch * prompt_tokens
+        return self.prefill_fixed_s + self.prefill_row_s * batch + self.prefill_token_s * batch * prompt_tokens
 
     def span_s(self, batch: int, first: int, last: int) -> float:
         """Forwards at contexts first..last, in closed form."""
         if last < first:
             return 0.0
         count = last - first + 1
-        return count * (self.fixed_s + self.per_row_s * batch) + self.per_context_s * batch * _integers_sum(first, last)
+        per_context = self.context_s + self.per_context_s * batch
+        return count * (self.fixed_s + self.per_row_s * batch) + per_context * _integers_sum(first, last)
 
     def decode_s(self, batch: int, steps: int, prompt_tokens: int) -> float:
         """`steps` decode steps: forwards at contexts prompt + 1 .. prompt + steps - 1."""
         return self.span_s(batch, prompt_tokens + 1, prompt_tokens + steps - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (what cost_from_dict reads back)."""
+        return {"kind": "linear", **{name: getattr(self, name) for name in self.__dataclass_fields__}}
 
 
 @dataclass(frozen=True)
@@ -232,18 +243,19 @@ def _points(values: Iterable[Sequence[float]], name: str) -> tuple[tuple[int, fl
 
 
 def cost_from_dict(values: Mapping[str, Any], source: str = "") -> StepCost | GridStepCost:
-    """A cost model from its JSON form: a measured grid ({"decode": [[batch, context, s], ...], "prefill": [...]})
-    or the linear model's fields."""
+    """A cost model from its JSON form: a measured grid ({"decode": [[batch, context, s], ...], "prefill": [...]}),
+    the linear model's fields, or a cache file of serving.costmodel (whose "model" names the one it chose)."""
+    if "measured" in values and "model" in values:  # serving.costmodel's cache file: both models, one chosen
+        return cost_from_dict(values[values["model"]], source)
     if "decode" in values:
         return GridStepCost(
             Table(_points(values["decode"], "decode")), Table(_points(values["prefill"], "prefill")), source
         )
-    known = StepCost.__dataclass_fields__
-    unknown = sorted(set(values) - set(known) - {"kind"})
-    fields = {key: float(values[key]) for key in known if key in values}
+    fields = {key: float(values[key]) for key in StepCost.__dataclass_fields__ if key in values}
     if not fields:
-        raise ValueError(f"neither a measured grid (decode, prefill) nor linear fields {sorted(known)}")
-    del unknown  # other keys (a report's extras) are ignored
+        raise ValueError(
+            f"neither a measured grid (decode, prefill) nor linear fields {sorted(StepCost.__dataclass_fields__)}"
+        )
     return StepCost(**fields)
 
 

@@ -35,12 +35,14 @@ class RunState(abc.ABC):
         options: RunOptions,
         predictor_s: float,
         on_progress: Callable[[int], None],
+        tuning_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.requests = requests
         self.cfg = cfg
         self.options = options
         self.predictor_s = predictor_s
+        self.tuning_s = tuning_s
         self.on_progress = on_progress
         self.predicted = list(predicted) if predicted is not None else None
         self.limits = [min(cfg.limit, request.max_tokens or cfg.limit) for request in requests]
@@ -78,8 +80,8 @@ class RunState(abc.ABC):
         return self.options.seed + index
 
     def elapsed(self) -> float:
-        """Seconds since the run started, the predictor's time included."""
-        return time.perf_counter() - self.started + self.predictor_s
+        """Seconds since the run started, the predictor's and the tuning's time included."""
+        return time.perf_counter() - self.started + self.predictor_s + self.tuning_s
 
     def finish(self, index: int, row: RowOutput, budget: int, phase: Phase, finished_at: float) -> bool:
         """Record a row's result; False when it was cut short by its cap and must go again."""
@@ -129,5 +131,5 @@ class RunState(abc.ABC):
         generation_s = time.perf_counter() - self.started
         records = [record for record in self.records if record is not None]
         assert len(records) == len(self.requests), "every request gets a record"
-        metrics = run_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s)
+        metrics = run_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s, self.tuning_s)
         return RunResult(records, self.batches, metrics, self.cfg)

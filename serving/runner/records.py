@@ -78,7 +78,7 @@ class RunMetrics:
     requests: int
     batches: int
     total_s: float
-    """Predictor plus generation wall time."""
+    """Predictor, tuning and generation wall time."""
     generation_s: float
     predictor_s: float
     predictor_share: float
@@ -102,6 +102,8 @@ class RunMetrics:
     prefill_s: float
     decode_s: float
     oom_splits: int
+    tuning_s: float = 0.0
+    """Seconds spent tuning the schedule on these requests (simulation) before generating."""
 
     def row(self) -> dict[str, float | int | str]:
         """The metrics as a flat dict (a table row, JSON)."""
@@ -129,9 +131,10 @@ def run_metrics(
     batches: Sequence[BatchRecord],
     generation_s: float,
     predictor_s: float,
+    tuning_s: float = 0.0,
 ) -> RunMetrics:
     """A run's metrics from its request and batch records (any engine)."""
-    total_s = generation_s + predictor_s
+    total_s = generation_s + predictor_s + tuning_s
     generated = sum(record.num_tokens for record in records)
     row_steps = sum(batch.row_steps for batch in batches)
     recompute_steps = sum(batch.row_steps for batch in batches if batch.phase is Phase.RECOMPUTE)
@@ -161,6 +164,7 @@ def run_metrics(
         prefill_s=sum(batch.prefill_s for batch in batches),
         decode_s=sum(batch.decode_s for batch in batches),
         oom_splits=sum(batch.oom_splits for batch in batches),
+        tuning_s=tuning_s,
     )
 
 
