@@ -12,10 +12,12 @@ linear interpolation in batch then context) and a least-squares formula with bat
 (serving.stepcost.StepCost). Each is checked leave-one-out: every point is predicted from the others (an edge point
 by extrapolation, as the tuner uses the model), and the model with the lower mean relative decode error serves.
 
-Cost on this project's CPU (SmolLM2-135M fp32, 2 threads, limit 256): about 70k prefill tokens and ~90 decode
-forwards, 1.5-3 minutes; the result is cached per machine, model, dtype, device and torch threads
-(`$SEQSCHED_CACHE/step-cost/KEY.json`, written atomically) and re-measured only when asked or when the cached grid
-stops short of the contexts needed.
+Cost on this project's CPU (SmolLM2-135M fp32, limit 256, prompts up to ~64 tokens: contexts 32, 101 and 320,
+24 probes): about 81k prefill tokens and 72 decode forwards; ~9 minutes on one torch thread of a machine loaded
+with three other jobs (user time 3 min), an estimated 2-3 minutes on 2 idle threads. The result is cached per
+machine, model, dtype, device, torch threads and torch version (`$SEQSCHED_CACHE/step-cost/KEY.json`, written
+atomically) and measured again only with `--cost.remeasure true` or when the cached grid stops short of the
+contexts needed.
 """
 
 from __future__ import annotations
@@ -64,13 +66,16 @@ class CostConfig:
     """Measure again even when a cached measurement exists (and replace it)."""
     batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     """Batch sizes of the grid."""
-    contexts: int = 4
-    """Context lengths of the grid, geometric from min_context to the limit plus the longest prompt."""
+    contexts: int = 3
+    """Context lengths of the grid, geometric from min_context to the limit plus a long prompt (its 95th
+    percentile)."""
     min_context: int = 32
     steps: int = 4
     """Decode steps per probe (the first comes from the prefill, so steps - 1 forwards are timed)."""
-    probe_tokens: int = 16384
-    """Skip probes whose batch x context exceeds this (beyond it the table extrapolates): keeps the grid short."""
+    probe_tokens: int = 20480
+    """Skip probes whose batch x context exceeds this (beyond it the table extrapolates): keeps the grid short.
+    20480 reaches 64 rows at 320 tokens (0.9 GB of SmolLM2 KV cache, well past a CPU's last-level cache, where a
+    row's step cost changes regime) and 256 rows at short contexts."""
     cache_dir: str | None = None
     """Where measurements are cached (default: $SEQSCHED_STEP_COST_CACHE, else $SEQSCHED_CACHE/step-cost or
     ~/.cache/seqsched/models/step-cost)."""

@@ -51,8 +51,9 @@ class Workload:
 
     @property
     def min_prompt(self) -> int:
-        """The shortest prompt (what the token budget allows at most rows of)."""
-        return self.prompts if isinstance(self.prompts, int) else min(self.prompts, default=0)
+        """The shortest prompt the token budget counts: each request's when known; with one length for all the
+        plan counts the cap alone (scheduler.plan without prompts), so 0."""
+        return 0 if isinstance(self.prompts, int) else min(self.prompts, default=0)
 
     def time(self, cfg: ScheduleConfig, cost: CostModel) -> tuple[float, dict[str, float | int | str]]:
         """Mean simulated seconds over the draws, and the summary of the first draw (with that mean as time_s)."""
