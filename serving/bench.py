@@ -483,7 +483,10 @@ def markdown(result: BenchResult, header: str) -> str:
                 f"{values['simulated_vanilla_s']:.0f} s ({values['predicted_gain']:.2f}x, min gain "
                 f"{values['min_gain']:.0%}), tuned in {values['tuning_s']:.1f} s"
             )
-        text += "\nTuned on the served prompts (mean over draws of true lengths from held-out errors):\n\n"
+        text += (
+            "\nTuned on the served prompts (fcr: mean over draws of true lengths from the predictor's held-out "
+            "errors; fcr-oracle: the true lengths):\n\n"
+        )
         text += "\n".join(lines) + "\n"
     if result.sim_rows:
         step_cost = result.tuning.get("step_cost") or {}

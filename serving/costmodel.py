@@ -51,6 +51,9 @@ FILLER = (
 
 CACHE_FORMAT = 1
 """Bumped when the cache file's meaning changes (old files are then measured again)."""
+REACH = 1.1
+"""A cached grid serves contexts up to 10% beyond its longest (the table extrapolates that far); further, it is
+measured again."""
 CACHE_ENV = "SEQSCHED_STEP_COST_CACHE"
 """Moves the step-cost cache (default: $SEQSCHED_CACHE/step-cost); the tests point it at a temporary folder."""
 
@@ -301,8 +304,8 @@ class Measured:
 
     @property
     def chosen(self) -> str:
-        """grid or linear."""
-        return str(self.document.get("model", "grid"))
+        """grid or linear: the model that serves."""
+        return "grid" if isinstance(self.cost, GridStepCost) else "linear"
 
 
 def fit_models(samples: Sequence[StepSample], steps: int, source: str = "") -> dict[str, Any]:
@@ -379,7 +382,7 @@ def _read_cache(path: Path, identity: dict[str, Any], max_context: int) -> dict[
         return None
     if document.get("identity") != identity:
         return None
-    if int(document.get("max_context", 0)) < max_context:
+    if int(document.get("max_context", 0)) * REACH < max_context:
         log.info(
             "cached step cost %s stops at context %s < %d: measuring again", path, document["max_context"], max_context
         )

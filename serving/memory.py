@@ -119,7 +119,7 @@ class KVBudget:
         if self.tokens is None:
             return f"no KV-cache budget ({self.source})"
         size = f", {self.bytes_per_token / 1024:.0f} KiB per token" if self.bytes_per_token else ""
-        free = f" of {self.free_bytes / GIB:.1f} GiB free" if self.free_bytes else ""
+        free = f": {self.free_bytes / GIB:.1f} GiB free" if self.free_bytes else ""
         return f"KV-cache budget {self.tokens:,} tokens per batch ({self.source}{free}{size})"
 
     def as_dict(self) -> dict[str, Any]:
