@@ -134,10 +134,17 @@ def prepare_tuner(
     """Measure (or read the cached) step cost up to the contexts these prompts need, size the KV budget, and
     learn the predictor's held-out errors when tune.data is given."""
     budget = kv_budget(token_budget, memory, model)
-    print(budget.describe())
     measured: Measured = load_or_measure(
         engine, model, engine_kind, cost, grid_max_context(limit, prompts), progress=progress
     )
+    region = measured.region_tokens
+    if token_budget is None and cost.trust > 0 and region is not None:
+        trusted = int(cost.trust * region)
+        if budget.tokens is None or trusted < budget.tokens:
+            memory_note = f"; memory allows {budget.tokens:,}" if budget.tokens is not None else ""
+            source = f"{cost.trust:g}x the largest measured batch x context, {region:,}{memory_note}"
+            budget = KVBudget(trusted, source, budget.bytes_per_token, budget.free_bytes)
+    print(budget.describe())
     info: dict[str, Any] = {
         "step_cost": {
             "source": str(measured.path),
@@ -145,6 +152,7 @@ def prepare_tuner(
             "reused": measured.reused,
             "leave_one_out": measured.document.get("leave_one_out"),
             "measure_s": measured.document.get("measure_s"),
+            "region_tokens": region,
         },
         "kv_budget": budget.as_dict(),
     }

@@ -79,6 +79,10 @@ class CostConfig:
     """Skip probes whose batch x context exceeds this (beyond it the table extrapolates): keeps the grid short.
     20480 reaches 64 rows at 320 tokens (0.9 GB of SmolLM2 KV cache, well past a CPU's last-level cache, where a
     row's step cost changes regime) and 256 rows at short contexts."""
+    trust: float = 2.0
+    """No batch may hold more KV tokens (rows x (prompt + cap)) than this multiple of the largest probe's batch x
+    context: beyond the measured grid the model only extrapolates, and a bet there is what made scheduling slower
+    than vanilla (issue 13). 0 turns it off; a given --token_budget wins."""
     cache_dir: str | None = None
     """Where measurements are cached (default: $SEQSCHED_STEP_COST_CACHE, else $SEQSCHED_CACHE/step-cost or
     ~/.cache/seqsched/models/step-cost)."""
@@ -175,6 +179,8 @@ def measure_grid(
     contexts."""
     if config.steps < 2:
         raise SeqschedError(f"--cost.steps must be >= 2 (one timed forward at least), got {config.steps}")
+    if config.trust < 0:
+        raise SeqschedError(f"--cost.trust must be >= 0, got {config.trust}")
     contexts = grid_contexts(config.min_context, max_context, config.contexts)
     probes = grid_probes(config.batches, contexts, config.probe_tokens)
     pairs = [(batch, max(1, context - config.steps // 2)) for batch, context in probes]
@@ -301,6 +307,17 @@ class Measured:
     """The cache file it was read from or written to."""
     reused: bool
     """True when read from the cache, False when measured now."""
+
+    @property
+    def region_tokens(self) -> int | None:
+        """The largest batch x context the grid measured (None when only a formula was given)."""
+        if isinstance(self.cost, GridStepCost):
+            points = [list(point) for point in self.cost.decode.points]
+        elif isinstance(self.document.get("grid"), dict):
+            points = self.document["grid"]["decode"]
+        else:
+            return None
+        return int(max(batch * context for batch, context, _ in points))
 
     @property
     def chosen(self) -> str:

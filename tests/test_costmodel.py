@@ -119,3 +119,34 @@ def test_kv_budget_from_model_size_and_memory(tiny_model_dir: Path) -> None:
     assert kv_budget(None, MemoryConfig(kv_memory_fraction=0), model).tokens is None
     with pytest.raises(ValueError):
         MemoryConfig(kv_memory_fraction=2)
+
+
+def test_the_tuner_stays_where_the_cost_was_measured(
+    tiny_engine: HFEngine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from serving.autotune import prepare_tuner
+    from serving.workload import TuneConfig
+
+    model = ModelConfig(spec=str(tiny_model_dir))
+    cost = CostConfig(batches=(1, 2, 4), contexts=2, min_context=8, steps=3, probe_tokens=64, cache_dir=str(tmp_path))
+    args = (tiny_engine, model, "hf", False, cost, MemoryConfig(), TuneConfig())
+    tuner = prepare_tuner(*args, None, 30, [10, 12, 20])
+    region = tuner.info["step_cost"]["region_tokens"]
+    # Contexts 8 and 30 + 20 (the prompts' 95th percentile); at 50 only the two smallest batches fit 64 tokens.
+    assert region == int(2 * 50.5)
+    assert tuner.budget.tokens == int(2 * region) and "largest measured batch" in tuner.budget.source
+    given = prepare_tuner(*args, 5000, 30, [10])
+    assert given.budget.tokens == 5000, "a given --token_budget wins"
+    off = prepare_tuner(
+        tiny_engine,
+        model,
+        "hf",
+        False,
+        CostConfig(**{**cost.__dict__, "trust": 0}),
+        MemoryConfig(),
+        TuneConfig(),
+        None,
+        30,
+        [10],
+    )
+    assert off.budget.tokens != int(2 * region) and off.budget.tokens is not None
