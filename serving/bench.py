@@ -385,16 +385,21 @@ class _Policies:
 
 
 def run_bench(
-    engine: Engine, requests: Sequence[Request], config: BenchConfig, tuner: Tuner | None = None
+    engine: Engine,
+    requests: Sequence[Request],
+    config: BenchConfig,
+    tuner: Tuner | None = None,
+    predictions: _Predictions | None = None,
 ) -> BenchResult:
     """Run every strategy `repeats` times, interleaved, and summarize. tuner: the step cost (for the simulated
-    times), KV budget and held-out errors (for tuning on these requests); None runs the configured policy."""
+    times), KV budget and held-out errors (for tuning on these requests); None runs the configured policy.
+    predictions: the predictor sources, when already loaded (bench_tuner loads the predictor first)."""
     if not requests:
         raise SeqschedError("no prompts to benchmark")
     if config.repeats < 1:
         raise SeqschedError(f"--repeats must be >= 1, got {config.repeats}")
     strategies = [BenchStrategy.VANILLA, *(s for s in config.strategies if s is not BenchStrategy.VANILLA)]
-    predictions = _Predictions(engine, config, requests)
+    predictions = predictions or _Predictions(engine, config, requests)
     policy = replace(config.schedule(), strategy=Strategy.FCR)
     if tuner is not None:
         policy = tuner.apply_budget(policy)
@@ -555,7 +560,7 @@ def bench_requests(config: BenchConfig) -> list[Request]:
     return requests if config.count is None else requests[: config.count]
 
 
-def bench_tuner(config: BenchConfig, engine: Engine, requests: Sequence[Request]) -> Tuner | None:
+def bench_tuner(config: BenchConfig, engine: Engine, predictions: _Predictions) -> Tuner | None:
     """The step cost (for tuning and the simulated times), the KV budget and the predictor's held-out errors;
     None on a continuous engine (no static batches to tune or simulate)."""
     if engine.batching is not Batching.STATIC:
@@ -566,7 +571,7 @@ def bench_tuner(config: BenchConfig, engine: Engine, requests: Sequence[Request]
         print(budget.describe())
         return Tuner(StepCost(), budget, config.tune)
     needs_predictor = config.tune.data and any(s.source is Source.PREDICTOR for s in config.strategies)
-    predictor = _Predictions(engine, config, requests).predictor() if needs_predictor else None
+    predictor = predictions.predictor() if needs_predictor else None
     return prepare_tuner(
         engine,
         config.model,
@@ -577,7 +582,7 @@ def bench_tuner(config: BenchConfig, engine: Engine, requests: Sequence[Request]
         config.tune,
         config.token_budget,
         config.limit,
-        prompt_lengths(engine, requests),
+        prompt_lengths(engine, predictions.requests),
         predictor,
         progress=config.progress,
     )
@@ -592,8 +597,9 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
     started = time.perf_counter()
     engine = engine or build_engine(config.engine, config.model)
-    tuner = bench_tuner(config, engine, requests)
-    result = run_bench(engine, requests, config, tuner)
+    predictions = _Predictions(engine, config, requests)
+    tuner = bench_tuner(config, engine, predictions)
+    result = run_bench(engine, requests, config, tuner, predictions)
     out = Path(config.out)
     import torch
 
