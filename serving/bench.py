@@ -355,11 +355,12 @@ class _Policies:
         self.decisions: dict[BenchStrategy, Decision] = {}
 
     def decision(self, strategy: BenchStrategy, predicted: Sequence[int] | None = None) -> Decision | None:
-        """The fcr or fcr-oracle row's decision (None without a tuner, or without held-out errors for fcr)."""
+        """The fcr or fcr-oracle row's decision (None unless --tune.data asks for tuning; for fcr, also None
+        without held-out errors)."""
         if strategy in self.decisions:
             return self.decisions[strategy]
         exact = strategy is BenchStrategy.FCR_ORACLE
-        if self.tuner is None or (not exact and self.tuner.errors is None):
+        if self.tuner is None or not self.config.tune.data or (not exact and self.tuner.errors is None):
             return None
         if predicted is None:
             predicted, _ = self.predictions.get(strategy.source)

@@ -139,7 +139,9 @@ def tuner(min_gain: float = 0.05) -> Tuner:
 def test_tuned_rows_report_their_decision_and_simulated_time(
     tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
 ) -> None:
-    config = BenchConfig(predictor=f"oracle:{noisy_oracle}", vanilla_batch_size=6, progress=False, **POLICY)
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}", vanilla_batch_size=6, progress=False, tune=TuneConfig(data="x"), **POLICY
+    )
     result = run_bench(tiny_engine, requests, config, tuner())
     assert set(result.tuning["decisions"]) == {"fcr", "fcr-oracle"}
     fcr = result.row(BenchStrategy.FCR)
@@ -162,6 +164,7 @@ def test_a_schedule_that_does_not_win_serves_vanilla_batches(
         strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR),
         vanilla_batch_size=6,
         progress=False,
+        tune=TuneConfig(data="x"),
         **POLICY,
     )
     result = run_bench(tiny_engine, requests, config, tuner(min_gain=100.0))  # nothing wins by 100x

@@ -100,7 +100,7 @@ def test_the_tuner_never_proposes_a_batch_above_the_budget() -> None:
     errors = ErrorModel.fit(*held_out(300))
     start = ScheduleConfig(strategy=Strategy.FCR, limit=LIMIT, token_budget=6000)
     predicted = [random.Random(5).randint(0, LIMIT) for _ in range(200)]
-    workload = draw_workload(predicted, 50, errors, LIMIT, draws=1)
+    workload = draw_workload(predicted, [50] * len(predicted), errors, LIMIT, draws=1)  # each request's prompt
     decision = decide(workload, start, vanilla_config(start, 16), cost)
     tuned = decision.scheduled
     for edge, size in tuned.vbs.items():
