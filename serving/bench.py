@@ -142,6 +142,7 @@ class BenchConfig(ScheduleConfig):
     """A length file in the paper's format ({"id", "L_t0.0", ...}): keep only prompts whose paper label (the max
     over temperatures, rounded up to 50) is at least select_min_label (after --offset, before --count)."""
     select_min_label: int = 0
+    """The label threshold of --select_lengths (250 with the paper's labels: answers that mostly reach the limit)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     torch_threads: int | None = None
