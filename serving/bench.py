@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,14 @@ from seqsched.files import atomic_path, check_writable, write_json, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
 from seqsched.tables import table
+from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
+from serving.costmodel import CostConfig, machine_name
+from serving.memory import MemoryConfig, kv_budget
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
 from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import Admission, ScheduleConfig, Strategy
-from serving.simulate import StepCost
+from serving.stepcost import CostModel, StepCost
+from serving.workload import Decision, TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +172,22 @@ class BenchConfig(ScheduleConfig):
     """Rounds over all strategies; each round rotates their order. The table shows each strategy's median round."""
     vanilla_batch_size: int = 16
     """The paper's vanilla batch size (seqsch uses it too, so that row shows what sorting alone does)."""
-    tune_data: str | None = None
-    """A length dataset held out from the predictor's training: margin, bin width and VBS are chosen by
-    simulation on the predictor's errors there, with a step cost measured on this engine first."""
-    tune_split: str | None = None
-    tune_start: int = 0
-    tune_limit: int | None = None
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """With `--tune.data HELD_OUT_LENGTHS`: the fcr row's margin, bins and VBS are tuned by simulation on the
+    served prompts' predicted and prompt lengths with the predictor's held-out errors (seqsch, vbs and
+    fcr-perception use that policy too); fcr-oracle is tuned on the true lengths. An fcr row whose schedule is
+    not predicted to beat vanilla by --tune.min_gain serves vanilla batches (its row says so)."""
+    cost: CostConfig = field(default_factory=CostConfig)
+    """The step cost the simulator uses: measured once per machine and model over batch sizes x contexts, cached."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """The KV-cache budget of a batch: rows x (prompt + cap) stays within it."""
+    simulate: bool = True
+    """Show each row's simulated time (the same cost model) beside its measured time."""
+    select_lengths: str | None = None
+    """A length file in the paper's format ({"id", "L_t0.0", ...}): keep only prompts whose paper label (the max
+    over temperatures, rounded up to 50) is at least select_min_label (after --offset, before --count)."""
+    select_min_label: int = 0
+    """The label threshold of --select_lengths (250 with the paper's labels: answers that mostly reach the limit)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     """The engine; static rows run static batches on it and cb-* rows a continuous pool of `--engine.slots` rows
@@ -186,8 +200,8 @@ class BenchConfig(ScheduleConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_at_least(self, 0, "offset", "tune_start")
-        require_at_least(self, 1, "count", "repeats", "vanilla_batch_size", "tune_limit", "torch_threads")
+        require_at_least(self, 0, "offset")
+        require_at_least(self, 1, "count", "repeats", "vanilla_batch_size", "torch_threads")
 
 
 @dataclass
@@ -199,6 +213,10 @@ class StrategyRun:
     result: RunResult
     predicted: list[int] | None
     same_as_vanilla: int
+    decision: Decision | None = None
+    """The tuning decision this row served (None: the configured policy)."""
+    simulated: dict[str, float] | None = None
+    """What the cost model predicts this run cost (the same plan on the true lengths)."""
 
 
 @dataclass
@@ -214,6 +232,8 @@ class BenchResult:
     """The cb-* rows' engine counters (pool size, steps, rows per step, alignment padding, prefills)."""
     slots: dict[str, Any] = field(default_factory=dict)
     """The continuous pool's size and how it was chosen."""
+    sim_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Simulated vs measured time per strategy (the median round)."""
 
     def row(self, strategy: BenchStrategy) -> dict[str, Any]:
         """The summary row of a strategy."""
@@ -244,26 +264,26 @@ def _same(result: RunResult, vanilla: RunResult) -> int:
     return sum(a.token_ids == b.token_ids for a, b in zip(result.records, vanilla.records, strict=True))
 
 
-def median_runs(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> dict[BenchStrategy, StrategyRun]:
-    """Each strategy's median round by samples/s (the one the table shows)."""
+def median_runs(
+    runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]
+) -> tuple[dict[BenchStrategy, StrategyRun], dict[BenchStrategy, list[float]]]:
+    """Each strategy's median round by samples/s, and its samples/s over all rounds."""
     chosen: dict[BenchStrategy, StrategyRun] = {}
+    spread: dict[BenchStrategy, list[float]] = {}
     for strategy in strategies:
         mine = sorted(
             (item for item in runs if item.strategy is strategy), key=lambda r: r.result.metrics.samples_per_s
         )
         if mine:
             chosen[strategy] = mine[(len(mine) - 1) // 2]
-    return chosen
+            spread[strategy] = [item.result.metrics.samples_per_s for item in mine]
+    return chosen, spread
 
 
 def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> tuple[list[dict], list[dict]]:
     """One row per strategy (its median round by samples/s) with speedup vs vanilla and share of the oracle, and
     samples/s and mean latency as ratios to cb-fcfs when it ran."""
-    chosen = median_runs(runs, strategies)
-    spread = {
-        strategy: sorted(item.result.metrics.samples_per_s for item in runs if item.strategy is strategy)
-        for strategy in chosen
-    }
+    chosen, spread = median_runs(runs, strategies)
     base = chosen[BenchStrategy.VANILLA].result.metrics.samples_per_s
     oracle = chosen.get(BenchStrategy.FCR_ORACLE)
     oracle_sps = oracle.result.metrics.samples_per_s if oracle else None
@@ -279,11 +299,15 @@ def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) 
                 "speed_vs_cb_fcfs": metrics.samples_per_s / reference.samples_per_s,
                 "latency_vs_cb_fcfs": metrics.latency_mean_s / reference.latency_mean_s,
             }
+        schedule = ""
+        if item.decision is not None:
+            schedule = "vanilla (fallback)" if item.decision.fallback else "tuned"
         rows.append(
             {
                 **metrics.row(),
                 **versus,
                 "strategy": strategy.value,
+                "schedule": schedule,
                 "speedup": metrics.samples_per_s / base if base else float("nan"),
                 "of_oracle": metrics.samples_per_s / oracle_sps if oracle_sps else float("nan"),
                 "same_as_vanilla": f"{item.same_as_vanilla}/{metrics.requests}",
@@ -293,12 +317,14 @@ def summarize(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) 
                 "samples_per_s_stdev": statistics.pstdev(values) if len(values) > 1 else 0.0,
             }
         )
-        prompt_pad = sum(b.padded_prompt_tokens - b.prompt_tokens for b in item.result.batches)
+        # A batch that reused a probe's prefill computed none (padded_prompt_tokens 0): no padding either.
+        prompt_pad = sum(max(0, b.padded_prompt_tokens - b.prompt_tokens) for b in item.result.batches)
         time_rows.append(
             {
                 "strategy": strategy.value,
                 "total_s": metrics.total_s,
                 "predictor_s": metrics.predictor_s,
+                "tuning_s": metrics.tuning_s,
                 "prefill_s": metrics.prefill_s,
                 "decode_s": metrics.decode_s,
                 "other_s": max(0.0, metrics.generation_s - metrics.prefill_s - metrics.decode_s),
@@ -319,7 +345,7 @@ def continuous_rows(
     """The cb-* rows' engine counters (of the round the table shows): decode steps, mean rows per step, ms per
     step, the share of attended context that was alignment padding, prefills."""
     out = []
-    for strategy, item in median_runs(runs, strategies).items():
+    for strategy, item in median_runs(runs, strategies)[0].items():
         if not strategy.continuous:
             continue
         metrics = item.result.metrics
@@ -342,6 +368,32 @@ def continuous_rows(
                 "padding_share": 1 - context / padded if padded else 0.0,
                 "prefills": sum(sub["prefills"] for sub in submissions),
                 "prefill_s": sum(sub["prefill_s"] for sub in submissions),
+            }
+        )
+    return out
+
+
+def simulation_rows(runs: Sequence[StrategyRun], strategies: Sequence[BenchStrategy]) -> list[dict[str, Any]]:
+    """Per strategy (its median round, as in the table): the simulated prefill, decode and generation time next to
+    the measured ones, and the relative error of the total (the cost model's check: within 10%)."""
+    out = []
+    for strategy, item in median_runs(runs, strategies)[0].items():
+        if item.simulated is None:
+            continue
+        metrics, simulated = item.result.metrics, item.simulated
+        measured = metrics.prefill_s + metrics.decode_s
+        out.append(
+            {
+                "strategy": strategy.value,
+                "measured_s": measured,
+                "simulated_s": simulated["time_s"],
+                "error": simulated["time_s"] / measured - 1 if measured else float("nan"),
+                "measured_prefill_s": metrics.prefill_s,
+                "simulated_prefill_s": simulated["prefill_s"],
+                "measured_decode_s": metrics.decode_s,
+                "simulated_decode_s": simulated["decode_s"],
+                "measured_row_steps": metrics.row_steps,
+                "simulated_row_steps": int(simulated["row_steps"]),
             }
         )
     return out
@@ -402,74 +454,57 @@ class _Predictions:
             release()
 
 
-def tune_policy(
-    engine: Engine, config: BenchConfig, predictions: _Predictions, cost: StepCost | None = None
-) -> tuple[ScheduleConfig, dict]:
-    """Margin, bin width and VBS chosen by simulation on held-out predictor errors and this engine's step cost."""
-    policy = replace(config.schedule(), strategy=Strategy.FCR, policy=Admission.AUTO)
-    if not config.tune_data:
-        return policy, {}
-    return tune_schedule(
-        engine,
-        predictions.predictor(),
-        policy,
-        config.tune_data,
-        config.tune_split,
-        config.tune_start,
-        config.tune_limit,
-        cost=cost,
-    )
+class _Policies:
+    """The config each row serves: the fcr row's decision (tuned on the served predictions, vanilla when it does
+    not win) shared by seqsch, vbs and fcr-perception; fcr-oracle's own (tuned on the true lengths). Decisions are
+    made once and reused by later rounds (same inputs, same answer)."""
 
+    def __init__(
+        self,
+        config: BenchConfig,
+        policy: ScheduleConfig,
+        predictions: _Predictions,
+        tuner: Tuner | None,
+        prompts: list[int],
+        limits: list[int],
+    ) -> None:
+        self.config, self.policy, self.predictions, self.tuner = config, policy, predictions, tuner
+        self.prompts, self.limits = prompts, limits
+        self.decisions: dict[BenchStrategy, Decision] = {}
 
-def tune_schedule(
-    engine: Engine,
-    predictor: RequestPredictor,
-    policy: ScheduleConfig,
-    data_dir: str | Path,
-    split: str | None = None,
-    start: int = 0,
-    limit: int | None = None,
-    cost: StepCost | None = None,
-) -> tuple[ScheduleConfig, dict]:
-    """`policy` with its margin, bin width and VBS re-chosen: the engine's step cost is measured (unless given),
-    the predictor runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
-    from lengthpred.data import load_length_data
-    from serving.slots import measure_cost
-    from serving.tuning import BATCH_SIZES, tune_margin, tune_vbs
+    def decision(self, strategy: BenchStrategy, predicted: Sequence[int] | None = None) -> Decision | None:
+        """The fcr or fcr-oracle row's decision (None unless --tune.data asks for tuning; for fcr, also None
+        without held-out errors)."""
+        if strategy in self.decisions:
+            return self.decisions[strategy]
+        exact = strategy is BenchStrategy.FCR_ORACLE
+        if self.tuner is None or not self.config.tune.data or (not exact and self.tuner.errors is None):
+            return None
+        if predicted is None:
+            predicted, _, _ = self.predictions.get(strategy.source, share_prefill=False)
+        assert predicted is not None
+        decision = self.tuner.decide(
+            predicted, self.prompts, self.limits, self.policy, self.config.vanilla_batch_size, exact=exact
+        )
+        print(f"{strategy.value}: {decision.describe()}", flush=True)
+        self.decisions[strategy] = decision
+        return decision
 
-    started = time.perf_counter()
-    cost = cost or measure_cost(engine)
-    data = load_length_data(str(data_dir), split, start, limit)
-    held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
-    predicted = predictor.predict_requests(held_out)
-    release = getattr(predictor, "release", None)
-    if release is not None:
-        release()  # a probe sharing the serving prefill kept the held-out prompts' caches: not needed
-    true = data.max_lengths
-    prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
-    margin = tune_margin(predicted, true, policy, cost, flat_sizes=BATCH_SIZES, prompt_tokens=prompt_tokens)
-    vbs = tune_vbs(predicted, true, margin.config, cost, prompt_tokens=prompt_tokens)
-    tuned = vbs.config
-    info = {
-        "data": data.source,
-        "records": len(data),
-        "step_cost": asdict(cost),
-        "prompt_tokens": prompt_tokens,
-        "simulated_paper_policy_s": margin.baseline_s,
-        "simulated_after_margin_s": margin.best_s,
-        "simulated_after_vbs_s": vbs.best_s,
-        "margin_tokens": tuned.margin_tokens,
-        "margin_ratio": tuned.margin_ratio,
-        "bin_width": tuned.bin_width,
-        "batch_size": tuned.batch_size,
-        "vbs": tuned.vbs,
-        "tuning_s": time.perf_counter() - started,
-    }
-    return tuned, info
+    def for_row(
+        self, strategy: BenchStrategy, predicted: Sequence[int] | None
+    ) -> tuple[ScheduleConfig, Decision | None]:
+        """The row's config and the decision it follows."""
+        if strategy in (BenchStrategy.FCR, BenchStrategy.FCR_ORACLE):
+            decision = self.decision(strategy, predicted)
+            if decision is not None:
+                return decision.config, decision
+        elif strategy is not BenchStrategy.VANILLA and (decision := self.decision(BenchStrategy.FCR)) is not None:
+            return strategy_config(strategy, decision.scheduled, self.config.vanilla_batch_size), None
+        return strategy_config(strategy, self.policy, self.config.vanilla_batch_size), None
 
 
 def continuous_pool(
-    engine: Engine, requests: Sequence[Request], config: BenchConfig, cost: StepCost | None
+    engine: Engine, requests: Sequence[Request], config: BenchConfig, cost: CostModel | None
 ) -> tuple[Engine, dict[str, Any]]:
     """The engine of the cb-* rows: the loaded HF model as a pool of --engine.slots rows, or of as many as the
     measured step cost suggests (serving.slots); a vLLM engine serves them itself."""
@@ -485,10 +520,16 @@ def continuous_pool(
     return with_batching(static, Batching.CONTINUOUS, slots, config.engine.admit_min), info
 
 
-def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) -> BenchResult:
-    """Run every strategy `repeats` times, interleaved, and summarize."""
-    from serving.slots import measure_cost
-
+def run_bench(
+    engine: Engine,
+    requests: Sequence[Request],
+    config: BenchConfig,
+    tuner: Tuner | None = None,
+    predictions: _Predictions | None = None,
+) -> BenchResult:
+    """Run every strategy `repeats` times, interleaved, and summarize. tuner: the step cost (for the simulated
+    times), KV budget and held-out errors (for tuning on these requests); None runs the configured policy.
+    predictions: the predictor sources, when already loaded (bench_tuner loads the predictor first)."""
     if not requests:
         raise SeqschedError("no prompts to benchmark")
     if config.repeats < 1:
@@ -498,21 +539,18 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
     strategies = [BenchStrategy.VANILLA, *(s for s in config.strategies if s is not BenchStrategy.VANILLA)]
     static = with_batching(engine, Batching.STATIC)
     continuous = any(strategy.continuous for strategy in strategies)
-    pool_needs_cost = continuous and static.batching is Batching.STATIC and config.engine.slots is None
-    # One step-cost probe serves both the tuner and the pool size.
-    cost = measure_cost(static) if config.tune_data or pool_needs_cost else None
-    predictions = _Predictions(static, config, requests)
-    policy, tuning = tune_policy(static, config, predictions, cost)
-    if tuning:
-        print(
-            f"tuned policy: margin +{tuning['margin_tokens']} tokens x{1 + tuning['margin_ratio']:.2f}, bins of "
-            f"{tuning['bin_width']}, vbs {tuning['vbs']}, recompute batch {tuning['batch_size']} (simulated "
-            f"{tuning['simulated_paper_policy_s']:.0f} s -> {tuning['simulated_after_vbs_s']:.0f} s)",
-            flush=True,
-        )
-    pool, slots = continuous_pool(engine, requests, config, cost) if continuous else (static, {})
+    predictions = predictions or _Predictions(static, config, requests)
+    policy = replace(config.schedule(), strategy=Strategy.FCR, policy=Admission.AUTO)
+    if tuner is not None:
+        policy = tuner.apply_budget(policy)
+    pool, slots = (static, {})
+    if continuous:
+        pool, slots = continuous_pool(engine, requests, config, tuner.cost if tuner is not None else None)
     if continuous:
         print(f"continuous rows: {slots['slots']} slots ({slots['rule']})", flush=True)
+    prompts = prompt_lengths(engine, requests)
+    limits = own_limits(requests, policy.limit)
+    policies = _Policies(config, policy, predictions, tuner, prompts, limits)
     options = RunOptions(progress=config.progress)
     runs: list[StrategyRun] = []
     vanilla: RunResult | None = None
@@ -521,17 +559,25 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
             predicted, predictor_s, shared_prefill_s = predictions.get(
                 strategy.source, share_prefill=not strategy.continuous
             )
-            cfg = strategy_config(strategy, policy, config.vanilla_batch_size)
+            cfg, decision = policies.for_row(strategy, predicted)
+            tuning_s = decision.tuning_s if decision is not None else 0.0
             serving = pool if strategy.continuous else static
             result = run(
-                serving, requests, predicted, cfg, options, predictor_s=predictor_s, shared_prefill_s=shared_prefill_s
+                serving,
+                requests,
+                predicted,
+                cfg,
+                options,
+                predictor_s=predictor_s,
+                shared_prefill_s=shared_prefill_s,
+                tuning_s=tuning_s,
             )
             predictions.release()
             if vanilla is None:
                 vanilla = result
                 predictions.oracle = [record.num_tokens for record in result.records]
             same = _same(result, vanilla)
-            runs.append(StrategyRun(strategy, index, result, predicted, same))
+            runs.append(StrategyRun(strategy, index, result, predicted, same, decision))
             metrics = result.metrics
             print(
                 f"round {index + 1}/{config.repeats} {strategy.value}: {metrics.samples_per_s:.3f} samples/s, "
@@ -539,9 +585,19 @@ def run_bench(engine: Engine, requests: Sequence[Request], config: BenchConfig) 
                 f"vanilla's {same}/{metrics.requests}",
                 flush=True,
             )
+    assert vanilla is not None
+    true = [record.num_tokens for record in vanilla.records]
+    if tuner is not None and config.simulate:
+        for item in runs:
+            if item.strategy.continuous:
+                continue  # the simulator models static batches; a pool's steps are its own (serving.simulate_continuous)
+            simulated = tuner.simulate_run(item.predicted, true, prompts, limits, item.result.config)
+            item.simulated = {key: float(value) for key, value in simulated.summary().items() if key != "strategy"}
     rows, time_rows = summarize(runs, strategies)
+    tuning: dict[str, Any] = dict(tuner.info) if tuner is not None else {}
+    tuning["decisions"] = {strategy.value: decision.as_dict() for strategy, decision in policies.decisions.items()}
     pool_rows = continuous_rows(runs, strategies, slots.get("slots")) if continuous else []
-    return BenchResult(runs, rows, time_rows, policy, tuning, pool_rows, slots)
+    return BenchResult(runs, rows, time_rows, policy, tuning, pool_rows, slots, simulation_rows(runs, strategies))
 
 
 def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Request], extra: dict) -> dict:
@@ -554,6 +610,7 @@ def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Req
         "tuning": result.tuning,
         "table": result.rows,
         "time": result.time_rows,
+        "simulated": result.sim_rows,
         "ids": [request.id for request in requests],
         "vanilla_lengths": [record.num_tokens for record in vanilla.result.records],
         "predicted": {
@@ -562,19 +619,27 @@ def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Req
             if item.round == 0 and item.predicted is not None and item.strategy.source is not Source.ORACLE
         },
         "runs": [
-            {"strategy": item.strategy.value, "round": item.round, **item.result.metrics.row()} for item in result.runs
+            {
+                "strategy": item.strategy.value,
+                "round": item.round,
+                **item.result.metrics.row(),
+                "config": to_dict(item.result.config),
+                "simulated": item.simulated,
+            }
+            for item in result.runs
         ],
         "slots": result.slots,
         "continuous": result.continuous_rows,
         "completion_s": {
             strategy.value: [record.completion_s for record in item.result.records]
-            for strategy, item in median_runs(result.runs, [row.strategy for row in result.runs]).items()
+            for strategy, item in median_runs(result.runs, [row.strategy for row in result.runs])[0].items()
         },
     }
 
 
 def markdown(result: BenchResult, header: str) -> str:
-    """The table, the time breakdown and the continuous pool's counters as markdown."""
+    """The table, the time breakdown, the continuous pool's counters, the tuning decisions and simulated vs
+    measured time as markdown."""
     columns = TABLE_COLUMNS
     if any("speed_vs_cb_fcfs" in row for row in result.rows):
         columns = (*TABLE_COLUMNS, *VS_CB_FCFS_COLUMNS)
@@ -588,6 +653,29 @@ def markdown(result: BenchResult, header: str) -> str:
             f"\nContinuous batching ({result.slots.get('slots')} slots: {result.slots.get('rule')}; every request "
             "submitted at t=0; padding_share = the share of attended context that was left-padding alignment):\n\n"
             f"{table(result.continuous_rows, CONTINUOUS_COLUMNS)}\n"
+        )
+    decisions = result.tuning.get("decisions") or {}
+    if decisions:
+        lines = []
+        for name, values in decisions.items():
+            verdict = "vanilla batches (fallback)" if values["fallback_to_vanilla"] else "the tuned schedule"
+            lines.append(
+                f"- {name}: {verdict}; margin +{values['margin_tokens']} x{1 + values['margin_ratio']:.2f}, bins of "
+                f"{values['bin_width']}, vbs {values['vbs']}, recompute batch {values['batch_size']}, token budget "
+                f"{values['token_budget']}; simulated {values['simulated_s']:.0f} s vs vanilla "
+                f"{values['simulated_vanilla_s']:.0f} s ({values['predicted_gain']:.2f}x, min gain "
+                f"{values['min_gain']:.0%}), tuned in {values['tuning_s']:.1f} s"
+            )
+        text += (
+            "\nTuned on the served prompts (fcr: mean over draws of true lengths from the predictor's held-out "
+            "errors; fcr-oracle: the true lengths):\n\n"
+        )
+        text += "\n".join(lines) + "\n"
+    if result.sim_rows:
+        step_cost = result.tuning.get("step_cost") or {}
+        text += (
+            f"\nSimulated vs measured (prefill + decode seconds of the median round; cost model: "
+            f"{step_cost.get('model', '?')} from {step_cost.get('source', '?')}):\n\n{table(result.sim_rows)}\n"
         )
     return text
 
@@ -624,7 +712,7 @@ def plot(result: BenchResult, path: Path, title: str) -> Path:
     latency.set_ylabel("seconds from submission (all at t=0)")
     latency.set_title("completion latency: mean, and time until half are done")
     latency.legend(fontsize=8)
-    shown = median_runs(result.runs, [BenchStrategy(name) for name in names])
+    shown, _ = median_runs(result.runs, [BenchStrategy(name) for name in names])
     for strategy, item in shown.items():
         times = sorted(record.completion_s for record in item.result.records)
         share = [(position + 1) / len(times) for position in range(len(times))]
@@ -644,20 +732,57 @@ def plot(result: BenchResult, path: Path, title: str) -> Path:
     return path
 
 
-def machine() -> str:
-    """A one-line description of this machine (CPU model and count, or the GPU)."""
-    import os
-    import platform
+def select_by_label(requests: Sequence[Request], lengths_path: str, min_label: int) -> list[Request]:
+    """The requests whose paper label (max over the length file's temperatures, rounded up to 50) is at least
+    min_label; an error naming the ids the file lacks."""
+    from data_tools.labels import label
+    from data_tools.paper_labels import read_paper_lengths
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    labels = {row.id: label(list(row.lengths.values())) for row in read_paper_lengths(lengths_path)}
+    missing = [request.id for request in requests if request.id not in labels]
+    if missing:
+        raise SeqschedError(
+            f"--select_lengths {lengths_path}: no lengths for {len(missing)} prompt ids (e.g. {missing[:3]})"
+        )
+    return [request for request in requests if labels[request.id] >= min_label]
+
+
+def bench_requests(config: BenchConfig) -> list[Request]:
+    """The prompts: the input after --offset, those over the label threshold when --select_lengths is given,
+    then the first --count."""
+    requests = read_requests(config.input, config.input_format).requests[config.offset :]
+    if config.select_lengths:
+        requests = select_by_label(requests, config.select_lengths, config.select_min_label)
+        print(f"{len(requests)} prompts with a paper label >= {config.select_min_label} ({config.select_lengths})")
+    return requests if config.count is None else requests[: config.count]
+
+
+def bench_tuner(config: BenchConfig, engine: Engine, predictions: _Predictions) -> Tuner | None:
+    """The step cost (for tuning and the simulated times), the KV budget and the predictor's held-out errors;
+    None on a continuous engine (no static batches to tune or simulate)."""
+    if engine.batching is not Batching.STATIC:
+        print("continuous-batching engine: no tuning or simulated times (the engine schedules its own batches)")
+        return None
+    if not (config.simulate or config.tune.data):
+        budget = kv_budget(config.token_budget, config.memory, config.model)
+        print(budget.describe())
+        return Tuner(StepCost(), budget, config.tune)
+    needs_predictor = config.tune.data and any(s.source is Source.PREDICTOR for s in config.strategies)
+    predictor = predictions.predictor() if needs_predictor else None
+    return prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        config.tune,
+        config.token_budget,
+        config.limit,
+        prompt_lengths(engine, predictions.requests),
+        predictor,
+        progress=config.progress,
+    )
 
 
 def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
@@ -668,17 +793,18 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     for suffix in (".json", ".md", ".png"):  # before the model loads: hours of measurement must land somewhere
         check_writable(out.with_suffix(suffix), "out")
     set_torch_threads(config.torch_threads)
-    read = read_requests(config.input, config.input_format)
-    end = None if config.count is None else config.offset + config.count
-    requests = read.requests[config.offset : end]
+    requests = bench_requests(config)
     print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
     started = time.perf_counter()
     # The static rows need static batches; the cb-* rows get a pool over the same model (run_bench).
     engine = engine or build_engine(replace(config.engine, batching=Batching.STATIC), config.model)
-    result = run_bench(engine, requests, config)
+    predictions = _Predictions(engine, config, requests)
+    tuner = bench_tuner(config, engine, predictions)
+    result = run_bench(engine, requests, config, tuner, predictions)
+    out = Path(config.out)
     import torch
 
-    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {machine()}"
+    device = machine_name()
     extra = {
         "command": shlex.join(["seqsched", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),

@@ -19,15 +19,18 @@ from typing import Any
 
 from seqsched.config import to_dict
 from seqsched.distributed import Process, current_process, gather, pin_device
-from seqsched.engines.api import Engine, FinishReason
+from seqsched.engines.api import Batching, Engine, FinishReason
 from seqsched.engines.config import EngineConfig
 from seqsched.errors import SeqschedError, require
 from seqsched.files import check_writable, exclusive_lock, write_json
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
+from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
 from serving.batch_io import BatchInput, OutputFormat, read_batch_input, write_batch_output
 from serving.checkpoint import LOCK_FILE, ServeCheckpoint, working_dir
+from serving.costmodel import CostConfig
+from serving.memory import MemoryConfig, kv_budget
 from serving.predictors import (
     PredictorSource,
     PredictorSpec,
@@ -38,6 +41,8 @@ from serving.predictors import (
 from serving.prompt_checks import Rejection, rejections
 from serving.runner import RequestRecord, RunOptions, RunResult, run
 from serving.scheduler import Admission, ScheduleConfig
+from serving.stepcost import StepCost
+from serving.workload import TuneConfig
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -85,6 +90,14 @@ class ServeConfig(ScheduleConfig):
     its max_tokens does not fit the model's context always does.)"""
     resume: bool = True
     """Resume an unfinished run on the same --output (its checkpoint in OUTPUT.partial); false starts over."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """With `--tune.data HELD_OUT_LENGTHS`: margin, bins and VBS tuned by simulation on these requests' predicted
+    and prompt lengths with the predictor's held-out errors; vanilla batches serve when the tuned schedule is not
+    predicted to beat them by `--tune.min_gain` (static engine, fcr/vbs strategies)."""
+    cost: CostConfig = field(default_factory=CostConfig)
+    """The step cost tuning simulates with: measured once per machine and model, then cached."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """The KV-cache budget of a batch (static engine): rows x (prompt + cap) stays within it."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -113,8 +126,11 @@ def predict_and_run(
     cfg: ScheduleConfig,
     options: RunOptions | None = None,
     process: Process | None = None,
+    tuner: Tuner | None = None,
 ) -> RunResult:
-    """Predict the lengths (timed, counted in the run) and serve the requests (see serving.runner.run)."""
+    """Predict the lengths (timed, counted in the run), tune the schedule on them when a tuner is given (timed,
+    counted too; vanilla batches when the schedule is not predicted to win) and serve the requests (see
+    serving.runner.run)."""
     predicted = None
     predictor_s = 0.0
     if predictor is not None and cfg.needs_predictions:
@@ -122,14 +138,65 @@ def predict_and_run(
         predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
     shared = getattr(predictor, "prefill_s", 0.0) if predicted is not None else 0.0
+    tuning_s = 0.0
+    extra: dict[str, Any] = {}
+    if tuner is not None:
+        cfg = tuner.apply_budget(cfg)
+        if predicted is not None and cfg.binned and tuner.errors is not None:
+            prompts = prompt_lengths(engine, requests)
+            decision = tuner.decide(predicted, prompts, own_limits(requests, cfg.limit), cfg, cfg.batch_size)
+            tuning_s = decision.tuning_s
+            print(decision.describe(), flush=True)
+            extra["schedule"] = decision.as_dict()
+            cfg = decision.config  # vanilla batches ignore the predictions (kept in the records)
     try:
-        return run(
-            engine, requests, predicted, cfg, options, predictor_s=predictor_s, shared_prefill_s=shared, process=process
+        result = run(
+            engine,
+            requests,
+            predicted,
+            cfg,
+            options,
+            predictor_s=predictor_s,
+            shared_prefill_s=shared,
+            tuning_s=tuning_s,
+            process=process,
         )
     finally:
         release = getattr(predictor, "release", None)
         if release is not None:
-            release()
+            release()  # prefills a probe kept for the run's batches
+    if tuner is not None:
+        result.extra.update(extra, tuning=tuner.info)
+    return result
+
+
+def serve_tuner(
+    config: ServeConfig, engine: Engine, requests: Sequence[Request], predictor: RequestPredictor | None
+) -> Tuner | None:
+    """A static engine's tuner: the KV budget always; the step cost and held-out errors when --tune.data is set
+    for a binned strategy (a continuous engine schedules its own memory and has no batches to tune)."""
+    if engine.batching is not Batching.STATIC:
+        if config.tune.data:
+            print("--tune.data: a continuous-batching engine has no static batches to tune; serving as configured")
+        return None
+    if not (config.tune.data and config.binned and predictor is not None):
+        budget = kv_budget(config.token_budget, config.memory, config.model)
+        print(budget.describe())
+        return Tuner(StepCost(), budget, config.tune)  # the budget alone: no decision without held-out errors
+    return prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        config.tune,
+        config.token_budget,
+        config.limit,
+        prompt_lengths(engine, requests),
+        predictor,
+        progress=config.progress,
+    )
 
 
 def metrics_path(output: str | Path) -> Path:
@@ -290,10 +357,10 @@ def _serve_pending(
         positions=tuple(todo),
         on_finished=lambda local, record: checkpoint.append(todo[local], record),
     )
+    serving = [requests[index] for index in todo]
+    tuner = serve_tuner(config, engine, serving, predictor)
     try:
-        result = predict_and_run(
-            engine, [requests[index] for index in todo], predictor, config.schedule(), options, process
-        )
+        result = predict_and_run(engine, serving, predictor, config.schedule(), options, process, tuner)
     except KeyboardInterrupt:
         if process.main:
             print(

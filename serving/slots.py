@@ -1,27 +1,26 @@
 """How many rows a continuous HF engine decodes at once, chosen from the step cost measured on this machine.
 
-The rule: a decode step of B rows costs fixed_s + B * (per_row_s + per_context_s * context) (serving.simulate's
-StepCost), so the rows it advances per second, B / step_s, grow with B towards 1 / (per_row_s + per_context_s *
-context) and never reach it. The pool is the smallest B that reaches SLOT_SHARE (80%) of that bound:
-B = share / (1 - share) * fixed_s / (per_row_s + per_context_s * context), at most the number of requests. Past it,
-more slots buy little throughput but delay the requests a policy would admit first (and cost memory); below it,
-the step's fixed cost dominates. The context is a running row's mean: its prompt plus half of a response of
+The rule: a decode step of B rows at a running row's mean context costs step_s(B, context) (any cost model of
+serving.stepcost: the measured grid or the linear fit), so the engine advances B / step_s rows per second. The
+pool is the smallest B reaching SLOT_SHARE (80%) of the best rows/s over B up to MAX_SLOTS, at most the number of
+requests. With a linear cost, fixed_s + B * per_row, that is B = share / (1 - share) * fixed_s / per_row. Past
+it, more slots buy little throughput but delay the requests a policy would admit first (and cost memory); below
+it, the step's fixed cost dominates. The context is a running row's mean: its prompt plus half of a response of
 limit / 2 tokens, with no predictor involved, so every admission policy runs with the same pool.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from seqsched.engines.api import Batching, Engine
 from seqsched.engines.config import EngineConfig, EngineKind
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
-from serving.simulate import StepCost
+from serving.stepcost import CostModel, StepCost
 
 SLOT_SHARE = 0.8
 """The share of the most rows/s per decode step that the chosen pool reaches."""
@@ -32,13 +31,18 @@ def mean_context(prompt_tokens: float, limit: int) -> float:
     return prompt_tokens + limit / 4
 
 
-def choose_slots(cost: StepCost, context: float, share: float = SLOT_SHARE, most: int | None = None) -> int:
-    """The smallest pool whose rows/s per decode step reaches `share` of the bound (see the module docstring)."""
+MAX_SLOTS = 256
+"""The largest pool considered (the step-cost grid's largest batch)."""
+
+
+def choose_slots(cost: CostModel, context: float, share: float = SLOT_SHARE, most: int | None = None) -> int:
+    """The smallest pool whose rows/s per decode step reaches `share` of the best (see the module docstring)."""
     if not 0 < share < 1:
         raise ValueError(f"share must be in (0, 1), got {share}")
-    per_row = cost.per_row_s + cost.per_context_s * context
-    slots = math.ceil(share / (1 - share) * cost.fixed_s / per_row) if per_row > 0 else most or 1
-    return max(1, min(slots, most) if most else slots)
+    rate = {size: size / cost.step_s(size, context) for size in range(1, MAX_SLOTS + 1)}
+    best = max(rate.values())
+    slots = next(size for size in range(1, MAX_SLOTS + 1) if rate[size] >= share * best)
+    return min(slots, most) if most else slots
 
 
 def measure_cost(engine: Engine) -> StepCost:
@@ -50,7 +54,7 @@ def measure_cost(engine: Engine) -> StepCost:
 
 
 def slots_for(
-    engine: Engine, requests: Sequence[Request], limit: int, cost: StepCost | None = None
+    engine: Engine, requests: Sequence[Request], limit: int, cost: CostModel | None = None
 ) -> tuple[int, dict[str, Any]]:
     """The pool for serving `requests` on this engine (the step cost is measured unless given) and how it was
     chosen."""
@@ -63,7 +67,7 @@ def slots_for(
         "slots": slots,
         "rule": f"smallest pool reaching {SLOT_SHARE:.0%} of the most rows/s per decode step (serving.slots)",
         "mean_context": context,
-        "step_cost": asdict(cost),
+        "step_cost": asdict(cost) if is_dataclass(cost) else repr(cost),
         "step_s_at_slots": cost.step_s(slots, context),
     }
     return slots, info

@@ -7,7 +7,16 @@ from dataclasses import replace
 
 import pytest
 
-from serving.scheduler import Batch, RecomputeMode, ScheduleConfig, Strategy, engine_steps, failed_requests, plan
+from serving.scheduler import (
+    Batch,
+    RecomputeMode,
+    ScheduleConfig,
+    Strategy,
+    engine_steps,
+    failed_requests,
+    plan,
+    recompute_plan,
+)
 from serving.simulate import StepCost, _evicting_decode_s, compare, simulate, simulate_batches
 
 COST = StepCost(fixed_s=0.1, per_row_s=0.01, per_context_s=0.001, prefill_fixed_s=0.5, prefill_token_s=0.002)
@@ -76,3 +85,21 @@ def test_compare_lists_every_strategy() -> None:
     assert seqsch["effective_token_ratio"] > vanilla["effective_token_ratio"], "sorting pads less"
     evicted = simulate(true, true, replace(ScheduleConfig(), strategy=Strategy.VANILLA), COST, evict_finished=True)
     assert evicted.total.row_steps < vanilla["row_steps"]
+
+
+def test_recompute_by_failed_cap_pads_less_than_input_order() -> None:
+    # Issue 14: FCR's recompute pass batched failures in input order, mixing requests that outran a 50-token cap
+    # with ones that outran 400; grouping them by the cap they failed at (then predicted length) pads far less.
+    rng = random.Random(0)
+    predicted = [min(1000, int(rng.lognormvariate(4.6, 0.8))) for _ in range(3000)]
+    true = [max(1, int(p * rng.lognormvariate(0.0, 0.35))) for p in predicted]
+    cfg = ScheduleConfig(limit=512)
+    own = [cfg.limit] * len(true)
+    batches = plan(predicted, cfg)
+    failed = failed_requests(batches, true, own)
+    caps = {index: batch.max_new_tokens for batch in batches for index in batch.request_ids}
+    before, _ = simulate_batches(recompute_plan(failed, cfg), true, own, COST)
+    after, _ = simulate_batches(recompute_plan(failed, cfg, failed_caps=caps, predicted=predicted), true, own, COST)
+    assert (before.batches, before.output_tokens) == (after.batches, after.output_tokens)
+    assert after.row_steps < 0.75 * before.row_steps and after.time_s < before.time_s
+    assert simulate(predicted, true, cfg, COST).recompute.row_steps == after.row_steps, "simulate sorts them too"

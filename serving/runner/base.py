@@ -36,6 +36,7 @@ class RunState(abc.ABC):
         predictor_s: float,
         on_progress: Callable[[int], None],
         shared_prefill_s: float = 0.0,
+        tuning_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.requests = requests
@@ -45,6 +46,7 @@ class RunState(abc.ABC):
             raise ValueError(f"{len(options.positions)} positions for {len(requests)} requests")
         self.predictor_s = predictor_s
         self.shared_prefill_s = shared_prefill_s
+        self.tuning_s = tuning_s
         self.on_progress = on_progress
         self.predicted = list(predicted) if predicted is not None else None
         self.limits = [min(cfg.limit, request.max_tokens or cfg.limit) for request in requests]
@@ -86,8 +88,8 @@ class RunState(abc.ABC):
         return self.options.seed + (index if positions is None else positions[index])
 
     def elapsed(self) -> float:
-        """Seconds since the run started, the predictor's time included."""
-        return time.perf_counter() - self.started + self.predictor_s
+        """Seconds since the run started, the predictor's and the tuning's time included."""
+        return time.perf_counter() - self.started + self.predictor_s + self.tuning_s
 
     def finish(self, index: int, row: RowOutput, budget: int, phase: Phase, finished_at: float) -> bool:
         """Record a row's result; False when it was cut short by its cap and must go again."""
@@ -161,5 +163,6 @@ class RunState(abc.ABC):
             self.predictor_s,
             self.admission(),
             shared_prefill_s=self.shared_prefill_s,
+            tuning_s=self.tuning_s,
         )
         return RunResult(records, self.batches, metrics, self.cfg, self.extra)

@@ -91,7 +91,7 @@ class RunMetrics:
     requests: int
     batches: int
     total_s: float
-    """Predictor plus generation wall time."""
+    """Predictor, tuning and generation wall time."""
     generation_s: float
     predictor_s: float
     """Time the prediction added (a probe that shares the serving prefill: its head; the prefill is in prefill_s)."""
@@ -125,6 +125,8 @@ class RunMetrics:
     """Prefill run ahead of the batches while predicting (reused by generation; counted in prefill_s)."""
     errors: int = 0
     """Requests that ended in an error instead of an output (out of memory even alone)."""
+    tuning_s: float = 0.0
+    """Seconds spent tuning the schedule on these requests (simulation) before generating."""
 
     def row(self) -> dict[str, float | int | str]:
         """The metrics as a flat dict (a table row, JSON)."""
@@ -162,10 +164,12 @@ def run_metrics(
     predictor_s: float,
     admission: str = "-",
     shared_prefill_s: float = 0.0,
+    tuning_s: float = 0.0,
 ) -> RunMetrics:
-    """A run's metrics from its request and batch records (any engine). predictor_s: all time before generation;
-    shared_prefill_s: the part of it that prefilled prompts for generation (a probe reading the served model)."""
-    total_s = generation_s + predictor_s
+    """A run's metrics from its request and batch records (any engine). predictor_s: all time before generation
+    spent predicting; shared_prefill_s: the part of it that prefilled prompts for generation (a probe reading
+    the served model); tuning_s: simulating schedules before generating."""
+    total_s = generation_s + predictor_s + tuning_s
     own_predictor_s = max(0.0, predictor_s - shared_prefill_s)
     generated = sum(record.num_tokens for record in records)
     row_steps = sum(batch.row_steps for batch in batches)
@@ -201,6 +205,7 @@ def run_metrics(
         oom_splits=sum(batch.oom_splits for batch in batches),
         shared_prefill_s=shared_prefill_s,
         errors=sum(record.error is not None for record in records),
+        tuning_s=tuning_s,
     )
 
 

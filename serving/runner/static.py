@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from seqsched.engines.api import BatchOutput, Engine, FinishReason, RowOutput, SamplingParams
 from serving.runner.base import RunState
@@ -103,9 +104,16 @@ def generate_splitting(
 class StaticRun(RunState):
     """A run on a static-batch engine: planned batches, then the recompute batches."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_cap: dict[int, int] = {}
+        """The cap of the batch each request last ran in (the recompute pass groups failures by it)."""
+
     def execute(self, batch: Batch, members: Sequence[int], sampling: SamplingParams) -> list[int]:
         """Run one batch (batch ids index `members`); return the requests that need another pass."""
         ids = [members[local] for local in batch.request_ids]
+        for index in ids:
+            self.failed_cap[index] = batch.max_new_tokens
         budgets = {index: self.budget(index) for index in ids}
         steps = engine_steps(batch.max_new_tokens, budgets.values())
         prompts = [self.prompt(index) for index in ids]
@@ -140,13 +148,20 @@ class StaticRun(RunState):
     def serve_group(self, sampling: SamplingParams, members: list[int]) -> None:
         """The plan's batches, then the failures grouped by what they may still generate."""
         predicted = [self.predicted[index] for index in members] if self.predicted is not None else [0] * len(members)
+        prompts = [len(self.prompt(index)) for index in members]
         failed: list[int] = []
-        for batch in plan(predicted, self.cfg, [self.limits[index] for index in members]):
+        for batch in plan(predicted, self.cfg, [self.limits[index] for index in members], prompts):
             failed.extend(self.execute(batch, members, sampling))
         if not failed:
             return
         # recompute_plan works on indices into `failed`; map back through it.
         budgets = {local: self.budget(index) for local, index in enumerate(failed)}
-        for batch in recompute_plan(list(range(len(failed))), self.cfg, budgets):
+        caps = {local: self.failed_cap[index] for local, index in enumerate(failed)}
+        guesses = [self.predicted[index] if self.predicted is not None else 0 for index in failed]
+        fed = [len(self.prompt(index)) for index in failed]
+        second = recompute_plan(
+            list(range(len(failed))), self.cfg, budgets, failed_caps=caps, predicted=guesses, prompts=fed
+        )
+        for batch in second:
             left = self.execute(batch, failed, sampling)
             assert not left, "recompute batches cover every budget"
