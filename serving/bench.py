@@ -590,7 +590,7 @@ def run_bench(
     if tuner is not None and config.simulate:
         for item in runs:
             if item.strategy.continuous:
-                continue  # the simulator models static batches; a pool's steps are its own (serving.simulate_continuous)
+                continue  # the simulator models static batches (a pool: serving.simulate_continuous)
             simulated = tuner.simulate_run(item.predicted, true, prompts, limits, item.result.config)
             item.simulated = {key: float(value) for key, value in simulated.summary().items() if key != "strategy"}
     rows, time_rows = summarize(runs, strategies)
