@@ -6,6 +6,10 @@ time with the static engine. Both use the same per-sample seeds, so they draw th
 
     python benchmarks/label_speed.py --count 64 --temperatures 0,0.7 --max_new_tokens 128 \
         --out benchmarks/label/speed
+
+`--sides builder,pool,naive` adds the label builder on a continuous pool of --batch_size slots
+(`seqsched label --engine.batching continuous`); `--naive_count K` times the naive loop on the first K
+instructions only (its tokens/s is steady, and at limit 256 the full loop takes hours).
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
+    parser.add_argument("--sides", default="builder,naive", help="any of builder, pool, naive")
+    parser.add_argument("--naive_count", type=int, default=None, help="naive loop on the first K instructions")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "label" / "speed"))
     args = parser.parse_args()
 
@@ -109,14 +115,22 @@ def main() -> int:
     config = SamplerConfig(
         temperatures=temperatures, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed
     )
-    fast = run_fast(fast_engine, requests, config)
-    naive = run_naive(naive_engine, requests, config)
-    same = sum(fast["lengths"][key] == naive["lengths"].get(key) for key in fast["lengths"])
-    greedy_keys = [key for key in fast["lengths"] if key.split("|")[1] == "0.0"]
-    greedy_same = sum(fast["lengths"][key] == naive["lengths"][key] for key in greedy_keys)
+    sides = [side.strip() for side in args.sides.split(",")]
+    results: dict[str, dict] = {}
+    if "builder" in sides:
+        results["label builder"] = run_fast(fast_engine, requests, config)
+    if "pool" in sides:
+        from seqsched.engines.hf_continuous import HFContinuousEngine
+
+        results[f"label builder, continuous pool of {args.batch_size}"] = run_fast(
+            HFContinuousEngine(fast_engine, args.batch_size), requests, config
+        )
+    if "naive" in sides:
+        results["naive loop"] = run_naive(naive_engine, requests[: args.naive_count], config)
     settings = {
         "data": Path(args.data).name,
         "instructions": len(requests),
+        "naive_instructions": len(requests[: args.naive_count]),
         "model": args.model,
         "temperatures": list(temperatures),
         "max_new_tokens": args.max_new_tokens,
@@ -126,29 +140,28 @@ def main() -> int:
         "machine": platform.machine(),
         "torch": torch.__version__,
     }
+    naive = results.get("naive loop")
+    rows = []
+    for side, measured in results.items():
+        row = {"side": side, **{key: measured[key] for key in ("wall_s", "generated_tokens", "tokens_per_s")}}
+        if naive is not None:
+            row["vs_naive_tokens_per_s"] = measured["tokens_per_s"] / naive["tokens_per_s"]
+            common = [key for key in measured["lengths"] if key in naive["lengths"]]
+            same = sum(measured["lengths"][key] == naive["lengths"][key] for key in common)
+            row["same_lengths_as_naive"] = f"{same}/{len(common)}"
+        row["load_avg_before_after"] = f"{measured['load_avg_before']:.1f}/{measured['load_avg_after']:.1f}"
+        rows.append(row)
     result = {
         "settings": settings,
         "command": " ".join(["python", *sys.argv]),
-        "label_builder": {key: value for key, value in fast.items() if key != "lengths"},
-        "naive_loop": {key: value for key, value in naive.items() if key != "lengths"},
-        "speedup_tokens_per_s": fast["tokens_per_s"] / naive["tokens_per_s"],
-        "speedup_wall": naive["wall_s"] / fast["wall_s"],
-        "same_length_samples": f"{same}/{len(fast['lengths'])}",
-        "same_length_greedy": f"{greedy_same}/{len(greedy_keys)}",
+        "sides": {side: {k: v for k, v in measured.items() if k != "lengths"} for side, measured in results.items()},
+        "table": rows,
     }
     out = Path(args.out)
     write_json(out.with_suffix(".json"), result)
-    rows = [
-        {"side": "label builder", **{k: fast[k] for k in ("wall_s", "generated_tokens", "tokens_per_s")}},
-        {"side": "naive loop", **{k: naive[k] for k in ("wall_s", "generated_tokens", "tokens_per_s")}},
-    ]
-    text = table(rows, ["side", "wall_s", "generated_tokens", "tokens_per_s"])
+    text = table(rows)
     summary = (
-        f"# Label builder vs naive loop\n\n`{result['command']}`\n\nsettings: `{json.dumps(settings)}`\n\n{text}\n\n"
-        f"speedup (tokens/s): **{result['speedup_tokens_per_s']:.2f}x**; same sample lengths: "
-        f"{result['same_length_samples']} (greedy {result['same_length_greedy']}); load average before/after: "
-        f"builder {fast['load_avg_before']:.1f}/{fast['load_avg_after']:.1f}, "
-        f"naive {naive['load_avg_before']:.1f}/{naive['load_avg_after']:.1f}\n"
+        f"# Label builder vs naive loop\n\n`{result['command']}`\n\nsettings: `{json.dumps(settings)}`\n\n{text}\n"
     )
     out.with_suffix(".md").write_text(summary, encoding="utf-8")
     print(summary)

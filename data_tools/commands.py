@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,14 @@ from data_tools.labels import PAPER_BUCKET
 from data_tools.schema import LengthDatasetMeta, LengthRecord, save_length_dataset
 from data_tools.stats_report import report_stats
 from seqsched.config import FloatList, to_dict
-from seqsched.engines.api import Engine
-from seqsched.errors import InputError, SeqschedError
-from seqsched.files import write_text
+from seqsched.distributed import current_process, gather, pin_device
+from seqsched.engines.api import Batching, Engine
+from seqsched.engines.config import EngineConfig
+from seqsched.errors import InputError, SeqschedError, require
+from seqsched.files import check_writable, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
+from seqsched.sharding import shard_by_predicted_tokens
 from seqsched.tables import table
 
 
@@ -44,7 +47,12 @@ class LabelConfig:
     max_new_tokens: int = 512
     """The cap on each response; records with a sample at the cap are flagged hit_limit."""
     batch_size: int = 64
-    """Rows per generated batch. A SmolLM2 CPU step costs ~80 ms + ~4 ms per row, so big batches are cheap per row."""
+    """Rows per generated batch (with `--engine.batching continuous`: the pool's slots, unless --engine.slots).
+    A SmolLM2 CPU step costs ~80 ms + ~4 ms per row, so big batches are cheap per row."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """`--engine.batching continuous`: every generation of a temperature goes through one pool of slots that is
+    refilled as rows finish (the longest expected first); static (default): batches grouped by length whose
+    finished rows are evicted. Same samples either way (per-generation seeds)."""
     top_p: float = 1.0
     seed: int = 0
     """Seeds every sample (with its instruction id, temperature and index) and the validation split."""
@@ -60,6 +68,25 @@ class LabelConfig:
     """Show a tqdm progress bar (instructions/s, tokens/s)."""
     torch_threads: int | None = None
     """CPU threads for torch (default: torch's choice). On cores shared with other jobs, 1 is several times faster."""
+
+    def __post_init__(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", f"must be >= 1 (or unset: all), got {self.limit}")
+        temperatures = list(self.temperatures)
+        require(bool(temperatures), "temperatures", "give at least one temperature")
+        require(min(temperatures, default=0) >= 0, "temperatures", f"must be >= 0, got {temperatures}")
+        require(len(set(temperatures)) == len(temperatures), "temperatures", f"must be distinct, got {temperatures}")
+        for name in ("samples_per_temperature", "max_new_tokens", "batch_size", "bucket"):
+            value = getattr(self, name)
+            require(value >= 1, name, f"must be >= 1, got {value}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(bool(self.split), "split", "must be a split name (e.g. train)")
+        _check_fraction(self.validation_fraction)
+        threads = self.torch_threads
+        require(threads is None or threads >= 1, "torch_threads", f"must be >= 1, got {threads}")
+
+
+def _check_fraction(value: float) -> None:
+    require(0 <= value < 1, "validation_fraction", f"must be in [0, 1), got {value}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,16 @@ class ImportConfig:
     split: str = "train"
     validation_fraction: float = 0.0
     seed: int = 0
+    skip_bad: bool = False
+    """Skip records of either file that cannot be read (and list them) instead of stopping at the first."""
+    strict: bool = False
+    """Stop when some instructions have no lengths (by default they are left out, and counted)."""
+
+    def __post_init__(self) -> None:
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.bucket >= 1, "bucket", f"must be >= 1, got {self.bucket}")
+        require(bool(self.split), "split", "must be a split name (e.g. train)")
+        _check_fraction(self.validation_fraction)
 
 
 @dataclass(frozen=True)
@@ -137,11 +174,13 @@ def run_label(
     config: LabelConfig, engine: Engine | None = None, on_batch: Callable[[int], None] | None = None
 ) -> tuple[Path, dict[str, float]]:
     """Sample, checkpoint and write the length dataset; returns its folder and this process's metrics."""
-    from data_tools.checkpoint import Checkpoint, working_dir
+    from data_tools.checkpoint import Checkpoint, finished_samples, working_dir
     from data_tools.sampler import LengthSampler, SamplerConfig, build_record
 
     if not config.data or not config.out:
         raise SeqschedError("--data (instructions) and --out (output folder) are required")
+    check_writable(config.out, "out", folder=True)
+    check_writable(working_dir(config.out), "out", folder=True)
     try:
         sampler_config = SamplerConfig(
             temperatures=tuple(float(t) for t in config.temperatures),
@@ -162,35 +201,56 @@ def run_label(
     if not requests:
         raise SeqschedError(f"{config.data}: no instructions to label")
     split_records([], config.split, config.validation_fraction, config.seed)  # fail on bad split options early
+    process = current_process()
+    mine = shard_by_predicted_tokens([len(request.prompt) for request in requests], process.count)[process.index]
     if engine is None:
-        from seqsched.engines.hf import EngineConfig, HFEngine
+        from seqsched.engines.selection import build_engine, set_torch_threads
 
-        if config.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
+        set_torch_threads(config.torch_threads)
+        pin_device(process)
         # Evicting finished rows gives the same outputs and skips their steps; labels need no static batching.
-        engine = HFEngine.from_spec(config.model, EngineConfig(evict_finished=True))
+        engine_config = replace(config.engine, evict_finished=True)
+        if engine_config.batching is Batching.CONTINUOUS and engine_config.slots is None:
+            engine_config = replace(engine_config, slots=config.batch_size)
+        engine = build_engine(engine_config, config.model)
 
     work = working_dir(config.out)
-    checkpoint = Checkpoint(work, _sampler_settings(config))
-    if checkpoint.samples:
+    # One checkpoint per process of a data-parallel run; each skips what any earlier run's checkpoint holds.
+    folder = work if process.count == 1 else work / f"shard-{process.index}"
+    checkpoint = Checkpoint(folder, _sampler_settings(config))
+    done = finished_samples(work, _sampler_settings(config))
+    if done:
         torn = " (a torn last line was dropped)" if checkpoint.dropped_torn_line else ""
-        print(f"resuming: {len(checkpoint.samples)} finished generations in {checkpoint.path}{torn}")
-    sampler = LengthSampler(engine, sampler_config, checkpoint, progress=config.progress, on_batch=on_batch)
+        print(f"resuming: {len(done)} finished generations in {work}{torn}")
+    sampler = LengthSampler(
+        engine, sampler_config, checkpoint, progress=config.progress and process.main, on_batch=on_batch, done=done
+    )
     try:
-        run = sampler.run(requests)
+        run = sampler.run([requests[index] for index in mine])
     except KeyboardInterrupt:
         print(
             f"\nstopped: {len(checkpoint.samples)} finished generations are in {checkpoint.path}; "
             "run the same command again to resume"
         )
         raise
+    samples = run.samples
+    metrics = run.metrics()
+    if process.count > 1:
+        shards = gather((process.index, run.samples, metrics))
+        samples = {key: sample for _, part, _ in shards for key, sample in part.items()}
+        metrics = {
+            **metrics,
+            "processes": process.count,
+            "generations": sum(part[2]["generations"] for part in shards),
+            "generated_tokens": sum(part[2]["generated_tokens"] for part in shards),
+        }
+        if not process.main:
+            return Path(config.out), metrics  # the main process writes the dataset
 
     records = [
         build_record(
             request,
-            run.samples,
+            samples,
             sampler_config,
             config.model.spec,
             config.bucket,
@@ -229,6 +289,8 @@ def label(config: LabelConfig, engine: Engine | None = None) -> Path:
 
     disable_progress_bars()  # one tqdm bar (the sampler's) is enough
     out, metrics = run_label(config, engine)
+    if not current_process().main:
+        return out
     columns = ["generations", "resumed_generations", "generated_tokens", "tokens_per_s", "effective_token_ratio"]
     print(table([metrics], [*columns, "wall_s"]))
     report_stats(out, out / "stats")
@@ -240,28 +302,52 @@ def label_import(config: ImportConfig) -> Path:
     """`seqsched label import`: the paper's length file + its instructions -> a length dataset."""
     from datasets.utils import disable_progress_bars
 
-    from data_tools.paper_labels import paper_records, read_paper_lengths
+    from data_tools.paper_labels import import_paper_labels
 
     disable_progress_bars()
     if not config.lengths or not config.data or not config.out:
         raise SeqschedError("--lengths, --data and --out are required")
-    records = paper_records(
-        config.lengths, config.data, config.model, config.max_new_tokens, config.bucket, config.input_format
+    check_writable(config.out, "out", folder=True)
+    imported = import_paper_labels(
+        config.lengths,
+        config.data,
+        config.model,
+        config.max_new_tokens,
+        config.bucket,
+        config.input_format,
+        skip_bad=config.skip_bad,
     )
-    temperatures = sorted(read_paper_lengths(config.lengths)[0].lengths)
+    for bad in imported.bad:
+        print(f"skipped {bad}")
+    if imported.uncovered:
+        shown = ", ".join(repr(record_id) for record_id in imported.uncovered[:5])
+        more = " ..." if len(imported.uncovered) > 5 else ""
+        total = len(imported.records) + len(imported.uncovered)
+        message = (
+            f"{len(imported.uncovered)} of {total} instructions of {config.data} have no lengths in "
+            f"{config.lengths} ({shown}{more})"
+        )
+        if config.strict:
+            raise SeqschedError(f"{message}; drop --strict to import the {len(imported.records)} that have")
+        print(f"left out: {message}")
     meta = LengthDatasetMeta(
         model=config.model,
-        temperatures=temperatures,
+        temperatures=imported.temperatures,
         max_new_tokens=config.max_new_tokens,
         bucket=config.bucket,
         source=f"{config.lengths} + {config.data}",
-        extra={"imported": True, "config": to_dict(config)},
+        extra={
+            "imported": True,
+            "uncovered_instructions": len(imported.uncovered),
+            "skipped_records": len(imported.bad),
+            "config": to_dict(config),
+        },
     )
     out = save_length_dataset(
-        config.out, split_records(records, config.split, config.validation_fraction, config.seed), meta
+        config.out, split_records(imported.records, config.split, config.validation_fraction, config.seed), meta
     )
     report_stats(out, out / "stats", plots=False)
-    print(f"dataset: {out}")
+    print(f"imported {len(imported.records)} instructions; dataset: {out}")
     return out
 
 
@@ -298,7 +384,9 @@ def export_lengths(dataset_dir: str | Path, split: str | None = None) -> list[di
         for index, record in enumerate(part):
             temperatures = [float(value) for value in record["temperatures"]]
             if len(set(temperatures)) != len(temperatures):
-                raise InputError(dataset_dir, f"record {index}", "the paper's format holds one sample per temperature")
+                raise InputError(
+                    dataset_dir, f"record {index + 1}", "the paper's format holds one sample per temperature"
+                )
             row: dict[str, Any] = {"id": str(record["id"])}
             row.update(
                 {

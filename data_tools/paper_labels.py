@@ -3,7 +3,6 @@ records, so that predictors can be trained on the paper's own Vicuna-7B labels."
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 from data_tools.labels import bucket_up, max_length
 from data_tools.schema import LengthRecord
 from seqsched.errors import InputError, SeqschedError
-from seqsched.requests import InputFormat, Request, iter_records, read_requests
+from seqsched.requests import BadRecord, InputFormat, Request, Unreadable, iter_records, read_requests
 
 PAPER_MODEL = "vicuna-7b (paper labels)"
 PAPER_MAX_NEW_TOKENS = 512
@@ -47,8 +46,9 @@ def _length(record: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def read_paper_lengths(path: str | Path) -> list[PaperLengths]:
-    """The paper's length file (JSON list or JSONL) in file order; InputError names the bad record."""
+def read_paper_lengths(path: str | Path, bad: list[BadRecord] | None = None) -> list[PaperLengths]:
+    """The paper's length file (JSON list or JSONL) in file order; InputError names the bad record, or, when a
+    `bad` list is given, bad records are skipped and listed there."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "no such length file")
@@ -57,8 +57,8 @@ def read_paper_lengths(path: str | Path) -> list[PaperLengths]:
     temperatures: list[float] | None = None
     for position, record in iter_records(path):
         try:
-            if isinstance(record, json.JSONDecodeError):
-                raise ValueError(f"invalid JSON ({record.msg}, column {record.colno})")
+            if isinstance(record, Unreadable):
+                raise ValueError(record.problem)
             if not isinstance(record, Mapping):
                 raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
             record_id = record.get("id")
@@ -78,7 +78,10 @@ def read_paper_lengths(path: str | Path) -> list[PaperLengths]:
             lengths = {temperature: _length(record, keys[temperature]) for temperature in found}
             reference = _length(record, REFERENCE_KEY) if record.get(REFERENCE_KEY) is not None else None
         except ValueError as error:
-            raise InputError(path, position, str(error)) from None
+            if bad is None:
+                raise InputError(path, position, str(error)) from None
+            bad.append(BadRecord(str(path), position, str(error)))
+            continue
         seen.add(record_id)
         rows.append(PaperLengths(record_id, lengths, reference))
     if not rows:
@@ -103,25 +106,45 @@ def check_ids_match(lengths_path: Path, data_path: Path, length_ids: Sequence[st
         )
 
 
-def paper_records(
+@dataclass
+class PaperImport:
+    """The paper's lengths joined with their instructions."""
+
+    records: list[LengthRecord]
+    """One per instruction that has lengths, in the instruction file's order."""
+    temperatures: list[float]
+    uncovered: list[str]
+    """Ids of instructions the length file has no lengths for."""
+    bad: list[BadRecord]
+    """Records of either file that were skipped (skip_bad)."""
+
+
+def import_paper_labels(
     lengths_path: str | Path,
     data_path: str | Path,
     model: str = PAPER_MODEL,
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS,
     bucket: int = 50,
     data_format: InputFormat = InputFormat.AUTO,
-) -> list[LengthRecord]:
-    """Length records from the paper's lengths + instructions, in the instruction file's order."""
+    *,
+    skip_bad: bool = False,
+) -> PaperImport:
+    """Length records from the paper's lengths + instructions (instruction file order), with what was left out."""
     lengths_path, data_path = Path(lengths_path), Path(data_path)
-    paper = read_paper_lengths(lengths_path)
-    requests: list[Request] = read_requests(data_path, data_format).requests
+    bad: list[BadRecord] = []
+    paper = read_paper_lengths(lengths_path, bad if skip_bad else None)
+    read = read_requests(data_path, data_format, skip_bad=skip_bad)
+    bad.extend(read.bad)
+    requests: list[Request] = read.requests
     check_ids_match(lengths_path, data_path, [row.id for row in paper], [request.id for request in requests])
     by_id = {row.id: row for row in paper}
     records = []
+    uncovered = []
     for request in requests:
         row = by_id.get(request.id)
         if row is None:
-            continue  # an instruction the length file does not cover
+            uncovered.append(request.id)  # the length file may cover part of the instructions (its first N)
+            continue
         temperatures = sorted(row.lengths)
         lengths = [row.lengths[temperature] for temperature in temperatures]
         longest = max_length(lengths)
@@ -140,4 +163,16 @@ def paper_records(
                 reference_length=row.reference_length,
             )
         )
-    return records
+    return PaperImport(records, sorted(paper[0].lengths), uncovered, bad)
+
+
+def paper_records(
+    lengths_path: str | Path,
+    data_path: str | Path,
+    model: str = PAPER_MODEL,
+    max_new_tokens: int = PAPER_MAX_NEW_TOKENS,
+    bucket: int = 50,
+    data_format: InputFormat = InputFormat.AUTO,
+) -> list[LengthRecord]:
+    """Length records from the paper's lengths + instructions, in the instruction file's order."""
+    return import_paper_labels(lengths_path, data_path, model, max_new_tokens, bucket, data_format).records

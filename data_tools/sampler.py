@@ -2,9 +2,12 @@
 
 Speed comes from batching and from grouping: the greedy pass runs first, in batches of similar prompt
 length; the sampled runs of each temperature are then batched by the instruction's greedy length, so the
-rows of a batch tend to finish together (the label builder eats its own dog food). Every generation has
-its own seed, derived from (seed, instruction id, temperature, sample index), so a resumed run draws the
-same samples as an uninterrupted one.
+rows of a batch tend to finish together (the label builder eats its own dog food). On a continuous-batching
+engine every generation of one temperature is submitted at once instead: finished rows' slots are refilled at
+the next step, the longest expected generations go first (so the pool does not drain behind a few long ones at
+the end), and each generation is checkpointed as it finishes. Every generation has its own seed, derived from
+(seed, instruction id, temperature, sample index), so a resumed run draws the same samples as an uninterrupted
+one, whichever engine draws them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from data_tools.checkpoint import Checkpoint, Sample
 from data_tools.labels import bucket_up, max_length
 from data_tools.schema import LengthRecord
-from seqsched.engines.api import Engine, FinishReason, SamplingParams
+from seqsched.engines.api import Batching, ContinuousEngine, Engine, FinishReason, RowOutput, SamplingParams, TimedRow
 from seqsched.requests import Request
 
 
@@ -125,13 +128,17 @@ class LengthSampler:
     progress: bool = True
     on_batch: Callable[[int], None] | None = None
     """Called with the number of finished batches after each one (tests use it)."""
+    done: dict[tuple[str, float, int], Sample] = field(default_factory=dict)
+    """Samples finished elsewhere (other processes' checkpoints of a data-parallel run): not generated again."""
 
     def run(self, requests: Sequence[Request]) -> SamplingRun:
         """Generate every sample of requests that the checkpoint does not hold yet."""
         from tqdm import tqdm
 
         slots = self.config.sample_slots()
-        done: dict[tuple[str, float, int], Sample] = dict(self.checkpoint.samples) if self.checkpoint else {}
+        done: dict[tuple[str, float, int], Sample] = dict(self.done)
+        if self.checkpoint is not None:
+            done.update(self.checkpoint.samples)
         jobs = [
             Job(position, temperature, index)
             for position, request in enumerate(requests)
@@ -153,18 +160,77 @@ class LengthSampler:
         bar = tqdm(total=len(jobs), unit="gen", desc="label", disable=not self.progress, smoothing=0.1)
         greedy_jobs = [job for job in jobs if job.temperature == 0.0]
         sampled_jobs = [job for job in jobs if job.temperature != 0.0]
-        for batch in plan_batches(greedy_jobs, prompt_lengths, self.config.batch_size):
-            self._run_batch(batch, requests, prompt_ids, run, bar, started)
+        continuous = self.engine.batching is Batching.CONTINUOUS
+        # On a continuous engine each temperature is one submission (a single "batch" of the plan).
+        size = max(1, len(jobs)) if continuous else self.config.batch_size
+        run_group = self._run_pool if continuous else self._run_batch
+        for batch in plan_batches(greedy_jobs, prompt_lengths, size):
+            run_group(batch, requests, prompt_ids, run, bar, started)
         greedy_lengths = {
             position: run.samples[(request.id, 0.0, 0)].length
             for position, request in enumerate(requests)
             if (request.id, 0.0, 0) in run.samples
         }
-        for batch in plan_batches(sampled_jobs, prompt_lengths, self.config.batch_size, greedy_lengths):
-            self._run_batch(batch, requests, prompt_ids, run, bar, started)
+        for batch in plan_batches(sampled_jobs, prompt_lengths, size, greedy_lengths):
+            if continuous:  # longest expected first: the pool's tail then drains short generations
+                batch = batch[::-1]
+            run_group(batch, requests, prompt_ids, run, bar, started)
         bar.close()
         run.wall_s = time.perf_counter() - started
         return run
+
+    def _sample(self, job: Job, requests: Sequence[Request], row: RowOutput) -> Sample:
+        return Sample(
+            id=requests[job.request].id,
+            temperature=job.temperature,
+            index=job.index,
+            length=row.num_tokens,
+            hit_limit=row.finish_reason is FinishReason.LENGTH,
+            text=row.text,
+        )
+
+    def _run_pool(
+        self,
+        jobs: list[Job],
+        requests: Sequence[Request],
+        prompt_ids: dict[int, list[int]],
+        run: SamplingRun,
+        bar: object,
+        started: float,
+    ) -> None:
+        """Jobs of one temperature through a continuous engine, in the given order; each checkpointed as it ends."""
+        engine: ContinuousEngine = self.engine  # type: ignore[assignment]
+        temperature = jobs[0].temperature
+        sampling = SamplingParams(temperature=temperature, top_p=self.config.top_p)
+        seeds = [sample_seed(self.config.seed, requests[job.request].id, temperature, job.index) for job in jobs]
+
+        def finished(position: int, timed: TimedRow) -> None:
+            sample = self._sample(jobs[position], requests, timed.row)
+            if self.checkpoint is not None:
+                self.checkpoint.append([sample])
+            run.samples[sample.key] = sample
+            run.generations += 1
+            run.generated_tokens += timed.row.num_tokens
+            run.row_steps += timed.row.finish_step
+            self._report(run, bar, started, 1)
+
+        engine.submit(
+            [prompt_ids[job.request] for job in jobs],
+            [self.config.max_new_tokens] * len(jobs),
+            list(range(len(jobs))),
+            sampling,
+            seeds=None if sampling.greedy else seeds,
+            on_finished=finished,
+        )
+        run.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(run.batches)
+
+    def _report(self, run: SamplingRun, bar: object, started: float, count: int) -> None:
+        elapsed = time.perf_counter() - started
+        instructions = run.generations / len(self.config.sample_slots())
+        bar.update(count)  # type: ignore[attr-defined]
+        bar.set_postfix(inst_s=f"{instructions / elapsed:.2f}", tok_s=f"{run.generated_tokens / elapsed:.0f}")  # type: ignore[attr-defined]
 
     def _run_batch(
         self,
@@ -184,17 +250,7 @@ class LengthSampler:
             sampling,
             seeds=None if sampling.greedy else seeds,
         )
-        samples = [
-            Sample(
-                id=requests[job.request].id,
-                temperature=temperature,
-                index=job.index,
-                length=row.num_tokens,
-                hit_limit=row.finish_reason is FinishReason.LENGTH,
-                text=row.text,
-            )
-            for job, row in zip(batch, output.rows, strict=True)
-        ]
+        samples = [self._sample(job, requests, row) for job, row in zip(batch, output.rows, strict=True)]
         if self.checkpoint is not None:
             self.checkpoint.append(samples)
         for sample in samples:
@@ -203,10 +259,7 @@ class LengthSampler:
         run.generated_tokens += output.generated_tokens
         run.row_steps += output.row_steps
         run.batches += 1
-        elapsed = time.perf_counter() - started
-        instructions = run.generations / len(self.config.sample_slots())
-        bar.update(len(samples))  # type: ignore[attr-defined]
-        bar.set_postfix(inst_s=f"{instructions / elapsed:.2f}", tok_s=f"{run.generated_tokens / elapsed:.0f}")  # type: ignore[attr-defined]
+        self._report(run, bar, started, len(samples))
         if self.on_batch is not None:
             self.on_batch(run.batches)
 

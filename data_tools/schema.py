@@ -98,6 +98,8 @@ def load_length_dataset(path: str | Path, split: str | None = None) -> Dataset:
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as error:
         raise InputError(path, None, f"not a dataset folder saved by seqsched label ({error})") from error
+    except IndexError:  # datasets cannot load back a split saved with no rows
+        raise InputError(path, None, "the length dataset holds no records") from None
     if isinstance(loaded, DatasetDict):
         names = list(loaded.keys())
         if split is None:

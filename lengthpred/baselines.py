@@ -15,6 +15,7 @@ from lengthpred.artifact import config_to_dict, write_manifest
 from lengthpred.data import LengthData, TrainTarget
 from lengthpred.encoders import MINILM, Pooling
 from lengthpred.kinds import PredictorKind
+from seqsched.errors import require, require_at_least
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class SklearnConfig:
     max_length: int = 4096
     """Predictions are clipped to 1..max_length."""
 
+    def __post_init__(self) -> None:
+        require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        require(self.c > 0, "c", f"must be > 0, got {self.c}")
+        require_at_least(self, 1, "ngram_max", "min_df", "svd_components", "max_length")
+
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
@@ -69,6 +75,11 @@ class EmbeddingConfig:
     """Prompts are truncated to this many encoder tokens."""
     target: TrainTarget = TrainTarget.MAX_LENGTH
     max_length: int = 4096
+
+    def __post_init__(self) -> None:
+        require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        require(self.c > 0, "c", f"must be > 0, got {self.c}")
+        require_at_least(self, 1, "batch_size", "max_tokens")
 
 
 def _estimator(regressor: Regressor, alpha: float, c: float, seed: int = 0) -> Any:

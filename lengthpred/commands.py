@@ -16,9 +16,10 @@ from lengthpred.evaluate import EvalReport, EvalTarget
 from lengthpred.generative import GenerativeConfig
 from lengthpred.head import HeadConfig
 from lengthpred.kinds import PredictorKind
+from lengthpred.probe import ProbeConfig
 from seqsched.config import to_dict
-from seqsched.errors import SeqschedError
-from seqsched.files import write_json
+from seqsched.errors import SeqschedError, require_at_least
+from seqsched.files import check_writable, write_json
 from seqsched.tables import table
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class TrainConfig:
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     """For kinds lora and perception."""
     head: HeadConfig = field(default_factory=HeadConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """For kind probe: a head on the served model's own hidden states."""
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "limit", "validation_limit")
+        require_at_least(self, 0, "validation_start")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,10 @@ class EvalConfig:
     target: EvalTarget = EvalTarget.MAX_LENGTH
     output_dir: str = "outputs/eval"
     tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "limit")
+        require_at_least(self, 0, "start")
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,7 @@ def train(config: TrainConfig) -> TrainOutcome:
     _require(config.data, "--data", "a length dataset folder from `seqsched label`")
     if config.alias and not config.register_as:
         raise SeqschedError("--alias needs --register-as NAME (the model the alias belongs to)")
+    check_writable(config.output_dir, "output_dir", folder=True)
     train = load_length_data(config.data, config.split, 0, config.limit)
     validation = _validation_data(config)
     output_dir = _prepare_output(config, train)
@@ -225,6 +237,7 @@ def evaluate(config: EvalConfig) -> EvalReport:
 
     _require(config.predictor, "--predictor", "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder")
     _require(config.data, "--data", "a length dataset folder")
+    check_writable(config.output_dir, "output_dir", folder=True)
     data = load_length_data(config.data, config.split, config.start, config.limit)
     predictor = load_predictor(config.predictor, config.tracking_uri)
     output_dir = Path(config.output_dir)

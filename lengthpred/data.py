@@ -17,6 +17,8 @@ class TrainTarget(enum.Enum):
     """The paper's target: the longest sampled response rounded up to a bucket."""
     MAX_LENGTH = "max_length"
     """The longest sampled response, unrounded."""
+    GREEDY_LENGTH = "greedy_length"
+    """The greedy response's length: what a greedy serving run will generate."""
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,26 @@ class LengthData:
     prompts: list[str]
     labels: list[int]
     max_lengths: list[int]
+    greedy_lengths: list[int] | None = None
+    """Present when every record has a greedy sample."""
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def targets(self, target: TrainTarget) -> list[int]:
         """The column a predictor learns or is scored against."""
+        if target is TrainTarget.GREEDY_LENGTH:
+            if self.greedy_lengths is None:
+                raise InputError(self.source, None, "no greedy_length for every record: label with temperature 0")
+            return self.greedy_lengths
         return self.labels if target is TrainTarget.LABEL else self.max_lengths
 
     def by_target(self) -> dict[str, list[int]]:
         """Every target column by name (for evaluation)."""
-        return {TrainTarget.MAX_LENGTH.value: self.max_lengths, TrainTarget.LABEL.value: self.labels}
+        columns = {TrainTarget.MAX_LENGTH.value: self.max_lengths, TrainTarget.LABEL.value: self.labels}
+        if self.greedy_lengths is not None:
+            columns[TrainTarget.GREEDY_LENGTH.value] = self.greedy_lengths
+        return columns
 
 
 def load_length_data(
@@ -48,6 +59,8 @@ def load_length_data(
     dataset = load_length_dataset(path, split)
     if start < 0 or start > len(dataset):
         raise InputError(path, None, f"start {start} is outside the split's {len(dataset)} records")
+    if len(dataset) == 0:
+        raise InputError(path, None, f"the split{f' {split!r}' if split else ''} holds no records")
     end = len(dataset) if limit is None else min(len(dataset), start + limit)
     rows = dataset.select(range(start, end))
     labels = [int(value) for value in rows["label"]]
@@ -56,5 +69,7 @@ def load_length_data(
     for offset, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(path, f"record {start + offset}", "empty prompt")
+    greedy = list(rows["greedy_length"]) if "greedy_length" in rows.column_names else None
+    greedy_lengths = [int(value) for value in greedy] if greedy and all(v is not None for v in greedy) else None
     name = f"{path}" + (f"[{split}]" if split else "") + (f"[{start}:{end}]" if start or limit is not None else "")
-    return LengthData(name, [str(value) for value in rows["id"]], prompts, labels, max_lengths)
+    return LengthData(name, [str(value) for value in rows["id"]], prompts, labels, max_lengths, greedy_lengths)

@@ -20,6 +20,8 @@ class EvalTarget(enum.Enum):
     """The longest sampled response, unrounded: what the paper's eval.py compares with (its L_max)."""
     LABEL = "label"
     """The training label: the longest response rounded up to a bucket."""
+    GREEDY_LENGTH = "greedy_length"
+    """The greedy response's length: what a greedy serving run generates."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from lengthpred.data import LengthData, TrainTarget
 from lengthpred.kinds import PredictorKind
 from lengthpred.perception import PerceptionConfig, PerceptionPredictor
 from lengthpred.train import LoraSettings, MetricsCallback, OptimSettings, TrainResult
+from seqsched.errors import require_at_least
 from seqsched.model_specs import SMOLLM2, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class GenerativeConfig:
     """Periodic evaluation asks the query on the first N validation instructions (0: eval loss only)."""
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     """How the query is answered at prediction time (batch size, answer tokens, fallback)."""
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 0, "eval_limit")
 
 
 def _engine(model: Any, tokenizer: Any) -> Any:

@@ -21,6 +21,7 @@ from lengthpred.data import LengthData, TrainTarget
 from lengthpred.encoders import MINILM, Pooling
 from lengthpred.kinds import PredictorKind
 from lengthpred.train import LoraSettings, MetricsCallback, OptimSettings, TrainResult
+from seqsched.errors import require, require_at_least
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ class HeadConfig:
     """Prompts per forward pass at prediction time."""
     members: int = 1
     """Train this many heads (seeds optim.seed, +1, ...) and average their bin distributions (a deep ensemble)."""
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "max_tokens", "bin_width", "max_length", "batch_size", "members")
+        require_at_least(self, 0, "smoothing", "eval_limit")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.head_learning_rate > 0, "head_learning_rate", f"must be > 0, got {self.head_learning_rate}")
 
 
 def bin_count(config: HeadConfig) -> int:

@@ -23,6 +23,8 @@ class PredictorKind(enum.Enum):
     """Regressor on frozen sentence embeddings (all-MiniLM-L6-v2)."""
     HEAD = "head"
     """Beyond the paper: an encoder fine-tuned with a length-distribution head (lengthpred.head)."""
+    PROBE = "probe"
+    """Beyond the paper: the served model's own hidden states at prefill with a small head (lengthpred.probe)."""
 
 
 TORCH_STACK = ("torch", "transformers", "safetensors", "tokenizers", "peft", "accelerate", "joblib")
@@ -64,6 +66,12 @@ KINDS: dict[PredictorKind, KindSpec] = {
     ),
     PredictorKind.HEAD: KindSpec(
         "head", "lengthpred.head:train_head", "lengthpred.head:load_head_predictor", TORCH_STACK
+    ),
+    PredictorKind.PROBE: KindSpec(
+        "probe",
+        "lengthpred.probe:train_probe",
+        "lengthpred.probe:load_probe_predictor",
+        (*TORCH_STACK, "gguf", "jinja2"),
     ),
 }
 

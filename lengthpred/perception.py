@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from lengthpred.predictor import length_query, parse_length
 from seqsched.engines.api import GREEDY, Engine
+from seqsched.errors import require_at_least
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,10 @@ class PerceptionConfig:
     """The prediction when the answer holds no number (counted in `unparsed`)."""
     max_length: int = 4096
     """Answers above this are clipped to it."""
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "batch_size", "max_new_tokens", "max_length")
+        require_at_least(self, 0, "fallback")
 
 
 @dataclass

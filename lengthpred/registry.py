@@ -45,28 +45,86 @@ SIGNATURE = ModelSignature(
 )
 
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long a tracking server may take to answer the first request (its /health) before we give up."""
+SERVER_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""MLflow's own HTTP settings while we talk to a server we just reached (its defaults retry for minutes);
+values already in the environment win."""
+
+
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """The tracking store: the argument, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd."""
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` tracking URI (None for other stores and in-memory sqlite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path).expanduser() if path and path != ":memory:" else None
+
+
+def check_server(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """For an http(s) tracking URI, fail within seconds when nothing answers there (MLflow itself retries for
+    minutes before it says so)."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # something answered (e.g. an auth proxy refusing /health): MLflow's own errors say the rest
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise SeqschedError(
+            f"MLflow tracking server {uri} is not reachable ({reason}; timeout {timeout_s:g} s): start it "
+            "(`mlflow server --backend-store-uri sqlite:///mlflow.db --port PORT`) or give another --tracking_uri"
+        ) from None
+
+
+def check_store(uri: str, *, create: bool) -> None:
+    """Before talking to a tracking store: a server must answer within seconds; a sqlite file must exist unless
+    create (training), and then its creation is said out loud, so a typo in the path is seen at once."""
+    check_server(uri)
+    database = sqlite_path(uri)
+    if database is None or database.exists():
+        return
+    if not create:
+        raise SeqschedError(
+            f"MLflow tracking store {uri}: no such database file {database} (check --tracking_uri; "
+            "`seqsched train` creates one)"
+        )
+    print(f"MLflow: creating a new tracking database {database.resolve()} (no such file yet)")
+
+
 @contextlib.contextmanager
-def tracking(tracking_uri: str | None = None) -> Iterator[str]:
-    """Point mlflow at a tracking store for a block, then restore the previous setting (and environment)."""
+def tracking(tracking_uri: str | None = None, *, create: bool = False) -> Iterator[str]:
+    """Point mlflow at a tracking store for a block (checked first, see check_store), then restore the previous
+    setting (and environment)."""
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     uri = resolve_tracking_uri(tracking_uri)
+    check_store(uri, create=create)
     saved_global = tracking_utils._tracking_uri
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    names = ["MLFLOW_TRACKING_URI", *SERVER_RETRY_ENV]
+    saved_env = {name: os.environ.get(name) for name in names}
     mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        for name, value in SERVER_RETRY_ENV.items():
+            os.environ.setdefault(name, value)
     try:
         yield uri
     finally:
         tracking_utils._tracking_uri = saved_global
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -121,7 +179,7 @@ def start_run(
     tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None
 ) -> Iterator[RunLogger]:
     """A run in the tracking store, ended FINISHED (or FAILED on an exception)."""
-    with tracking(tracking_uri) as uri:
+    with tracking(tracking_uri, create=True) as uri:
         try:
             experiment_id = _experiment_id(experiment)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
@@ -242,7 +300,9 @@ def _active_run(run_id: str) -> Iterator[None]:
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
-    return MlflowClient(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    check_store(uri, create=False)
+    return MlflowClient(uri)
 
 
 def registered_names(client: MlflowClient) -> list[str]:

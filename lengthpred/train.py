@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seqsched.errors import require, require_at_least
 from seqsched.files import atomic_dir
 from seqsched.model_specs import ModelConfig
 
@@ -43,6 +44,11 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "r", "alpha")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(bool(self.target_modules), "target_modules", "name at least one module")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,13 @@ class OptimSettings:
     seed: int = 0
     log_every: int = 10
     """Report the running loss every N steps."""
+
+    def __post_init__(self) -> None:
+        require(self.epochs > 0 or self.max_steps > 0, "epochs", f"must be > 0 (or set max_steps), got {self.epochs}")
+        require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        require_at_least(self, 1, "batch_size", "grad_accum", "keep_checkpoints", "log_every")
+        require_at_least(self, 0, "max_steps", "weight_decay", "max_grad_norm", "eval_every", "save_every")
 
 
 @dataclass

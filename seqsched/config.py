@@ -206,7 +206,9 @@ def config_from_mapping(config_type: type[T], data: Any, prefix: str = "") -> T:
     try:
         return config_type(**kwargs)
     except OptionError as error:
-        raise error.nested(prefix.rstrip(".")) if prefix else error from None
+        # Some configs already name their options in full (EngineConfig's "engine.slots"): not nested twice.
+        nest = prefix and not error.option.startswith(prefix)
+        raise error.nested(prefix.rstrip(".")) if nest else error from None
     except (ValueError, TypeError) as error:
         raise SeqschedError(f"{config_type.__name__}: {error}") from error
 

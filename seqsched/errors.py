@@ -35,3 +35,16 @@ def require(condition: bool, option: str, problem: str) -> None:
     """Raise OptionError(option, problem) unless condition holds (configs' __post_init__ checks)."""
     if not condition:
         raise OptionError(option, problem)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (see seqsched_cli.main): a run stops as on Ctrl-C, its cleanup runs
+    (staging files removed, locks released) and what it checkpointed stays for a resume."""
+
+
+def require_at_least(config: object, minimum: float, *names: str) -> None:
+    """OptionError for the first of config's named fields below minimum (a field left None is unset, not checked)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise OptionError(name, f"must be >= {minimum}, got {value}")

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _fsync(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -27,6 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
     os.close(handle)
     staging = Path(name)
+    os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual permissions
     try:
         yield staging
         _fsync(staging)
@@ -88,3 +95,59 @@ def append_lines(path: str | Path, lines: Iterable[str]) -> None:
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Path:
+    """Fail now, naming the option, unless `path` (a file, or a folder with `folder`) can be written: checked
+    before a model loads, so an unwritable output never costs the work it was meant to keep. Creates nothing."""
+    from seqsched.errors import OptionError
+
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise OptionError(option, f"{path} is a folder; give a file name")
+    if path.exists() and folder and not path.is_dir():
+        raise OptionError(option, f"{path} is a file; give a folder")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OptionError(option, f"cannot write {path}: {ancestor} is a file, not a folder")
+    try:  # a real probe: os.access says yes for root on a read-only mount and for /proc
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".probe", dir=ancestor))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OptionError(option, f"cannot write {path}: no new file can be made in {ancestor} ({reason})") from None
+    return path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` for a block, or raise SeqschedError(busy) at once when another
+    process holds it. The kernel drops the lock when its holder dies, so a killed run's leftover file never blocks;
+    the file is removed on the way out."""
+    import fcntl
+
+    from seqsched.errors import SeqschedError
+
+    path = Path(path)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 64).decode(errors="replace").strip()
+            os.close(descriptor)
+            raise SeqschedError(busy + (f" (pid {holder})" if holder else "")) from None
+        try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still held: nobody can lock the old file in between
+        os.close(descriptor)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seqsched.errors import InputError
+from seqsched.requests import Unreadable, iter_records
 
 LENGTH_KEYS = ("true", "length", "num_tokens", "predicted")
 """Fields a JSONL line may give the length in (the first one present wins)."""
@@ -70,30 +71,26 @@ def read_length_records(path: str | Path) -> list[LengthRecord]:
         return _bench_report(path)
     records: list[LengthRecord] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(path, number, f"invalid JSON ({error.msg})") from None
-            if not isinstance(record, Mapping):
-                raise InputError(path, number, "each line must be a JSON object")
-            key = record.get("custom_id", record.get("id"))
-            if not isinstance(key, str | int) or isinstance(key, bool):
-                raise InputError(path, number, "missing 'id' (a string)")
-            try:
-                value = _line_length(record)
-            except KeyError:
-                raise InputError(path, number, f"no length: expected one of {list(LENGTH_KEYS)}") from None
-            if str(key) in seen:
-                raise InputError(path, number, f"duplicate id {key!r}")
-            seen.add(str(key))
-            prompt = record.get("prompt")
-            if prompt is not None and not isinstance(prompt, str):
-                raise InputError(path, number, "'prompt' must be a string")
-            records.append(LengthRecord(str(key), _check_length(path, number, value), prompt))
+    # Decoded per line (iter_records): a line whose bytes are not UTF-8 is an error naming it, not a crash.
+    for number, record in iter_records(path):
+        if isinstance(record, Unreadable):
+            raise InputError(path, number, record.problem)
+        if not isinstance(record, Mapping):
+            raise InputError(path, number, "each line must be a JSON object")
+        key = record.get("custom_id", record.get("id"))
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise InputError(path, number, "missing 'id' (a string)")
+        try:
+            value = _line_length(record)
+        except KeyError:
+            raise InputError(path, number, f"no length: expected one of {list(LENGTH_KEYS)}") from None
+        if str(key) in seen:
+            raise InputError(path, number, f"duplicate id {key!r}")
+        seen.add(str(key))
+        prompt = record.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(path, number, "'prompt' must be a string")
+        records.append(LengthRecord(str(key), _check_length(path, number, value), prompt))
     return records
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqsched.errors import SeqschedError
+from seqsched.errors import SeqschedError, require
 from seqsched.files import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class ModelConfig:
     LLaMA/Llama-2-7B shape, Vicuna v1.1 chat format), smollm2 (SmolLM2-135M) or a config.json path. `spec` then
     only supplies the tokenizer (a folder with tokenizer files and a config.json is enough). Use with
     --engine.replay: timing is faithful, text is not."""
+
+    def __post_init__(self) -> None:
+        require(
+            bool(self.spec.strip()), "spec", "name a model: smollm2, a Hugging Face folder, a .gguf file or a hub id"
+        )
 
 
 @dataclass

@@ -54,7 +54,7 @@ class BadRecord:
 
     path: str
     where: int | str
-    """Line number (JSONL, 1-based) or record index (JSON array, 0-based: 'record N')."""
+    """Line number (JSONL) or record number (JSON array: 'record N'), both counted from 1."""
     problem: str
     id: str | None = None
 
@@ -68,6 +68,13 @@ class ReadResult:
 
     requests: list[Request]
     bad: list[BadRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """What iter_records yields for a record it could not read (bad JSON, bytes that are not UTF-8)."""
+
+    problem: str
 
 
 class RecordError(ValueError):
@@ -151,11 +158,31 @@ def parse_plain(record: Mapping[str, Any], fallback_id: str) -> Request:
     )
 
 
+def _content_text(content: Any, custom_id: str) -> str:
+    """A message's content as text: a string, or a list of text parts ([{"type": "text", "text": ...}], as the
+    OpenAI API accepts), joined with newlines as vLLM's OpenAI server joins them."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise RecordError(f"only text content parts are served, got {kind!r}", custom_id)
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise RecordError("each message needs a 'content': a string or a list of text parts", custom_id)
+
+
 def parse_openai_batch(record: Mapping[str, Any], fallback_id: str) -> Request:
     """An OpenAI Batch line for /v1/chat/completions: custom_id, body.messages, max_tokens, temperature."""
     custom_id = record.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
+    if isinstance(custom_id, int) and not isinstance(custom_id, bool):
+        custom_id = str(custom_id)  # the API wants a string; an integer is unambiguous, so take it
+    if custom_id is None or custom_id == "":
         raise RecordError("missing 'custom_id'")
+    if not isinstance(custom_id, str):
+        raise RecordError(f"'custom_id' must be a string, got {type(custom_id).__name__}")
     url = record.get("url", OPENAI_CHAT_URL)
     if url != OPENAI_CHAT_URL:
         raise RecordError(f"unsupported url {url!r}; only {OPENAI_CHAT_URL} is served", custom_id)
@@ -167,20 +194,25 @@ def parse_openai_batch(record: Mapping[str, Any], fallback_id: str) -> Request:
         raise RecordError("body.messages must be a non-empty list", custom_id)
     chat: list[dict[str, str]] = []
     for message in messages:
-        if not isinstance(message, Mapping) or not isinstance(message.get("content"), str):
-            raise RecordError("each message needs a string 'content'", custom_id)
+        if not isinstance(message, Mapping):
+            raise RecordError("each message must be an object with 'role' and 'content'", custom_id)
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise RecordError(f"unknown message role {role!r}", custom_id)
-        chat.append({"role": role, "content": message["content"]})
+        chat.append({"role": role, "content": _content_text(message.get("content"), custom_id)})
     user_turns = [message["content"] for message in chat if message["role"] == "user"]
     if not user_turns:
         raise RecordError("no user message", custom_id)
+    if not user_turns[-1].strip():
+        # An empty prompt is a bug in whatever built the batch; answering it would hide that and waste a slot.
+        raise RecordError("the last user message is empty", custom_id)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise RecordError("body.max_tokens must be a positive integer", custom_id)
     temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, int | float) or temperature < 0):
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0
+    ):
         raise RecordError("body.temperature must be a number >= 0", custom_id)
     return Request(
         id=custom_id,
@@ -215,27 +247,72 @@ def detect_format(record: Mapping[str, Any]) -> InputFormat:
     )
 
 
+def _undecodable(value: Any) -> bool:
+    """True when a string inside a parsed record holds bytes that were not UTF-8 (surrogate escapes)."""
+    if isinstance(value, str):
+        return any("\udc80" <= char <= "\udcff" for char in value)
+    if isinstance(value, Mapping):
+        return any(_undecodable(key) or _undecodable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_undecodable(item) for item in value)
+    return False
+
+
+def _not_utf8(line: bytes, error: UnicodeDecodeError) -> Unreadable:
+    column = len(line[: error.start].decode("utf-8", errors="replace")) + 1
+    return Unreadable(f"not UTF-8 text (byte 0x{line[error.start]:02x} at column {column})")
+
+
+def read_utf8(path: str | Path) -> str:
+    """A whole text file; bytes that are not UTF-8 stop with InputError naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        start = data.rfind(b"\n", 0, error.start) + 1
+        end = data.find(b"\n", error.start)
+        line = data[start : end if end >= 0 else len(data)]
+        bad = _not_utf8(line, UnicodeDecodeError("utf-8", line, error.start - start, error.end - start, error.reason))
+        raise InputError(path, data.count(b"\n", 0, error.start) + 1, bad.problem) from None
+
+
 def iter_records(path: Path) -> Iterator[tuple[int | str, Any]]:
-    """(position, record) pairs: line numbers for JSONL, 'record N' for a JSON array."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" or stripped.startswith("["):
+    """(position, record) pairs: line numbers for JSONL, 'record N' for a JSON array (both from 1). A record that
+    cannot be read comes as an Unreadable (bad JSON, or bytes that are not UTF-8), so a reader can skip it."""
+    data = path.read_bytes()
+    stripped = data.lstrip()
+    if path.suffix == ".json" or stripped.startswith(b"["):
+        checked = False
         try:
-            data = json.loads(text)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Keep undecodable bytes as surrogate escapes: one bad record need not take the whole file down.
+            text, checked = data.decode("utf-8", errors="surrogateescape"), True
+        try:
+            records = json.loads(text)
         except json.JSONDecodeError as error:
             raise InputError(path, error.lineno, f"invalid JSON ({error.msg}, column {error.colno})") from error
-        if not isinstance(data, list):
+        if not isinstance(records, list):
             raise InputError(path, None, "a JSON file must hold a list of records")
-        for index, record in enumerate(data):
-            yield f"record {index}", record
+        for number, record in enumerate(records, start=1):
+            if checked and _undecodable(record):
+                yield f"record {number}", Unreadable("not UTF-8 text")
+            else:
+                yield f"record {number}", record
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on newline bytes only: str.splitlines would also split inside a JSON string holding U+2028.
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield number, _not_utf8(line, error)
+            continue
+        try:
+            yield number, json.loads(decoded)
         except json.JSONDecodeError as error:
-            yield number, error
+            yield number, Unreadable(f"invalid JSON ({error.msg}, column {error.colno})")
 
 
 def read_requests(path: str | Path, fmt: InputFormat = InputFormat.AUTO, *, skip_bad: bool = False) -> ReadResult:
@@ -249,8 +326,8 @@ def read_requests(path: str | Path, fmt: InputFormat = InputFormat.AUTO, *, skip
     seen: set[str] = set()
     for count, (position, record) in enumerate(iter_records(path)):
         try:
-            if isinstance(record, json.JSONDecodeError):
-                raise RecordError(f"invalid JSON ({record.msg}, column {record.colno})")
+            if isinstance(record, Unreadable):
+                raise RecordError(record.problem)
             if not isinstance(record, Mapping):
                 raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
             record_fmt = detect_format(record) if fmt is InputFormat.AUTO else fmt
@@ -274,6 +351,8 @@ def _read_dataset_folder(path: Path, *, skip_bad: bool) -> ReadResult:
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as error:
         raise InputError(path, None, f"not a dataset folder saved with save_to_disk ({error})") from error
+    except IndexError:  # datasets cannot load a split saved with no rows
+        raise InputError(path, None, "the dataset holds no records") from None
     splits = list(loaded.values()) if isinstance(loaded, DatasetDict) else [loaded]
     result = ReadResult(requests=[])
     seen: set[str] = set()
@@ -291,7 +370,7 @@ def _read_dataset_folder(path: Path, *, skip_bad: bool) -> ReadResult:
                 result.requests.append(request)
             except RecordError as error:
                 if not skip_bad:
-                    raise InputError(path, f"record {index}", str(error)) from None
-                result.bad.append(BadRecord(str(path), f"record {index}", str(error), error.record_id))
+                    raise InputError(path, f"record {index + 1}", str(error)) from None
+                result.bad.append(BadRecord(str(path), f"record {index + 1}", str(error), error.record_id))
             index += 1
     return result

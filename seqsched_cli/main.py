@@ -8,11 +8,12 @@ spelled `--some-option`. Modules holding configs import no torch, so `seqsched p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,9 +179,34 @@ def run_command(entry: Command, values: dict[str, Any]) -> int:
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    from seqsched.errors import Terminated
+
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does (cleanup runs, a one-line message) instead of killing it mid-write;
+    the previous handler comes back afterwards (main may run inside another program, e.g. the tests)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `seqsched` console script."""
     from argparse import ArgumentError
+
+    from seqsched.errors import Terminated
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("SEQSCHED_DEBUG") == "1" or "--debug" in args
@@ -200,12 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         entry, values, debug = resolve(namespace)
         debug = debug or os.environ.get("SEQSCHED_DEBUG") == "1"
         _setup_logging(debug)
-        return run_command(entry, values)
+        with _stop_on_sigterm():
+            return run_command(entry, values)
     except SeqschedError as error:
         if debug:
             raise
         print(f"seqsched: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("seqsched: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("seqsched: interrupted", file=sys.stderr)
         return 130

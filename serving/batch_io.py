@@ -5,7 +5,6 @@ an error line (for its custom_id, or its line number when none can be read) and 
 from __future__ import annotations
 
 import enum
-import json
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +18,7 @@ from seqsched.requests import (
     InputFormat,
     RecordError,
     Request,
+    Unreadable,
     detect_format,
     iter_records,
     read_requests,
@@ -39,7 +39,7 @@ class InputRecord:
     """One record of the input file: a request, or why it could not be read."""
 
     position: int | str
-    """Line number (JSONL, 1-based) or 'record N' (JSON array, 0-based)."""
+    """Line number (JSONL) or 'record N' (JSON array, dataset folder), both counted from 1."""
     request: Request | None
     error: str | None = None
     custom_id: str | None = None
@@ -83,7 +83,10 @@ def read_batch_input(path: str | Path, fmt: InputFormat = InputFormat.AUTO) -> B
     path = Path(path)
     if path.is_dir() or fmt is InputFormat.HF_DATASET:
         read = read_requests(path, InputFormat.HF_DATASET)
-        records = [InputRecord(f"record {index}", request) for index, request in enumerate(read.requests)]
+        records = [
+            InputRecord(f"record {number}", request, custom_id=request.id)
+            for number, request in enumerate(read.requests, start=1)
+        ]
         return BatchInput(str(path), records, openai=False)
     if not path.is_file():
         from seqsched.errors import InputError
@@ -94,8 +97,8 @@ def read_batch_input(path: str | Path, fmt: InputFormat = InputFormat.AUTO) -> B
     formats: list[InputFormat] = []
     for count, (position, raw) in enumerate(iter_records(path)):
         try:
-            if isinstance(raw, json.JSONDecodeError):
-                raise RecordError(f"invalid JSON ({raw.msg}, column {raw.colno})")
+            if isinstance(raw, Unreadable):
+                raise RecordError(raw.problem)
             if not isinstance(raw, Mapping):
                 raise RecordError(f"a record must be a JSON object, got {type(raw).__name__}")
             record_fmt = fmt
@@ -113,7 +116,7 @@ def read_batch_input(path: str | Path, fmt: InputFormat = InputFormat.AUTO) -> B
             seen.add(request.id)
             records.append(InputRecord(position, request, custom_id=request.id))
         except RecordError as error:
-            custom_id = error.record_id or (None if isinstance(raw, json.JSONDecodeError) else _record_id(raw))
+            custom_id = error.record_id or (None if isinstance(raw, Unreadable) else _record_id(raw))
             records.append(InputRecord(position, None, f"{path}:{position}: {error}", custom_id))
     openai = fmt is InputFormat.OPENAI_BATCH or (bool(formats) and formats[0] is InputFormat.OPENAI_BATCH)
     if not formats and records and path.suffix == ".jsonl":
@@ -156,15 +159,17 @@ def openai_success(record: RequestRecord, custom_id: str, model: str, created: i
     }
 
 
-def openai_error(record: InputRecord) -> dict[str, Any]:
-    """An OpenAI Batch output line for a record that could not be served."""
-    error: dict[str, Any] = {"code": "invalid_request", "message": record.error}
-    if isinstance(record.position, int):
-        error["line"] = record.position
+def openai_error(
+    custom_id: str | None, message: str, position: int | str, code: str = "invalid_request", status: int = 400
+) -> dict[str, Any]:
+    """An OpenAI Batch output line for a record that could not be served (status 400: the request's fault)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if isinstance(position, int):
+        error["line"] = position
     return {
         "id": f"seqsched-{_uid()}",
-        "custom_id": record.custom_id,
-        "response": {"status_code": 400, "request_id": f"seqsched-batch-{_uid()}", "body": None},
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": f"seqsched-batch-{_uid()}", "body": None},
         "error": error,
     }
 
@@ -183,25 +188,47 @@ def plain_success(request: Request, record: RequestRecord) -> dict[str, Any]:
     }
 
 
-def plain_error(record: InputRecord) -> dict[str, Any]:
+def plain_error(custom_id: str | None, message: str, position: int | str, code: str | None = None) -> dict[str, Any]:
     """A plain JSONL output line for a record that could not be served."""
-    return {"id": record.custom_id, "error": record.error, "position": record.position}
+    line: dict[str, Any] = {"id": custom_id, "error": message, "position": position}
+    if code is not None:
+        line["code"] = code
+    return line
+
+
+SERVER_ERRORS = frozenset({"out_of_memory"})
+"""Error codes that are the server's failure, not the request's (status 500 in OpenAI Batch output)."""
 
 
 def output_lines(
     batch: BatchInput, results: Sequence[RequestRecord], output_format: OutputFormat, model: str
 ) -> Iterator[dict[str, Any]]:
-    """One output line per input record, in input order; results are the served requests' records in order."""
+    """One output line per input record, in input order; results are the readable requests' records in order (a
+    record with an error, e.g. a prompt too long for the model, becomes that request's error line)."""
     openai = output_format is OutputFormat.OPENAI or (output_format is OutputFormat.AUTO and batch.openai)
     created = int(time.time())
     served = iter(results)
     for record in batch.records:
         if record.request is None:
-            yield openai_error(record) if openai else plain_error(record)
+            assert record.error is not None
+            yield (
+                openai_error(record.custom_id, record.error, record.position)
+                if openai
+                else plain_error(record.custom_id, record.error, record.position)
+            )
             continue
         result = next(served)
         if result.id != record.request.id:
             raise AssertionError(f"results out of order: {result.id!r} for {record.request.id!r}")
+        if result.error is not None:
+            code = result.error_code or "invalid_request"
+            message = f"{batch.path}:{record.position}: {result.error}"
+            yield (
+                openai_error(result.id, message, record.position, code, 500 if code in SERVER_ERRORS else 400)
+                if openai
+                else plain_error(result.id, message, record.position, code)
+            )
+            continue
         yield (
             openai_success(result, record.request.id, model, created)
             if openai

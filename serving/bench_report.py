@@ -1,20 +1,23 @@
-"""What `seqsched bench` writes: the JSON of every run, the markdown table with where the time goes, the chart,
-and the one-line description of the machine it ran on."""
+"""What `seqsched bench` writes: the JSON of every run, the markdown table with where the time goes (and, for a
+length replay, a note that timing is faithful and text is not), the chart, and the command line."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seqsched.config import to_dict
 from seqsched.files import atomic_path
 from seqsched.tables import table
+from serving.bench_rows import BenchResult, Source, median_runs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from seqsched.requests import Request
-    from serving.bench import BenchConfig, BenchResult
+    from serving.bench import BenchConfig
 
 TABLE_COLUMNS = (
     "strategy",
@@ -22,12 +25,29 @@ TABLE_COLUMNS = (
     "tokens_per_s",
     "effective_token_ratio",
     "failure_ratio",
+    "latency_mean_s",
     "latency_p50_s",
     "latency_p99_s",
+    "time_to_half_s",
     "predictor_share",
     "speedup",
     "of_oracle",
     "same_as_vanilla",
+)
+VS_CB_FCFS_COLUMNS = ("speed_vs_cb_fcfs", "latency_vs_cb_fcfs")
+"""Columns added to the table when cb-fcfs ran: samples/s and mean latency as ratios to cb-fcfs's."""
+CONTINUOUS_COLUMNS = (
+    "strategy",
+    "slots",
+    "samples_per_s",
+    "latency_mean_s",
+    "time_to_half_s",
+    "decode_steps",
+    "mean_rows",
+    "ms_per_step",
+    "padding_share",
+    "prefills",
+    "prefill_s",
 )
 TIME_COLUMNS = (
     "strategy",
@@ -51,35 +71,120 @@ def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Req
     lengths = [record.num_tokens for record in vanilla.result.records]
     return {
         **extra,
+        "complete": result.complete,
         "config": to_dict(config),
         "policy": to_dict(result.policy),
         "paper_policy": to_dict(result.paper_policy) if result.paper_policy is not None else None,
         "tuning": result.tuning,
-        "setup": result.setup,
+        "sizing": result.sizing,
         "table": result.rows,
         "time": result.time_rows,
+        "simulated": result.sim_rows,
         "ids": [request.id for request in requests],
         "vanilla_lengths": None if extra.get("replay") else lengths,
         "predicted": {
             item.name: item.predicted
             for item in result.runs
-            if item.round == 0 and item.predicted is not None and item.strategy.source.value != "oracle"
+            if item.round == 0 and item.predicted is not None and item.strategy.source is not Source.ORACLE
         },
-        "runs": [{"strategy": item.name, "round": item.round, **item.result.metrics.row()} for item in result.runs],
+        "runs": [
+            {
+                **item.result.metrics.row(),
+                "strategy": item.name,  # the row (fcr@paper), not the scheduler strategy the metrics name
+                "round": item.round,
+                "config": to_dict(item.result.config),
+                "simulated": item.simulated,
+            }
+            for item in result.runs
+        ],
+        "slots": result.slots,
+        "continuous": result.continuous_rows,
+        "completion_s": {
+            name: [record.completion_s for record in item.result.records]
+            for name, item in median_runs(result.runs, [item.name for item in result.runs])[0].items()
+        },
     }
 
 
+def _decision_lines(decisions: dict[str, Any]) -> str:
+    lines = []
+    for name, values in decisions.items():
+        verdict = "vanilla batches (fallback)" if values["fallback_to_vanilla"] else "the tuned schedule"
+        lines.append(
+            f"- {name}: {verdict}; margin +{values['margin_tokens']} x{1 + values['margin_ratio']:.2f}, bins of "
+            f"{values['bin_width']}, vbs {values['vbs']}, recompute batch {values['batch_size']}, token budget "
+            f"{values['token_budget']}; simulated {values['simulated_s']:.0f} s vs vanilla "
+            f"{values['simulated_vanilla_s']:.0f} s ({values['predicted_gain']:.2f}x, min gain "
+            f"{values['min_gain']:.0%}), tuned in {values['tuning_s']:.1f} s"
+        )
+    return "\n".join(lines)
+
+
 def markdown(result: BenchResult, header: str) -> str:
-    """The table and the time breakdown as markdown."""
-    return (
-        f"{header}\n\n{table(result.rows, TABLE_COLUMNS)}\n\nWhere the time goes (seconds of the median round; "
+    """The table, the time breakdown, the continuous pool's counters, the tuning decisions and simulated vs
+    measured time as markdown."""
+    columns = TABLE_COLUMNS
+    if any("speed_vs_cb_fcfs" in row for row in result.rows):
+        columns = (*TABLE_COLUMNS, *VS_CB_FCFS_COLUMNS)
+    text = (
+        f"{header}\n\n{table(result.rows, columns)}\n\nWhere the time goes (seconds of the median round; "
         "wasted_share = 1 - effective token ratio: padding, finished rows and recomputed attempts):\n\n"
         f"{table(result.time_rows, TIME_COLUMNS)}\n"
     )
+    if result.continuous_rows:
+        text += (
+            f"\nContinuous batching ({result.slots.get('slots')} slots: {result.slots.get('rule')}; every request "
+            "submitted at t=0; padding_share = the share of attended context that was left-padding alignment):\n\n"
+            f"{table(result.continuous_rows, CONTINUOUS_COLUMNS)}\n"
+        )
+    decisions = result.tuning.get("decisions") or {}
+    if decisions:
+        text += (
+            "\nTuned on the served prompts (fcr: mean over draws of true lengths from the predictor's held-out "
+            f"errors; fcr-oracle: the true lengths):\n\n{_decision_lines(decisions)}\n"
+        )
+    if result.sim_rows:
+        step_cost = result.tuning.get("step_cost") or {}
+        text += (
+            f"\nSimulated vs measured (prefill + decode seconds of the median round; cost model: "
+            f"{step_cost.get('model', '?')} from {step_cost.get('source', '?')}):\n\n{table(result.sim_rows)}\n"
+        )
+    return text
+
+
+def describe_setup(result: BenchResult, replay: dict[str, Any] | None) -> list[str]:
+    """Markdown paragraphs on what the rows ran under: a length replay, the budget sizing, the two policies."""
+    lines = []
+    if replay:
+        lines.append(
+            f"**Length replay** ({replay['note']}): model `{replay['random_init']}` with random weights "
+            f"({replay['parameters'] / 1e9:.2f}B parameters, {replay['dtype']}); lengths from `{replay['lengths']}`; "
+            f"prompt token counts from the tokenizer of `{replay['tokenizer']}`. same_as_vanilla compares lengths."
+        )
+    sizing = result.sizing
+    if sizing:
+        lines.append(
+            f"**Sized to a budget**: {sizing['count']} of {sizing['offered']} prompts, the most whose rows the "
+            f"simulator predicted to fit {sizing['allowed_s']:.0f} s ({sizing['seconds_left']:.0f} s left x "
+            f"{sizing['safety']:.2f}) with the step cost measured here ({sizing['cost_model']}); simulated seconds "
+            f"per row: {sizing['simulated_row_s']}."
+        )
+    if result.paper_policy is not None:
+        paper = result.paper_policy
+        tuned = [name for name, values in (result.tuning.get("decisions") or {}).items()]
+        lines.append(
+            f"**Policies**: rows named `@paper` run the starting (paper's) policy: bins of {paper.bin_width}, VBS "
+            f"{paper.vbs}, margin +{paper.margin_tokens} x{1 + paper.margin_ratio:.2f}, recompute batch "
+            f"{paper.batch_size}, token budget {paper.token_budget}; their twins run the decision tuned on the served "
+            f"prompts ({', '.join(tuned) or 'none'}; listed below)."
+        )
+    return lines
 
 
 def plot(result: BenchResult, path: Path, title: str) -> Path | None:
-    """Bar charts: samples/s (with speedup) and effective token ratio per strategy (None without matplotlib)."""
+    """Charts: samples/s (with speedup) and effective token ratio per row (static rows blue, continuous orange),
+    mean latency and time to half, and the share of requests complete over time (None without matplotlib: the GPU
+    machine has none)."""
     try:
         import matplotlib
     except ImportError:
@@ -88,8 +193,10 @@ def plot(result: BenchResult, path: Path, title: str) -> Path | None:
     import matplotlib.pyplot as plt
 
     names = [row["strategy"] for row in result.rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color="#4477aa")
+    shown, _ = median_runs(result.runs, names)
+    colors = ["#ee7733" if shown[name].strategy.continuous else "#4477aa" for name in names]
+    figure, ((left, right), (latency, done)) = plt.subplots(2, 2, figsize=(12, 8))
+    bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color=colors)
     for bar, row in zip(bars, result.rows, strict=True):
         left.annotate(
             f"{row['speedup']:.2f}x",
@@ -103,7 +210,23 @@ def plot(result: BenchResult, path: Path, title: str) -> Path | None:
     right.bar(names, [row["effective_token_ratio"] for row in result.rows], color="#66aa55")
     right.set_ylim(0, 1)
     right.set_title("effective token ratio")
-    for axis in (left, right):
+    positions = range(len(names))
+    latency.bar([x - 0.2 for x in positions], [row["latency_mean_s"] for row in result.rows], 0.4, label="mean")
+    latency.bar([x + 0.2 for x in positions], [row["time_to_half_s"] for row in result.rows], 0.4, label="half done")
+    latency.set_xticks(list(positions), names)
+    latency.set_ylabel("seconds from submission (all at t=0)")
+    latency.set_title("completion latency: mean, and time until half are done")
+    latency.legend(fontsize=8)
+    for name, item in shown.items():
+        times = sorted(record.completion_s for record in item.result.records)
+        share = [(position + 1) / len(times) for position in range(len(times))]
+        style = "-" if item.strategy.continuous else "--"
+        done.step(times, share, where="post", linestyle=style, label=name)
+    done.set_xlabel("seconds")
+    done.set_ylabel("share of requests complete")
+    done.set_title("requests complete over time (dashed: static batches)")
+    done.legend(fontsize=7)
+    for axis in (left, right, latency):
         axis.tick_params(axis="x", rotation=30)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
@@ -113,62 +236,38 @@ def plot(result: BenchResult, path: Path, title: str) -> Path | None:
     return path
 
 
-def machine() -> str:
-    """A one-line description of this machine (CPU model and count)."""
-    import os
-    import platform
+def replay_info(engine: Any, config: BenchConfig) -> dict[str, Any] | None:
+    """What a length replay ran (None for a real model): the note, the random-weight model, the lengths file."""
+    if getattr(engine, "text_faithful", True):
+        return None
+    from seqsched.random_models import REPLAY_NOTE, parameter_count
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
-def device_line() -> str:
-    """Where the engine ran: the GPU's name, or the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    return f"cpu: {machine()}"
+    model = getattr(engine, "model", None)
+    return {
+        "note": REPLAY_NOTE,
+        "random_init": config.model.random_init,
+        "lengths": config.engine.replay or getattr(engine, "source", ""),
+        "tokenizer": config.model.spec,
+        "parameters": parameter_count(model) if model is not None else 0,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else "",
+    }
 
 
-def describe_setup(result: BenchResult, replay: dict[str, Any] | None) -> list[str]:
-    """Markdown lines on what the rows ran under: replay, sizing, the two policies."""
-    lines = []
-    if replay:
-        lines.append(
-            f"**Length replay** ({replay['note']}): model `{replay['random_init']}` with random weights "
-            f"({replay['parameters'] / 1e9:.2f}B parameters, {replay['dtype']}); lengths from `{replay['lengths']}`; "
-            f"prompt token counts from the tokenizer of `{replay['tokenizer']}`. same_as_vanilla compares lengths."
-        )
-    step_cost = result.setup.get("step_cost")
-    if step_cost:
-        fit = step_cost["fit"]
-        lines.append(
-            f"**Step cost measured here** (fit over {len(step_cost['samples'])} timed batches): "
-            f"{fit['fixed_s'] * 1e3:.2f} ms + {fit['per_row_s'] * 1e3:.4f} ms per row + "
-            f"{fit['per_context_s'] * 1e6:.4f} us per row per context token, per decode step; prefill "
-            f"{fit['prefill_fixed_s'] * 1e3:.1f} ms + {fit['prefill_token_s'] * 1e6:.2f} us per token."
-        )
-    sizing = result.setup.get("sizing")
-    if sizing:
-        lines.append(
-            f"**Sized to a budget**: {sizing['count']} of {sizing['offered']} prompts, the most whose rows the "
-            f"simulator predicted to fit {sizing['allowed_s']:.0f} s ({sizing['seconds_left']:.0f} s left x "
-            f"safety) with the measured step cost; simulated seconds per row: {sizing['simulated_row_s']}."
-        )
-    if result.paper_policy is not None:
-        paper, tuned = result.paper_policy, result.policy
-        lines.append(
-            f"**Policies**: rows named `@paper` run the paper's policy (bins of {paper.bin_width}, VBS "
-            f"{paper.vbs}, margin {paper.margin_tokens}); the others the tuned one (bins of {tuned.bin_width}, "
-            f"VBS {tuned.vbs}, recompute batch {tuned.batch_size}, margin +{tuned.margin_tokens} tokens "
-            f"x{1 + tuned.margin_ratio:.2f}), tuned on {result.tuning.get('data')}."
-        )
-    return lines
+def command_line() -> str:
+    """The command that started this bench, as one would type it again."""
+    if Path(sys.argv[0]).name == "recipe.py":
+        return shlex.join(["python", "-m", "seqsched_cli.recipe", *sys.argv[1:]])
+    return shlex.join(["seqsched", *sys.argv[1:]])
+
+
+__all__ = [
+    "CONTINUOUS_COLUMNS",
+    "TABLE_COLUMNS",
+    "TIME_COLUMNS",
+    "command_line",
+    "describe_setup",
+    "markdown",
+    "plot",
+    "replay_info",
+    "report_dict",
+]

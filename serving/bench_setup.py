@@ -1,190 +1,240 @@
-"""What the bench decides before any row runs: the engine's measured step cost, the tuned policy (margin, bins and
-VBS chosen by simulation on a predictor's held-out errors) and, under a time budget, how many prompts fit.
-
-Held-out errors come from a length dataset (`tune_data`, needs the datasets library) or from a small lengths file
-(`tune_lengths`: JSONL {id, true[, prompt]}, the predictor predicts those ids), which is all a GPU machine without
-the datasets library needs.
+"""What `seqsched bench` settles before and around its rows: the predicted lengths per source, the policy each row
+serves (tuned on the served prompts, or the paper's for @paper rows), the continuous pool, the tuner (step cost,
+KV budget, held-out errors) and, under --budget_s, how many prompts fit (replay only: the engine knows every
+request's length, so the simulator can time each row before it runs).
 """
 
 from __future__ import annotations
 
-import logging
-import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from seqsched.engines.api import Engine
+from seqsched.engines.api import Batching, Engine
+from seqsched.engines.selection import with_batching
 from seqsched.errors import SeqschedError
-from seqsched.length_files import read_length_records
 from seqsched.requests import Request
-from serving.predictors import RequestPredictor
-from serving.scheduler import ScheduleConfig, Strategy
-from serving.simulate import StepCost, simulate
+from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
+from serving.bench_rows import BenchRow, BenchStrategy, Source, strategy_config
+from serving.memory import kv_budget
+from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
+from serving.scheduler import ScheduleConfig
+from serving.simulate import simulate
+from serving.stepcost import CostModel, StepCost
+from serving.workload import Decision, ErrorModel, draw_workload
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from serving.bench import BenchConfig
 
 SIZING_SAFETY = 0.85
-"""The share of the time left that the simulated rows may fill (the fit misses some per-batch overhead)."""
-MAX_WORKLOADS = 8
-"""Tuning for runs of W requests simulates at most this many runs per candidate (the first 8 W held-out
-requests), so tuning for small runs costs no more than for large ones."""
-
-
-@dataclass
-class HeldOut:
-    """A predictor's predictions and the true lengths on requests it was not trained on."""
-
-    source: str
-    predicted: list[int]
-    true: list[int]
-    prompt_tokens: int | None = None
-    """Mean prompt tokens of the held-out prompts, when the source has prompts."""
-
-
-def measure_cost(
-    engine: Engine, batch_sizes: Sequence[int], prompt_lengths: Sequence[int], steps: int = 12
-) -> tuple[StepCost, list[dict[str, float | int]]]:
-    """The engine's step cost, fitted to timed batches (and the measured-vs-fitted table)."""
-    from serving.costmodel import fit, measure, report
-
-    samples = measure(engine, batch_sizes=tuple(batch_sizes), prompt_lengths=tuple(prompt_lengths), steps=steps)
-    cost = fit(samples)
-    return cost, report(samples, cost)
-
-
-def held_out_from_dataset(
-    engine: Engine,
-    predictor: RequestPredictor,
-    data_dir: str | Path,
-    split: str | None = None,
-    start: int = 0,
-    limit: int | None = None,
-) -> HeldOut:
-    """Predictions and max lengths on a length dataset's slice (the datasets library is needed)."""
-    from lengthpred.data import load_length_data
-
-    data = load_length_data(str(data_dir), split, start, limit)
-    held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
-    prompt_tokens = round(statistics.mean(len(engine.encode(prompt)) for prompt in data.prompts[:64]))
-    return HeldOut(data.source, predictor.predict_requests(held_out), list(data.max_lengths), prompt_tokens)
-
-
-def held_out_from_lengths(predictor: RequestPredictor, path: str | Path) -> HeldOut:
-    """Predictions for a lengths file's ids (by id, or from its prompts) and the file's true lengths."""
-    records = read_length_records(path)
-    if not records:
-        raise SeqschedError(f"--tune_lengths {path}: no records")
-    requests = [Request(id=record.id, prompt=record.prompt or "") for record in records]
-    return HeldOut(str(path), predictor.predict_requests(requests), [record.length for record in records])
-
-
-def tune_on(
-    held_out: HeldOut, policy: ScheduleConfig, cost: StepCost, prompt_tokens: int, workload: int | None = None
-) -> tuple[ScheduleConfig, dict[str, Any]]:
-    """`policy` with margin, bin width and VBS re-chosen by simulating the held-out requests (in runs of
-    `workload` requests, the size of the run it is for)."""
-    from serving.tuning import BATCH_SIZES, tune_margin, tune_vbs
-
-    started = time.perf_counter()
-    tokens = held_out.prompt_tokens or prompt_tokens
-    predicted, true = held_out.predicted, held_out.true
-    if workload is not None and workload < len(true):
-        keep = min(len(true), MAX_WORKLOADS * workload)
-        predicted, true = predicted[:keep], true[:keep]
-    margin = tune_margin(
-        predicted,
-        true,
-        policy,
-        cost,
-        flat_sizes=BATCH_SIZES,
-        prompt_tokens=tokens,
-        workload=workload,
-    )
-    vbs = tune_vbs(predicted, true, margin.config, cost, prompt_tokens=tokens, workload=workload)
-    tuned = vbs.config
-    info = {
-        "data": held_out.source,
-        "records": len(true),
-        "workload": workload,
-        "step_cost": asdict(cost),
-        "prompt_tokens": tokens,
-        "simulated_paper_policy_s": margin.baseline_s,
-        "simulated_after_margin_s": margin.best_s,
-        "simulated_after_vbs_s": vbs.best_s,
-        "margin_tokens": tuned.margin_tokens,
-        "margin_ratio": tuned.margin_ratio,
-        "bin_width": tuned.bin_width,
-        "batch_size": tuned.batch_size,
-        "vbs": tuned.vbs,
-        "tuning_s": time.perf_counter() - started,
-    }
-    return tuned, info
-
-
+"""The share of the time left that the simulated rows may fill (the simulator misses some per-batch overhead)."""
 TUNING_CANDIDATES = 1300
-"""About how many simulations tune_margin and tune_vbs run (3 widths x 4 ratios x 7 margins x 12 tables, then up
-to 2 rounds over 12 batch-size slots x 11 sizes)."""
+"""About how many simulations one tuning decision runs (serving.workload.decide: margin x ratio x bin width x 12
+tables, then up to 2 rounds of VBS over ~12 edges x 11 sizes): what budget sizing reserves time for."""
 
 
-def tuning_estimate_s(held_out: HeldOut, policy: ScheduleConfig, cost: StepCost, prompt_tokens: int) -> float:
-    """Seconds tuning will take here: one simulation of the held-out requests, timed, times the candidates."""
-    from serving.simulate import simulate_workloads
+class Predictions:
+    """Predicted lengths per source, each prediction timed (it counts in the run's total time)."""
 
-    started = time.perf_counter()
-    simulate_workloads(held_out.predicted, held_out.true, policy, cost, prompt_tokens=prompt_tokens)
-    return (time.perf_counter() - started) * TUNING_CANDIDATES
+    def __init__(self, engine: Engine, config: BenchConfig, requests: Sequence[Request]) -> None:
+        self.engine, self.config, self.requests = engine, config, requests
+        self.oracle: list[int] | None = None
+        self._predictor: RequestPredictor | None = None
+        self._perception: RequestPredictor | None = None
+        self.last: RequestPredictor | None = None
+
+    def for_requests(self, requests: Sequence[Request]) -> Predictions:
+        """The same loaded predictors for another set of requests (the prefix a budget kept)."""
+        other = Predictions(self.engine, self.config, requests)
+        other._predictor, other._perception = self._predictor, self._perception
+        return other
+
+    def predictor(self) -> RequestPredictor:
+        """The --predictor, loaded once."""
+        if self._predictor is None:
+            spec = parse_predictor(self.config.predictor)
+            if spec.kind in (PredictorSource.NONE, PredictorSource.PERCEPTION):
+                raise SeqschedError(
+                    "seqsch, vbs, fcr, cb-sjf and cb-sjf-fcr rows need --predictor (models:/NAME@ALIAS, runs:/..., "
+                    "oracle:FILE); fcr-perception, fcr-oracle, cb-fcfs and cb-sjf-oracle rows need none. Drop them "
+                    "with --strategies [vanilla,...]"
+                )
+            loaded = resolve_predictor(spec, self.engine, self.config.tracking_uri)
+            assert loaded is not None
+            self._predictor = loaded
+        return self._predictor
+
+    def get(self, source: Source, share_prefill: bool = True) -> tuple[list[int] | None, float, float]:
+        """Predicted lengths, seconds the prediction took, and the part of them that prefilled prompts for the
+        run (a probe sharing the serving prefill; release() frees those prefills after the run)."""
+        self.last = None
+        if source is Source.NONE:
+            return None, 0.0, 0.0
+        if source is Source.ORACLE:
+            if self.oracle is None:
+                raise RuntimeError("the oracle's lengths come from vanilla's run, which has not run yet")
+            return list(self.oracle), 0.0, 0.0
+        if source is Source.PERCEPTION:
+            if self._perception is None:
+                self._perception = resolve_predictor("perception", self.engine)
+            predictor = self._perception
+        else:
+            predictor = self.predictor()
+        assert predictor is not None
+        if hasattr(predictor, "share"):
+            predictor.share = share_prefill  # type: ignore[union-attr]  # only the static engine reuses prefills
+        started = time.perf_counter()
+        values = predictor.predict_requests(self.requests)
+        self.last = predictor
+        return values, time.perf_counter() - started, float(getattr(predictor, "prefill_s", 0.0))
+
+    def release(self) -> None:
+        """Free what the last prediction kept for its run (prefilled prompts)."""
+        release = getattr(self.last, "release", None)
+        if release is not None:
+            release()
 
 
-def tune_schedule(
-    engine: Engine,
-    predictor: RequestPredictor,
-    policy: ScheduleConfig,
-    data_dir: str | Path,
-    split: str | None = None,
-    start: int = 0,
-    limit: int | None = None,
-) -> tuple[ScheduleConfig, dict[str, Any]]:
-    """`policy` with its margin, bin width and VBS re-chosen: the engine's step cost is measured, the predictor
-    runs on a held-out length dataset, and serving those requests is simulated for each candidate."""
-    started = time.perf_counter()
-    cost, _ = measure_cost(engine, (1, 4, 16, 32, 64), (32, 160))
-    held_out = held_out_from_dataset(engine, predictor, data_dir, split, start, limit)
-    assert held_out.prompt_tokens is not None
-    tuned, info = tune_on(held_out, policy, cost, held_out.prompt_tokens)
-    info["tuning_s"] = time.perf_counter() - started
-    return tuned, info
+class Policies:
+    """The config each row serves: the fcr row's decision (tuned on the served predictions, vanilla when it does
+    not win) shared by seqsch, vbs and fcr-perception; fcr-oracle's own (tuned on the true lengths); the starting
+    policy for @paper rows. Decisions are made once and reused by later rounds (same inputs, same answer)."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        policy: ScheduleConfig,
+        predictions: Predictions,
+        tuner: Tuner | None,
+        prompts: list[int],
+        limits: list[int],
+    ) -> None:
+        self.config, self.policy, self.predictions, self.tuner = config, policy, predictions, tuner
+        self.prompts, self.limits = prompts, limits
+        self.decisions: dict[BenchStrategy, Decision] = {}
+
+    @property
+    def tunes(self) -> bool:
+        """True when the fcr-oracle row is tuned (--tune.data or --tune.lengths with a tuner)."""
+        return self.tuner is not None and bool(self.config.tune.held_out)
+
+    def decision(self, strategy: BenchStrategy, predicted: Sequence[int] | None = None) -> Decision | None:
+        """The fcr or fcr-oracle row's decision (None unless --tune.data or --tune.lengths asks for tuning; for
+        fcr, also None without held-out errors)."""
+        if strategy in self.decisions:
+            return self.decisions[strategy]
+        exact = strategy is BenchStrategy.FCR_ORACLE
+        if not self.tunes or (not exact and self.tuner.errors is None):  # type: ignore[union-attr]
+            return None
+        assert self.tuner is not None
+        if predicted is None:
+            predicted, _, _ = self.predictions.get(strategy.source, share_prefill=False)
+        assert predicted is not None
+        decision = self.tuner.decide(
+            predicted, self.prompts, self.limits, self.policy, self.config.vanilla_batch_size, exact=exact
+        )
+        print(f"{strategy.value}: {decision.describe()}", flush=True)
+        self.decisions[strategy] = decision
+        return decision
+
+    def for_row(self, row: BenchRow, predicted: Sequence[int] | None) -> tuple[ScheduleConfig, Decision | None]:
+        """The row's config and the decision it follows."""
+        strategy = row.strategy
+        if row.paper:
+            return strategy_config(strategy, self.policy, self.config.vanilla_batch_size), None
+        if strategy in (BenchStrategy.FCR, BenchStrategy.FCR_ORACLE):
+            decision = self.decision(strategy, predicted)
+            if decision is not None:
+                return decision.config, decision
+        elif strategy is not BenchStrategy.VANILLA and (decision := self.decision(BenchStrategy.FCR)) is not None:
+            return strategy_config(strategy, decision.scheduled, self.config.vanilla_batch_size), None
+        return strategy_config(strategy, self.policy, self.config.vanilla_batch_size), None
+
+
+def continuous_pool(
+    engine: Engine, requests: Sequence[Request], config: BenchConfig, cost: CostModel | None
+) -> tuple[Engine, dict[str, Any]]:
+    """The engine of the cb-* rows: the loaded HF model as a pool of --engine.slots rows, or of as many as the
+    measured step cost suggests (serving.slots); a vLLM engine serves them itself."""
+    from serving.slots import slots_for
+
+    static = with_batching(engine, Batching.STATIC)
+    if static.batching is Batching.CONTINUOUS:
+        return static, {"slots": None, "rule": "the engine's own scheduler (vLLM max_num_seqs)"}
+    if config.engine.slots is not None:
+        slots, info = config.engine.slots, {"slots": config.engine.slots, "rule": "--engine.slots"}
+    else:
+        slots, info = slots_for(static, requests, config.limit, cost)
+    return with_batching(static, Batching.CONTINUOUS, slots, config.engine.admit_min), info
+
+
+def bench_tuner(config: BenchConfig, engine: Engine, predictions: Predictions) -> Tuner | None:
+    """The step cost (for tuning, the simulated times and budget sizing), the KV budget and the predictor's
+    held-out errors; None on a continuous engine (no static batches to tune or simulate)."""
+    if engine.batching is not Batching.STATIC:
+        print("continuous-batching engine: no tuning or simulated times (the engine schedules its own batches)")
+        return None
+    if not (config.simulate or config.tune.held_out or config.budget_s is not None):
+        budget = kv_budget(config.token_budget, config.memory, config.model)
+        print(budget.describe())
+        return Tuner(StepCost(), budget, config.tune)
+    needs_predictor = config.tune.held_out and any(s.source is Source.PREDICTOR for s in config.strategies)
+    predictor = predictions.predictor() if needs_predictor else None
+    return prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        config.tune,
+        config.token_budget,
+        config.limit,
+        prompt_lengths(engine, predictions.requests),
+        predictor,
+        progress=config.progress,
+    )
 
 
 @dataclass(frozen=True)
 class RowPlan:
-    """One table row as the sizing simulates it: its schedule and whether it schedules by the true lengths."""
+    """One table row as the sizing simulates it: its schedule and whether it plans with the true lengths."""
 
     name: str
     config: ScheduleConfig
     oracle: bool = False
 
 
+@dataclass
+class SizingInputs:
+    """What sizing simulates with, for every offered request: its true (replayed) length, its prediction (None
+    without a predictor row), its prompt tokens and its own limit."""
+
+    true: list[int]
+    predicted: list[int] | None
+    prompts: list[int]
+    limits: list[int]
+
+
 def simulated_seconds(
-    rows: Sequence[RowPlan],
-    predicted: Sequence[int] | None,
-    true: Sequence[int],
-    prompt_tokens: Sequence[int],
-    cost: StepCost,
-    count: int,
+    rows: Sequence[RowPlan], inputs: SizingInputs, cost: CostModel, count: int, evict_finished: bool = False
 ) -> dict[str, float]:
-    """Each row's simulated time on the first `count` requests (replayed lengths: the simulation is exact but
-    for the step-cost fit)."""
+    """Each row's simulated time on the first `count` requests (replayed lengths: exact but for the cost model)."""
     seconds = {}
+    limits = inputs.limits[:count]
+    truth = [min(value, limit) for value, limit in zip(inputs.true[:count], limits, strict=True)]
     for row in rows:
-        truth = [min(value, row.config.limit) for value in true[:count]]
-        if row.oracle or row.config.strategy is Strategy.VANILLA or predicted is None:
-            guess = truth
-        else:
-            guess = list(predicted[:count])
-        result = simulate(guess, truth, row.config, cost, prompt_tokens=list(prompt_tokens[:count]))
+        guess = truth if row.oracle or inputs.predicted is None else list(inputs.predicted[:count])
+        result = simulate(
+            guess,
+            truth,
+            row.config,
+            cost,
+            limits=limits,
+            prompt_tokens=inputs.prompts[:count],
+            evict_finished=evict_finished,
+        )
         seconds[row.name] = result.total.time_s
     return seconds
 
@@ -198,35 +248,145 @@ def candidate_counts(total: int) -> list[int]:
 
 def fit_count(
     rows: Sequence[RowPlan],
-    predicted: Sequence[int] | None,
-    true: Sequence[int],
-    prompt_tokens: Sequence[int],
-    cost: StepCost,
+    inputs: SizingInputs,
+    cost: CostModel,
     seconds_left: float,
     repeats: int = 1,
+    evict_finished: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """The most prompts (a prefix) whose rows, `repeats` rounds each, are simulated to fit SIZING_SAFETY of the
-    seconds left; at least one."""
+    seconds left; at least one (a one-prompt table beats none)."""
     allowed = seconds_left * SIZING_SAFETY
     tried = []
     chosen, chosen_rows = 0, {}
-    for count in candidate_counts(len(true)):
-        chosen, chosen_rows = count, simulated_seconds(rows, predicted, true, prompt_tokens, cost, count)
+    for count in candidate_counts(len(inputs.true)):
+        chosen, chosen_rows = count, simulated_seconds(rows, inputs, cost, count, evict_finished)
         total = repeats * sum(chosen_rows.values())
         tried.append({"count": count, "simulated_s": round(total, 1)})
         if total <= allowed:
-            break  # else the smallest count runs, over budget: a one-prompt table beats none
+            break
     info = {
         "seconds_left": round(seconds_left, 1),
+        "safety": SIZING_SAFETY,
         "allowed_s": round(allowed, 1),
         "count": chosen,
         "simulated_row_s": {name: round(value, 1) for name, value in chosen_rows.items()},
         "tried": tried,
-        "step_cost": asdict(cost),
     }
     return chosen, info
 
 
-def starting_policy(config: ScheduleConfig) -> ScheduleConfig:
-    """The policy the scheduled rows start from (FCR, the config's bins, VBS and margin)."""
-    return replace(config.schedule(), strategy=Strategy.FCR)
+def tuning_estimate_s(tuner: Tuner, inputs: SizingInputs, policy: ScheduleConfig, count: int, draws: int) -> float:
+    """Seconds one tuning decision would take on `count` requests here: one candidate timed, times the candidates."""
+    guess = inputs.predicted if inputs.predicted is not None else inputs.true
+    workload = draw_workload(
+        guess[:count], inputs.prompts[:count], ErrorModel.exact(), policy.limit, limits=inputs.limits[:count]
+    )
+    started = time.perf_counter()
+    workload.time(policy, tuner.cost)
+    return (time.perf_counter() - started) * draws * TUNING_CANDIDATES
+
+
+class Sizer:
+    """--budget_s: the most prompts (a prefix of those offered) whose rows fit the time left, as the simulator
+    predicts with the measured step cost and the replayed lengths. Sized first with every row under the starting
+    policy (tuning is predicted to speed the tuned rows up, so this errs on the safe side, with two tunings' time
+    reserved); then the rows' decisions are tuned for that many prompts and the count sized again with them (one
+    tuning reserved); a count that changed is tuned once more."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: BenchConfig,
+        rows: Sequence[BenchRow],
+        tuner: Tuner,
+        predictions: Predictions,
+        policy: ScheduleConfig,
+    ) -> None:
+        recorded = getattr(engine, "recorded_lengths", None)
+        if recorded is None:
+            raise SeqschedError(
+                "--budget_s sizes a length replay (--engine.replay): other engines' lengths are not known"
+            )
+        self.config, self.rows, self.tuner, self.policy = config, list(rows), tuner, policy
+        requests = predictions.requests
+        predicted = None
+        if any(row.strategy.source is Source.PREDICTOR for row in rows):  # perception is not replayed
+            predicted = predictions.predictor().predict_requests(requests)
+        self.inputs = SizingInputs(
+            recorded(requests), predicted, prompt_lengths(engine, requests), own_limits(requests, policy.limit)
+        )
+        self.predictions = predictions
+
+    def plans(self, policies: Policies | None) -> list[RowPlan]:
+        """The rows' configs: all under the starting policy (None), else as `policies` would serve them."""
+        plans = []
+        for row in self.rows:
+            if policies is None:
+                cfg = strategy_config(row.strategy, self.policy, self.config.vanilla_batch_size)
+            else:
+                cfg, _ = policies.for_row(row, None)
+            plans.append(RowPlan(row.name, cfg, oracle=row.strategy.source is not Source.PREDICTOR))
+        return plans
+
+    def policies(self, count: int) -> Policies:
+        """Policies tuned for the first `count` requests (true lengths capped as vanilla's run would give them)."""
+        inputs = self.inputs
+        truth = [min(value, limit) for value, limit in zip(inputs.true[:count], inputs.limits[:count], strict=True)]
+        policies = Policies(
+            self.config,
+            self.policy,
+            self.predictions.for_requests(self.predictions.requests[:count]),
+            self.tuner,
+            inputs.prompts[:count],
+            inputs.limits[:count],
+        )
+        if policies.tunes:
+            if any(row.strategy.source is Source.PREDICTOR and not row.paper for row in self.rows):
+                assert inputs.predicted is not None
+                policies.decision(BenchStrategy.FCR, inputs.predicted[:count])
+            if any(row.strategy is BenchStrategy.FCR_ORACLE and not row.paper for row in self.rows):
+                policies.decision(BenchStrategy.FCR_ORACLE, truth)
+        return policies
+
+    def size(self, started: float) -> tuple[int, Policies | None, dict[str, Any]]:
+        """The count, the policies tuned for it (None without tuning) and how it was chosen."""
+        budget = self.config.budget_s
+        assert budget is not None
+        cost, repeats = self.tuner.cost, self.config.repeats
+        evict = self.tuner.evict_finished
+        tunes = bool(self.config.tune.held_out) and any(not row.paper and row.strategy.uses_policy for row in self.rows)
+        draws = self.config.tune.draws + 1  # fcr's draws and fcr-oracle's one exact draw, roughly
+
+        def left(reserve: float) -> float:
+            return budget - (time.perf_counter() - started) - reserve
+
+        full = len(self.inputs.true)
+        once = tuning_estimate_s(self.tuner, self.inputs, self.policy, full, draws) if tunes else 0.0
+        count, info = fit_count(self.plans(None), self.inputs, cost, left(2 * once), repeats, evict)
+        info["tuning_reserve_s"] = round(2 * once, 1)
+        policies = None
+        if once:
+            first = count
+            policies = self.policies(first)
+            count, info = fit_count(self.plans(policies), self.inputs, cost, left(once), repeats, evict)
+            info.update(first_count=first, tuning_reserve_s=round(once, 1))
+            if count != first:
+                policies = self.policies(count)
+        info.update(offered=full, cost_model=type(cost).__name__)
+        return count, policies, info
+
+
+__all__ = [
+    "SIZING_SAFETY",
+    "Policies",
+    "Predictions",
+    "RowPlan",
+    "Sizer",
+    "SizingInputs",
+    "bench_tuner",
+    "candidate_counts",
+    "continuous_pool",
+    "fit_count",
+    "simulated_seconds",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import shutil
@@ -12,13 +11,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from seqsched.engines.api import GREEDY, Engine
-from seqsched.files import write_json, write_jsonl
+from seqsched.engines.api import GREEDY
+from seqsched.errors import require, require_at_least
+from seqsched.files import check_writable, write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request, read_requests
 from seqsched.tables import table
 from serving.generate_command import generate_in_order
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.scheduler import Strategy
+from serving.workload import TuneConfig
 
 
 def builtin_instructions() -> list[Request]:
@@ -68,6 +69,13 @@ class DemoConfig:
     """Everything goes here: lengths, predictor, MLflow store (mlflow.db), batch files, metrics."""
     torch_threads: int | None = None
 
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "prompts", "batch_size", "max_new_tokens", "torch_threads")
+        share = self.validation_fraction
+        require(0 <= share < 1, "validation_fraction", f"must be in [0, 1), got {share}")
+        temperatures = list(self.temperatures)
+        require(bool(temperatures) and min(temperatures) >= 0, "temperatures", f"must be >= 0, got {temperatures}")
+
 
 def demo(config: DemoConfig) -> int:
     """`seqsched demo`."""
@@ -80,7 +88,7 @@ def answers_demo(config: DemoConfig) -> int:
     """The engine alone: built-in instructions answered, lengths and tokens/s."""
     from seqsched.engines.hf import HFEngine
 
-    out_dir = Path(config.out_dir)
+    out_dir = check_writable(config.out_dir, "out_dir", folder=True)
     started = time.perf_counter()
     print(f"loading {config.model.spec} ...")
     engine = HFEngine.from_spec(config.model)
@@ -137,26 +145,14 @@ def _stage(name: str, started: float) -> None:
     print(f"\n=== {name} done in {time.perf_counter() - started:.0f} s ===\n", flush=True)
 
 
-def demo_policy(config: DemoConfig, engine: Engine, lengths: Path, predictor: str, tracking_uri: str) -> ScheduleConfig:
-    """The scheduled run's policy: margin, bins and VBS tuned by simulation on the held-out split's predictor
-    errors with this machine's measured step cost (the paper's GPU table, copied to a CPU with a weak
-    predictor, loses to vanilla); the paper's policy when nothing is held out."""
-    from serving.bench import tune_schedule
-    from serving.predictors import resolve_predictor
-
-    start = ScheduleConfig(strategy=Strategy.FCR, limit=config.max_new_tokens, batch_size=config.batch_size)
+def demo_tuning(config: DemoConfig, lengths: Path) -> TuneConfig:
+    """The scheduled run tunes margin, bins and VBS on the served requests' predictions, with the predictor's
+    errors on the held-out split and this machine's measured step cost (the paper's GPU table, copied to a CPU
+    with a weak predictor, loses to vanilla); vanilla batches serve when the schedule is not predicted to win.
+    Nothing held out: the paper's policy as configured."""
     if config.validation_fraction <= 0:
-        return start
-    loaded = resolve_predictor(predictor, engine, tracking_uri)
-    assert loaded is not None
-    tuned, info = tune_schedule(engine, loaded, start, lengths, "validation")
-    print(
-        f"tuned on {info['records']} held-out instructions: margin +{tuned.margin_tokens} tokens "
-        f"x{1 + tuned.margin_ratio:.2f}, bins of {tuned.bin_width}, vbs {tuned.vbs}, recompute batch "
-        f"{tuned.batch_size} (simulated {info['simulated_paper_policy_s']:.0f} s with the paper's policy -> "
-        f"{info['simulated_after_vbs_s']:.0f} s)"
-    )
-    return tuned
+        return TuneConfig()
+    return TuneConfig(data=str(lengths), split="validation")
 
 
 def pipeline_demo(config: DemoConfig) -> int:
@@ -170,6 +166,7 @@ def pipeline_demo(config: DemoConfig) -> int:
 
     set_torch_threads(config.torch_threads)
     out = Path(config.out_dir).resolve()
+    check_writable(out, "out_dir", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     limit = config.max_new_tokens
@@ -217,10 +214,13 @@ def pipeline_demo(config: DemoConfig) -> int:
     _stage("train + register", started)
 
     champion = f"models:/{config.registered_name}@champion"
-    print("      tune the schedule: step cost measured here, predictor errors on the held-out instructions")
-    started = time.perf_counter()
-    policy = demo_policy(config, engine, lengths, champion, tracking_uri)
-    _stage("tune", started)
+    tuning = demo_tuning(config, lengths)
+    held_out = round(config.validation_fraction * len(requests))
+    if tuning.data:
+        print(
+            f"      the scheduled run is tuned on the served requests, with the predictor's errors on {held_out} "
+            "held-out instructions and this machine's step cost (measured once, then cached)"
+        )
 
     print("[3/4] serve the requests (OpenAI Batch JSONL): vanilla, then scheduled with the @champion predictor")
     started = time.perf_counter()
@@ -231,9 +231,14 @@ def pipeline_demo(config: DemoConfig) -> int:
     serve(
         ServeConfig(**common, strategy=Strategy.VANILLA, batch_size=config.batch_size, output=str(vanilla_out)), engine
     )
-    scheduled = dataclasses.replace(
-        ServeConfig(**common, predictor=champion, tracking_uri=tracking_uri, output=str(scheduled_out)),
-        **{item.name: getattr(policy, item.name) for item in dataclasses.fields(ScheduleConfig)},
+    scheduled = ServeConfig(
+        **common,
+        strategy=Strategy.FCR,
+        batch_size=config.batch_size,
+        predictor=champion,
+        tracking_uri=tracking_uri,
+        output=str(scheduled_out),
+        tune=tuning,
     )
     serve(scheduled, engine)
     _stage("serve", started)
@@ -249,7 +254,6 @@ def pipeline_demo(config: DemoConfig) -> int:
     print(table(rows, [*columns, "latency_p50_s", "latency_p99_s", "predictor_share", "speedup"]))
     vanilla_text, scheduled_text = _outputs_by_id(vanilla_out), _outputs_by_id(scheduled_out)
     same = sum(vanilla_text[key] == scheduled_text.get(key) for key in vanilla_text)
-    held_out = round(config.validation_fraction * len(requests))
     print(
         f"\n{same}/{len(vanilla_text)} scheduled outputs are identical to vanilla's (greedy). The predictor was "
         f"trained on {len(requests) - held_out} of these {len(requests)} instructions ({held_out} held out for "

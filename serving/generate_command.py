@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.api import BatchOutput, Engine, RowOutput, SamplingParams
-from seqsched.files import write_json, write_jsonl
+from seqsched.errors import require, require_at_least
+from seqsched.files import check_writable, write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
 from seqsched.tables import table
@@ -32,6 +33,11 @@ class GenerateConfig:
     seed: int = 0
     evict_finished: bool = False
     """Drop finished rows from the KV cache (faster; the paper's engine keeps them)."""
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "batch_size", "max_new_tokens")
+        require_at_least(self, 0, "temperature")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -98,6 +104,9 @@ def generate(config: GenerateConfig) -> GenerationRun:
         from seqsched.errors import SeqschedError
 
         raise SeqschedError("--input is required (a file of prompts)")
+    metrics_file = str(config.output).removesuffix(".jsonl") + ".metrics.json"
+    for target in (config.output, metrics_file):  # before the model loads
+        check_writable(target, "output")
     read = read_requests(config.input, config.input_format, skip_bad=config.skip_bad)
     for bad in read.bad:
         print(f"skipped {bad}")
@@ -118,7 +127,7 @@ def generate(config: GenerateConfig) -> GenerationRun:
         ),
     )
     metrics = run.metrics() | {"skipped_records": len(read.bad)}
-    metrics_path = write_json(str(config.output).removesuffix(".jsonl") + ".metrics.json", metrics)
+    metrics_path = write_json(metrics_file, metrics)
     print(table([metrics], ["requests", "samples_per_s", "tokens_per_s", "effective_token_ratio", "wall_s"]))
     print(f"outputs: {config.output}\nmetrics: {metrics_path}")
     return run

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqsched.errors import InputError, SeqschedError
-from seqsched.files import write_json
+from seqsched.errors import InputError, SeqschedError, require, require_at_least
+from seqsched.files import check_writable, write_json
+from seqsched.requests import read_utf8
 from seqsched.tables import table
 from serving.scheduler import (
     Batch,
@@ -28,7 +29,9 @@ from serving.scheduler import (
 from serving.scheduler import (
     plan as plan_batches,
 )
-from serving.simulate import StepCost, simulate, simulate_batches
+from serving.simulate import simulate, simulate_batches
+from serving.stepcost import CostModel, StepCost, cost_from_dict
+from serving.workload import ErrorModel, decide, draw_workload, vanilla_config
 
 PLAN_TOKEN_BUDGET = 12800
 """`seqsched plan`'s default: len(ids) x max_new_tokens <= 12800 for every batch of more than one request."""
@@ -45,9 +48,22 @@ class PlanConfig(ScheduleConfig):
     token_budget: int | None = PLAN_TOKEN_BUDGET
     """A batch of more than one request holds at most token_budget // max_new_tokens of them."""
     prompt_tokens: int = 64
-    """Prompt length assumed by the time estimate (printed when the trace has true lengths)."""
+    """Prompt length assumed by the time estimate (printed when the trace has true lengths) and by tuning."""
     cost: str | None = None
-    """A JSON file of serving.simulate.StepCost fields (default: SmolLM2-135M on this project's CPU)."""
+    """A step-cost JSON: a cache file of `seqsched serve`/`bench` ($SEQSCHED_CACHE/step-cost/*.json), a measured
+    grid, or the linear model's fields (default: a linear fit of SmolLM2-135M on this project's CPU)."""
+    tune_lengths: str | None = None
+    """A held-out trace of the same predictor (JSONL {id, predicted, true}): margin, bin width and VBS are tuned by
+    simulation on --lengths' predictions with those errors resampled onto them, before planning; when the tuned
+    schedule is not predicted to beat vanilla by min_gain, the plan is vanilla batches."""
+    tune_draws: int = 4
+    """Draws of true lengths per request when tuning (each candidate's time is the mean over them)."""
+    min_gain: float = 0.05
+    """The tuned schedule must be predicted this much faster than vanilla (batch_size, input order)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, 0, "prompt_tokens")
 
 
 @dataclass
@@ -70,7 +86,7 @@ def read_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "no such trace file (JSONL lines of {id, predicted, true})")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_utf8(path)
     text = raw.strip()
     try:  # one parse of the whole file is several times faster than a parse per line
         records = json.loads("[" + text.replace("\n", ",") + "]")
@@ -147,7 +163,8 @@ def build_plan(trace: Trace, cfg: ScheduleConfig) -> tuple[list[Batch], list[Bat
         remaining = {index: cfg.limit - min(kept[index], cfg.limit - 1) for index in failed}
     else:
         remaining = None  # from scratch: the full limit
-    return initial, recompute_plan(failed, cfg, remaining)
+    caps = {index: batch.max_new_tokens for batch in initial for index in batch.request_ids}
+    return initial, recompute_plan(failed, cfg, remaining, failed_caps=caps, predicted=trace.predicted)
 
 
 def plan_document(strategy: str, ids: Sequence[str], batches: Sequence[Batch]) -> dict[str, object]:
@@ -170,21 +187,41 @@ def write_plan(path: str | Path, document: dict[str, object]) -> Path:
     return write_json(path, document, compact=True)
 
 
-def load_cost(path: str | None) -> StepCost:
-    """A StepCost from a JSON file of its fields (default: the built-in one)."""
+def load_cost(path: str | None) -> CostModel:
+    """A cost model from a JSON file (a measured grid, a cache file or linear fields; default: the built-in one)."""
     if path is None:
         return StepCost()
     try:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
-        return StepCost(**{key: float(values[key]) for key in StepCost.__dataclass_fields__ if key in values})
-    except (OSError, ValueError, TypeError) as error:
+        return cost_from_dict(values, path)
+    except (OSError, ValueError, TypeError, KeyError) as error:
         raise SeqschedError(
-            f"{path}: not a step-cost JSON of {sorted(StepCost.__dataclass_fields__)} ({error})"
+            f"{path}: not a step-cost JSON (a measured grid, or fields {sorted(StepCost.__dataclass_fields__)}): "
+            f"{error}"
         ) from error
 
 
+def tune_plan(trace: Trace, config: PlanConfig, cost: CostModel) -> ScheduleConfig:
+    """The schedule tuned on the trace's predictions with the held-out trace's errors, or vanilla when it is not
+    predicted to win (prints the decision)."""
+    assert config.tune_lengths is not None
+    cfg = config.schedule()
+    require(config.tune_draws >= 1, "tune_draws", f"must be >= 1, got {config.tune_draws}")
+    held_out = read_trace(config.tune_lengths)
+    if held_out.true is None:
+        raise InputError(config.tune_lengths, None, "a tuning trace needs 'true' lengths on every line")
+    if not cfg.binned:
+        print(f"--tune_lengths: strategy {cfg.strategy.value} has no bins or batch sizes to tune; planning as given")
+        return cfg
+    errors = ErrorModel.fit(held_out.predicted, held_out.true)
+    workload = draw_workload(trace.predicted, config.prompt_tokens, errors, cfg.limit, draws=config.tune_draws)
+    decision = decide(workload, cfg, vanilla_config(cfg, cfg.batch_size), cost, config.min_gain)
+    print(f"tuned on {len(held_out.ids)} held-out (predicted, true) pairs: {decision.describe()}")
+    return decision.config
+
+
 def estimate(
-    trace: Trace, cfg: ScheduleConfig, initial: list[Batch], recompute: list[Batch], cost: StepCost, prompt_tokens: int
+    trace: Trace, cfg: ScheduleConfig, initial: list[Batch], recompute: list[Batch], cost: CostModel, prompt_tokens: int
 ) -> dict[str, float]:
     """Predicted cost of the plan on the trace's true lengths (serving.simulate's engine model)."""
     assert trace.true is not None
@@ -210,9 +247,11 @@ def plan(config: PlanConfig) -> Path:
     """`seqsched plan`: read the trace, write the plan, print its summary (and simulated cost)."""
     if not config.lengths:
         raise SeqschedError("--lengths is required (a JSONL trace of {id, predicted, true})")
+    check_writable(config.out, "out")
     started = time.perf_counter()
     trace = read_trace(config.lengths)
-    cfg = config.schedule()
+    cost = load_cost(config.cost)
+    cfg = tune_plan(trace, config, cost) if config.tune_lengths else config.schedule()
     initial, recompute = build_plan(trace, cfg)
     path = write_plan(config.out, plan_document(cfg.strategy.value, trace.ids, [*initial, *recompute]))
     elapsed = time.perf_counter() - started
@@ -224,7 +263,7 @@ def plan(config: PlanConfig) -> Path:
         "recomputed": sum(len(batch) for batch in recompute),
     }
     if trace.true is not None:
-        row |= estimate(trace, cfg, initial, recompute, load_cost(config.cost), config.prompt_tokens)
+        row |= estimate(trace, cfg, initial, recompute, cost, config.prompt_tokens)
     print(table([row]))
     print(f"plan: {path} ({elapsed:.2f}s)")
     return path

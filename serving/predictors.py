@@ -105,6 +105,59 @@ class PromptPredictor:
 
 
 @dataclass
+class SharedPrefillPredictor:
+    """A length probe on the served model that reads its features from the serving engine's own prefill: the
+    prompts are prefilled once, ahead of their batches, and generation reuses those KV caches
+    (seqsched.engines.hf.HFEngine.prefill), so what the prediction itself adds is the head."""
+
+    probe: Any
+    """A lengthpred.probe.ProbePredictor (distribution_from_hidden, lengths, config.layers)."""
+    engine: Any
+    """An HFEngine over the probe's own model."""
+    name: str
+    quantile: float | None = None
+    """The quantile of each predicted distribution to report (None: the probe's own)."""
+    prefill_s: float = 0.0
+    """Seconds of the last predict_requests spent prefilling (work generation then skips)."""
+    share: bool = True
+    """Prefill ahead and keep the caches for generation; False (a run on another engine, such as a continuous
+    pool) reads the probe's layers alone, stopping the forward after the deepest one."""
+    last_distribution: Any = None
+
+    def predict_requests(self, requests: Sequence[Request]) -> list[int]:
+        """Prefill every request (kept for its batch), read the probe's layers on the way, predict."""
+        import time
+
+        ids = [self.engine.encode(request.chat()) for request in requests]
+        if not self.share:
+            self.prefill_s = 0.0
+            self.last_distribution = self.probe.distribution_from_ids(ids)
+            return self.probe.lengths(self.last_distribution, self.quantile)
+        started = time.perf_counter()
+        hidden = self.engine.prefill(ids, hidden_layers=self.probe.config.layers, keep=True)
+        self.prefill_s = time.perf_counter() - started
+        self.last_distribution = self.probe.distribution_from_hidden(hidden)
+        return self.probe.lengths(self.last_distribution, self.quantile)
+
+    def release(self) -> None:
+        """Free the kept prefills (after the run)."""
+        self.engine.drop_prefilled()
+
+
+def share_prefill(predictor: RequestPredictor, engine: Engine | None) -> RequestPredictor:
+    """The predictor reading the serving engine's prefill when it is a probe of the very model being served on
+    an engine that can prefill ahead; otherwise the predictor unchanged."""
+    inner = getattr(getattr(predictor, "predictor", None), "inner", None)
+    spec = getattr(getattr(getattr(inner, "config", None), "model", None), "spec", None)
+    if inner is None or not hasattr(inner, "distribution_from_hidden") or not hasattr(engine, "prefill"):
+        return predictor
+    if spec is None or spec != getattr(engine, "model_spec", None):
+        return predictor
+    inner.attach(engine.model, engine.tokenizer)  # type: ignore[union-attr]
+    return SharedPrefillPredictor(inner, engine, getattr(predictor, "name", "probe"))
+
+
+@dataclass
 class OracleLengths:
     """Known response lengths by request id (the oracle strategy, or replaying a trace)."""
 
@@ -168,4 +221,5 @@ def resolve_predictor(
         raise SeqschedError(
             f"--predictor {parsed.target}: lengthpred.registry is not available in this build ({error})"
         ) from error
-    return PromptPredictor(load_registered(parsed.target, tracking_uri=tracking_uri), parsed.target)
+    loaded = PromptPredictor(load_registered(parsed.target, tracking_uri=tracking_uri), parsed.target)
+    return share_prefill(loaded, engine)

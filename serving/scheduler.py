@@ -34,6 +34,20 @@ class Strategy(enum.Enum):
     """Sorted, binned, VBS, each batch capped at its bin's length; unfinished rows are recomputed (the full method)."""
 
 
+class Admission(enum.Enum):
+    """Continuous-batching engines: the order waiting requests take free slots, and whether FCR caps apply
+    (the policy objects are in serving.admission)."""
+
+    AUTO = "auto"
+    """From the strategy: vanilla -> fcfs, seqsch and vbs -> sjf, fcr -> sjf-fcr."""
+    FCFS = "fcfs"
+    """Arrival order, every request with its whole budget."""
+    SJF = "sjf"
+    """Shortest predicted length first (an oracle predictor makes it SJF by the true lengths)."""
+    SJF_FCR = "sjf-fcr"
+    """SJF, each request capped at its predicted bin's edge; the ones cut short are recomputed after the rest."""
+
+
 class Phase(enum.Enum):
     """Which pass over the requests a batch belongs to."""
 
@@ -65,13 +79,17 @@ class ScheduleConfig:
     vbs: dict[int, int] = field(default_factory=lambda: dict(PAPER_VBS))
     """Variable batch sizes: a batch capped at up to KEY tokens holds VALUE requests (larger caps: batch_size)."""
     token_budget: int | None = None
-    """If set, a batch holds at most token_budget // max_new_tokens requests (at least one)."""
+    """KV-cache tokens a batch may hold: rows x (longest prompt + max_new_tokens) stays within it (a single request
+    may exceed it). Without prompt lengths (a bare length trace) a batch holds token_budget // max_new_tokens."""
     margin_tokens: int = 0
     """Added to every predicted length before binning (a safety margin against under-estimates)."""
     margin_ratio: float = 0.0
     """Predicted lengths are scaled by 1 + margin_ratio before binning (then margin_tokens is added)."""
     recompute: RecomputeMode = RecomputeMode.SCRATCH
     """FCR's second pass: scratch (the paper) or continue from the generated prefix."""
+    policy: Admission = Admission.AUTO
+    """Continuous batching (--engine.batching continuous, or vLLM): admission order fcfs, sjf (shortest predicted
+    first) or sjf-fcr (plus FCR caps and recompute); auto follows --strategy. Static batches ignore it."""
 
     def __post_init__(self) -> None:
         # YAML/JSON may spell the table's keys as strings; the policy works on integers.
@@ -99,8 +117,11 @@ class ScheduleConfig:
 
     @property
     def needs_predictions(self) -> bool:
-        """Every strategy but vanilla orders requests by predicted length."""
-        return self.strategy is not Strategy.VANILLA
+        """Every strategy but vanilla orders requests by predicted length; so does every admission policy but
+        FCFS (an explicit policy decides; auto follows the strategy)."""
+        if self.policy is Admission.AUTO:
+            return self.strategy is not Strategy.VANILLA
+        return self.policy is not Admission.FCFS
 
 
 @dataclass(frozen=True)
@@ -127,9 +148,11 @@ def bin_cap(length: int, cfg: ScheduleConfig) -> int:
     return min(cfg.limit, max(1, -(-length // cfg.bin_width)) * cfg.bin_width)
 
 
-def batch_size_for(edge: int, cfg: ScheduleConfig, *, cap: int | None = None, variable: bool | None = None) -> int:
+def batch_size_for(
+    edge: int, cfg: ScheduleConfig, *, cap: int | None = None, variable: bool | None = None, prompt: int = 0
+) -> int:
     """Requests per batch for a bin with upper edge `edge`: the VBS table (or the fixed size), then the token
-    budget applied to the batch's cap (default: the edge)."""
+    budget applied to rows of `prompt` tokens plus the batch's cap (default: the edge)."""
     variable = cfg.binned if variable is None else variable
     size = cfg.batch_size
     if variable:
@@ -137,7 +160,7 @@ def batch_size_for(edge: int, cfg: ScheduleConfig, *, cap: int | None = None, va
         if fitting:
             size = cfg.vbs[min(fitting)]
     if cfg.token_budget is not None:
-        size = min(size, max(1, cfg.token_budget // (edge if cap is None else cap)))
+        size = min(size, max(1, cfg.token_budget // (prompt + (edge if cap is None else cap))))
     return size
 
 
@@ -176,6 +199,36 @@ def _chunks(order: Sequence[int], size: int, cap_of: Sequence[int], phase: Phase
     return batches
 
 
+def _close_batches(
+    pool: Sequence[int], size: int, cap: int, prompts: Sequence[int], budget: int
+) -> tuple[list[list[int]], list[int]]:
+    """Walk pool in order, closing a batch when the next request would make it hold more than `size` rows or
+    rows x (longest prompt + cap) > budget; returns the closed batches and the last, still open one."""
+    closed: list[list[int]] = []
+    current: list[int] = []
+    widest = 0
+    for index in pool:
+        wider = max(widest, prompts[index])
+        if current and (len(current) >= size or (len(current) + 1) * (wider + cap) > budget):
+            closed.append(current)
+            current, wider = [], prompts[index]
+        current.append(index)
+        widest = wider
+    if current and (len(current) >= size or (len(current) + 1) * (widest + cap) > budget):
+        closed.append(current)  # full already: nothing more can join it
+        current = []
+    return closed, current
+
+
+def _budget_chunks(
+    order: Sequence[int], size: int, cap_of: Sequence[int], prompts: Sequence[int], budget: int, cap: int
+) -> list[Batch]:
+    """Fixed-size chunks in order, each closed early when its KV tokens would exceed the budget (vanilla, seqsch)."""
+    closed, last = _close_batches(order, size, cap, prompts, budget)
+    groups = [*closed, last] if last else closed
+    return [Batch(tuple(ids), max(cap_of[index] for index in ids), Phase.INITIAL) for ids in groups]
+
+
 def _pack_bins(
     order: Sequence[int],
     bins: Sequence[int],
@@ -184,13 +237,17 @@ def _pack_bins(
     phase: Phase,
     capped: bool,
     uniform_own: int | None = None,
+    prompts: Sequence[int] | None = None,
 ) -> list[Batch]:
     """Walk the requests bin by bin (order sorted by bin); a bin's leftovers that do not fill a batch move on.
 
     uniform_own: every request's own limit when they all share one (skips a per-batch max over a million rows).
+    prompts: each request's prompt tokens; with a token budget, a batch closes before rows x (longest prompt +
+    cap) would exceed it (without them, the budget counts the cap alone and every bin has one batch size).
     """
     batches: list[Batch] = []
     pool: list[int] = []
+    budget = cfg.token_budget if prompts is not None else None
 
     def emit(ids: tuple[int, ...], cap: int) -> None:
         top = uniform_own if uniform_own is not None else max(own[index] for index in ids)
@@ -206,6 +263,12 @@ def _pack_bins(
         pool.extend(order[low:high])
         low = high
         cap = edge if capped else cfg.limit
+        if budget is not None and prompts is not None:
+            # The open batch carried over from the bin below is walked again: a larger cap may split it.
+            closed, pool = _close_batches(pool, batch_size_for(edge, cfg, cap=cap), cap, prompts, budget)
+            for ids in closed:
+                emit(tuple(ids), cap)
+            continue
         size = batch_size_for(edge, cfg, cap=cap)
         full = len(pool) - len(pool) % size
         for start in range(0, full, size):
@@ -216,18 +279,35 @@ def _pack_bins(
     return batches
 
 
-def plan(predicted: Sequence[int], cfg: ScheduleConfig, limits: Sequence[int] | None = None) -> list[Batch]:
+def _check_prompts(count: int, prompts: Sequence[int] | None) -> Sequence[int] | None:
+    if prompts is not None and len(prompts) != count:
+        raise ValueError(f"prompts has {len(prompts)} entries for {count} requests")
+    return prompts
+
+
+def plan(
+    predicted: Sequence[int],
+    cfg: ScheduleConfig,
+    limits: Sequence[int] | None = None,
+    prompts: Sequence[int] | None = None,
+) -> list[Batch]:
     """The initial batches: every request (an index into predicted) exactly once.
 
     limits are the requests' own caps (OpenAI max_tokens), each lowered to cfg.limit; a batch's
     max_new_tokens never exceeds the largest own cap in it (the runner cuts each row at its own).
+    prompts are the requests' prompt tokens: with cfg.token_budget, no batch of more than one request holds more
+    than the budget's KV tokens, rows x (longest prompt + max_new_tokens).
     """
     count = len(predicted)
     own = _own_limits(count, cfg, limits)
-    if cfg.strategy is Strategy.VANILLA:
-        return _chunks(range(count), batch_size_for(cfg.limit, cfg, variable=False), own, Phase.INITIAL)
-    if cfg.strategy is Strategy.SEQSCH:
-        order = sorted(range(count), key=predicted.__getitem__)
+    prompts = _check_prompts(count, prompts)
+    budget = cfg.token_budget if prompts is not None else None
+    if cfg.strategy in (Strategy.VANILLA, Strategy.SEQSCH):
+        order: Sequence[int] = range(count)
+        if cfg.strategy is Strategy.SEQSCH:
+            order = sorted(range(count), key=predicted.__getitem__)
+        if budget is not None and prompts is not None:
+            return _budget_chunks(order, cfg.batch_size, own, prompts, budget, cfg.limit)
         return _chunks(order, batch_size_for(cfg.limit, cfg, variable=False), own, Phase.INITIAL)
     uniform = limits is None or all(value == cfg.limit for value in own)
     bins = request_bins(predicted, None if uniform else own, cfg)
@@ -238,16 +318,34 @@ def plan(predicted: Sequence[int], cfg: ScheduleConfig, limits: Sequence[int] | 
         keys = [edge * spread + value for edge, value in zip(bins, predicted, strict=True)]
         order = sorted(range(count), key=keys.__getitem__)
     capped = cfg.strategy is Strategy.FCR
-    return _pack_bins(order, bins, own, cfg, Phase.INITIAL, capped=capped, uniform_own=cfg.limit if uniform else None)
+    return _pack_bins(
+        order,
+        bins,
+        own,
+        cfg,
+        Phase.INITIAL,
+        capped=capped,
+        uniform_own=cfg.limit if uniform else None,
+        prompts=prompts,
+    )
 
 
 def recompute_plan(
-    failed: Sequence[int], cfg: ScheduleConfig, remaining: Mapping[int, int] | None = None
+    failed: Sequence[int],
+    cfg: ScheduleConfig,
+    remaining: Mapping[int, int] | None = None,
+    *,
+    failed_caps: Mapping[int, int] | None = None,
+    predicted: Mapping[int, int] | Sequence[int] | None = None,
+    prompts: Mapping[int, int] | Sequence[int] | None = None,
 ) -> list[Batch]:
     """Batches for the requests that hit their cap, each capped at what it may still generate.
 
     remaining maps a failed request to the tokens it may still generate (default: cfg.limit, a recompute
     from scratch); requests are grouped by that budget into bins, so every batch's cap covers all its rows.
+    Within a bin they go by the cap they failed at, then by predicted length (failed_caps, predicted): a request
+    that outran a 200-token cap is longer than one that outran 50, so like goes with like and a batch pads less
+    than one mixing them in input order. prompts (what each is fed, prefix included) apply the token budget.
     """
     if not failed:
         return []
@@ -255,19 +353,35 @@ def recompute_plan(
     if len(ids) != len(failed):
         raise ValueError("a request can fail only once")
     size = max(ids) + 1
-    if remaining is None or all(remaining.get(index, cfg.limit) >= cfg.limit for index in ids):
-        # From scratch: one budget, one bin; keep the ids in order.
-        order = sorted(ids)
-        bins = [bin_cap(cfg.limit, cfg)] * size
-        return _pack_bins(order, bins, bins, cfg, Phase.RECOMPUTE, capped=True, uniform_own=cfg.limit)
     own = [0] * size
     for index in ids:
-        own[index] = max(1, min(cfg.limit, remaining.get(index, cfg.limit)))
+        own[index] = cfg.limit if remaining is None else max(1, min(cfg.limit, remaining.get(index, cfg.limit)))
     bins = [bin_cap(value, cfg) if value else 0 for value in own]
-    # Sort by bin, then budget, then index, as one integer key.
-    keys = [(bins[index] * (cfg.limit + 1) + own[index]) * size + index for index in ids]
+    caps = [failed_caps.get(index, 0) for index in ids] if failed_caps else [0] * len(ids)
+    guesses = [max(0, int(predicted[index])) for index in ids] if predicted is not None else [0] * len(ids)
+    top_cap, top_guess = max(caps) + 1, max(guesses) + 1
+    # Sort by budget bin, failed cap, predicted length, then index, as one integer key.
+    keys = [
+        ((bins[index] * top_cap + cap) * top_guess + guess) * size + index
+        for index, cap, guess in zip(ids, caps, guesses, strict=True)
+    ]
     order = [ids[position] for position in sorted(range(len(ids)), key=keys.__getitem__)]
-    return _pack_bins(order, bins, own, cfg, Phase.RECOMPUTE, capped=True)
+    widths: list[int] | None = None
+    if prompts is not None and cfg.token_budget is not None:
+        widths = [0] * size
+        for index in ids:
+            widths[index] = int(prompts[index])
+    uniform = all(value == cfg.limit for value in (own[index] for index in ids))
+    return _pack_bins(
+        order,
+        bins,
+        own,
+        cfg,
+        Phase.RECOMPUTE,
+        capped=True,
+        uniform_own=cfg.limit if uniform else None,
+        prompts=widths,
+    )
 
 
 def request_cap(cap: int, budget: int) -> int:

@@ -1,7 +1,16 @@
-"""`seqsched serve`: scheduled batch inference over a request file with a chosen length predictor."""
+"""`seqsched serve`: scheduled batch inference over a request file with a chosen length predictor.
+
+A serve run never loses finished work: each request's result goes to a checkpoint beside the output as soon as
+it is known (serving.checkpoint), a killed run resumes with the same command, and the output (one line per input
+record, in input order) is written atomically at the end. A request that cannot be served (unreadable, too long
+for the model, out of memory even alone) gets an error line; the rest are served.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,18 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from seqsched.config import to_dict
-from seqsched.distributed import Process, current_process, pin_device
-from seqsched.engines.api import Engine
+from seqsched.distributed import Process, current_process, gather, pin_device
+from seqsched.engines.api import Batching, Engine, FinishReason
 from seqsched.engines.config import EngineConfig
-from seqsched.errors import SeqschedError
-from seqsched.files import write_json
+from seqsched.errors import SeqschedError, require
+from seqsched.files import check_writable, exclusive_lock, write_json
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
-from serving.batch_io import OutputFormat, read_batch_input, write_batch_output
-from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
-from serving.runner import RunOptions, RunResult, run
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
+from serving.batch_io import BatchInput, OutputFormat, read_batch_input, write_batch_output
+from serving.checkpoint import LOCK_FILE, ServeCheckpoint, working_dir
+from serving.costmodel import CostConfig
+from serving.memory import MemoryConfig, kv_budget
+from serving.predictors import (
+    PredictorSource,
+    PredictorSpec,
+    RequestPredictor,
+    parse_predictor,
+    resolve_predictor,
+)
+from serving.prompt_checks import Rejection, rejections
+from serving.runner import RequestRecord, RunOptions, RunResult, run
+from serving.scheduler import Admission, ScheduleConfig
+from serving.stepcost import StepCost
+from serving.workload import TuneConfig
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -30,8 +52,10 @@ SUMMARY_COLUMNS = (
     "effective_token_ratio",
     "failure_ratio",
     "recompute_share",
+    "latency_mean_s",
     "latency_p50_s",
     "latency_p99_s",
+    "time_to_half_s",
     "predictor_share",
     "total_s",
 )
@@ -54,13 +78,35 @@ class ServeConfig(ScheduleConfig):
     """MLflow tracking URI for models:/ and runs:/ predictors (default: MLFLOW_TRACKING_URI or ./mlflow.db)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    """`--engine.kind hf` (static batches: the paper's VBS and FCR) or `vllm` (continuous batching: predicted
-    lengths become request priorities, fcr adds per-request caps and the recompute pass; CUDA and `.[gpu]`)."""
+    """`--engine.kind hf` with static batches (the paper's VBS and FCR) or `--engine.batching continuous
+    --engine.slots N` (a pool of N rows refilled at every step), or `vllm` (continuous, CUDA and `.[gpu]`). On a
+    continuous engine `--policy` picks the admission order (fcfs, sjf, sjf-fcr; auto: from --strategy)."""
     temperature: float = 0.0
     """Default temperature for requests that do not set one (0: greedy)."""
     top_p: float = 1.0
     seed: int = 0
+    max_prompt_tokens: int | None = None
+    """Requests whose prompt has more tokens get an error line instead of being served. (A prompt that with
+    its max_tokens does not fit the model's context always does.)"""
+    resume: bool = True
+    """Resume an unfinished run on the same --output (its checkpoint in OUTPUT.partial); false starts over."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """With `--tune.data HELD_OUT_LENGTHS` (or `--tune.lengths FILE`, no datasets library): margin, bins and VBS
+    tuned by simulation on these requests' predicted and prompt lengths with the predictor's held-out errors; vanilla
+    batches serve when the tuned schedule is not predicted to beat them by `--tune.min_gain` (static engine, fcr/vbs
+    strategies)."""
+    cost: CostConfig = field(default_factory=CostConfig)
+    """The step cost tuning simulates with: measured once per machine and model, then cached."""
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    """The KV-cache budget of a batch (static engine): rows x (prompt + cap) stays within it."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        most = self.max_prompt_tokens
+        require(most is None or most >= 1, "max_prompt_tokens", f"must be >= 1 (or unset), got {most}")
 
 
 @dataclass
@@ -70,7 +116,8 @@ class ServeOutcome:
     output: Path
     metrics_path: Path
     result: RunResult | None
-    """None when no record could be served (every line an error) or on a non-main data-parallel process."""
+    """This run's generation; None when nothing was left to generate (every line an error, or every request
+    finished by an earlier run) or on a non-main data-parallel process."""
 
 
 def predict_and_run(
@@ -80,15 +127,78 @@ def predict_and_run(
     cfg: ScheduleConfig,
     options: RunOptions | None = None,
     process: Process | None = None,
+    tuner: Tuner | None = None,
 ) -> RunResult:
-    """Predict the lengths (timed, counted in the run) and serve the requests (see serving.runner.run)."""
+    """Predict the lengths (timed, counted in the run), tune the schedule on them when a tuner is given (timed,
+    counted too; vanilla batches when the schedule is not predicted to win) and serve the requests (see
+    serving.runner.run)."""
     predicted = None
     predictor_s = 0.0
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
         predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
-    return run(engine, requests, predicted, cfg, options, predictor_s=predictor_s, process=process)
+    shared = getattr(predictor, "prefill_s", 0.0) if predicted is not None else 0.0
+    tuning_s = 0.0
+    extra: dict[str, Any] = {}
+    if tuner is not None:
+        cfg = tuner.apply_budget(cfg)
+        if predicted is not None and cfg.binned and tuner.errors is not None:
+            prompts = prompt_lengths(engine, requests)
+            decision = tuner.decide(predicted, prompts, own_limits(requests, cfg.limit), cfg, cfg.batch_size)
+            tuning_s = decision.tuning_s
+            print(decision.describe(), flush=True)
+            extra["schedule"] = decision.as_dict()
+            cfg = decision.config  # vanilla batches ignore the predictions (kept in the records)
+    try:
+        result = run(
+            engine,
+            requests,
+            predicted,
+            cfg,
+            options,
+            predictor_s=predictor_s,
+            shared_prefill_s=shared,
+            tuning_s=tuning_s,
+            process=process,
+        )
+    finally:
+        release = getattr(predictor, "release", None)
+        if release is not None:
+            release()  # prefills a probe kept for the run's batches
+    if tuner is not None:
+        result.extra.update(extra, tuning=tuner.info)
+    return result
+
+
+def serve_tuner(
+    config: ServeConfig, engine: Engine, requests: Sequence[Request], predictor: RequestPredictor | None
+) -> Tuner | None:
+    """A static engine's tuner: the KV budget always; the step cost and held-out errors when --tune.data (or
+    --tune.lengths) is set for a binned strategy (a continuous engine schedules its own memory and has no batches to
+    tune)."""
+    if engine.batching is not Batching.STATIC:
+        if config.tune.held_out:
+            print("--tune: a continuous-batching engine has no static batches to tune; serving as configured")
+        return None
+    if not (config.tune.held_out and config.binned and predictor is not None):
+        budget = kv_budget(config.token_budget, config.memory, config.model)
+        print(budget.describe())
+        return Tuner(StepCost(), budget, config.tune)  # the budget alone: no decision without held-out errors
+    return prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        config.tune,
+        config.token_budget,
+        config.limit,
+        prompt_lengths(engine, requests),
+        predictor,
+        progress=config.progress,
+    )
 
 
 def metrics_path(output: str | Path) -> Path:
@@ -97,60 +207,189 @@ def metrics_path(output: str | Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json")
 
 
+def serve_settings(config: ServeConfig, batch: BatchInput) -> dict[str, Any]:
+    """What decides a request's output: a resumed run must have the same. Scheduling options (strategy, predictor,
+    bins, batch sizes) may change: a request's output does not depend on its batch (its seed is its position)."""
+    digest = hashlib.sha256()
+    for record in batch.records:
+        request = record.request
+        content = None
+        if request is not None:
+            content = [request.id, request.prompt, list(request.messages), request.max_tokens, request.temperature]
+        digest.update(json.dumps([record.position, record.custom_id, content], default=str).encode() + b"\n")
+    return {
+        "input_content": digest.hexdigest()[:16],
+        "model": config.model.spec,
+        "device": config.model.device.value,
+        "dtype": config.model.dtype.value,
+        "engine": config.engine.kind.value,
+        "system_prompt": config.engine.system_prompt,
+        "stop_token_ids": list(config.engine.stop_token_ids),
+        "limit": config.limit,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "seed": config.seed,
+    }
+
+
+def _rejected_record(request: Request, rejection: Rejection) -> RequestRecord:
+    return RequestRecord(
+        id=request.id,
+        text="",
+        token_ids=[],
+        finish_reason=FinishReason.LENGTH,
+        prompt_tokens=rejection.prompt_tokens,
+        limit=rejection.limit,
+        predicted=None,
+        error=rejection.problem,
+        error_code=rejection.code,
+    )
+
+
 def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
-    """`seqsched serve`: read the batch, predict, schedule, generate, write outputs (in input order) and metrics.
+    """`seqsched serve`: read the batch, predict, schedule, generate, write outputs (in input order) and metrics;
+    resumes an unfinished run on the same output.
 
     engine: an already loaded engine to serve with (the demo's); default: load config.model into config.engine.
     """
     if not config.input:
         raise SeqschedError("--input is required (a file of requests, e.g. OpenAI Batch JSONL)")
     spec = parse_predictor(config.predictor)
-    if spec.kind is PredictorSource.NONE and config.strategy is not Strategy.VANILLA:
+    if config.policy is not Admission.AUTO and not config.engine.continuous:
         raise SeqschedError(
-            f"--strategy {config.strategy.value} orders requests by predicted length: give --predictor "
-            "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla"
+            f"--policy {config.policy.value} orders admission on a continuous engine: add --engine.batching "
+            "continuous (or --engine.kind vllm), or leave --policy auto"
         )
-    batch = read_batch_input(config.input, config.input_format)
-    for bad in batch.errors:
-        print(f"error line: {bad.error}")
-    result: RunResult | None = None
-    summary: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+    if spec.kind is PredictorSource.NONE and config.needs_predictions:
+        what = f"--strategy {config.strategy.value}"
+        if config.policy is not Admission.AUTO:
+            what = f"--policy {config.policy.value}"
+        raise SeqschedError(
+            f"{what} orders requests by predicted length: give --predictor "
+            "(models:/NAME@ALIAS, oracle:FILE, perception) or use --strategy vanilla / --policy fcfs"
+        )
     process = current_process()
-    if batch.requests:
-        if engine is None:
-            from seqsched.engines.selection import build_engine
-
-            pin_device(process)
-            engine = build_engine(config.engine, config.model, batch.requests)
-        predictor = (
-            resolve_predictor(spec, engine, config.tracking_uri) if config.strategy is not Strategy.VANILLA else None
-        )
-        options = RunOptions(
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=config.seed,
-            progress=config.progress and process.main,
-        )
-        result = predict_and_run(engine, batch.requests, predictor, config.schedule(), options, process)
-        extra = result.extra
-        summary = result.metrics.row()
+    output, path, work = Path(config.output), metrics_path(config.output), working_dir(config.output)
+    if process.main:  # before any model loads: an unwritable output must not cost the work
+        for target in (output, path):
+            check_writable(target, "output")
+        check_writable(work, "output", folder=True)
+    batch = read_batch_input(config.input, config.input_format)
+    requests = batch.requests
+    if process.main:
+        for bad in batch.errors:
+            print(f"error line: {bad.error}")
+    checkpoint = ServeCheckpoint(work, process.index)
+    with contextlib.ExitStack() as stack:
+        finished: dict[int, RequestRecord] = {}
         if process.main:
+            work.mkdir(parents=True, exist_ok=True)
+            busy = f"another seqsched serve is writing {output}: wait for it to finish, or choose another --output"
+            stack.enter_context(exclusive_lock(work / LOCK_FILE, busy))
+            checkpoint.start(serve_settings(config, batch), config.resume)
+            finished = checkpoint.load([request.id for request in requests])
+            if finished:
+                torn = " (a torn last line was dropped)" if checkpoint.dropped_torn_lines else ""
+                print(f"resuming: {len(finished)} of {len(requests)} requests were finished in {work}{torn}")
+        done = set(finished)
+        if process.count > 1:  # every process must agree on what is left to serve
+            done = set(gather(sorted(done))[0])
+        result, rejected = _serve_pending(config, spec, engine, batch, done, checkpoint, process)
+        if not process.main:
+            return ServeOutcome(output, path, None)  # the main process writes the gathered outputs
+        records = _assemble(requests, finished, rejected, result, done)
+        write_batch_output(output, batch, records, config.output_format, config.model.spec)
+        summary = result.metrics.row() if result else {}
+        if result:
             print(table([summary], SUMMARY_COLUMNS))
-    path = metrics_path(config.output)
-    if not process.main:
-        return ServeOutcome(Path(config.output), path, None)  # the main process writes the gathered outputs
-    write_batch_output(config.output, batch, result.records if result else [], config.output_format, config.model.spec)
-    metrics = {
-        **summary,
-        "input_records": len(batch.records),
-        "input_errors": len(batch.errors),
-        "predictor": str(spec),
-        **extra,
-        "config": to_dict(config),
-    }
-    write_json(path, metrics)
+        metrics = {
+            **summary,
+            "input_records": len(batch.records),
+            "input_errors": len(batch.errors),
+            "resumed_requests": len(finished),
+            "rejected_requests": len(rejected),
+            "error_lines": len(batch.errors) + sum(record.error is not None for record in records),
+            "predictor": str(spec),
+            **(result.extra if result else {}),
+            "config": to_dict(config),
+        }
+        write_json(path, metrics)
+        checkpoint.remove()
     served = len(result.records) if result else 0
-    print(f"served {served} of {len(batch.records)} records ({len(batch.errors)} error lines)")
+    resumed = f", {len(finished)} resumed from an earlier run" if finished else ""
+    print(f"served {served} of {len(batch.records)} records{resumed} ({metrics['error_lines']} error lines)")
     print(f"outputs: {config.output}\nmetrics: {path}")
-    return ServeOutcome(Path(config.output), path, result)
+    return ServeOutcome(output, path, result)
+
+
+def _serve_pending(
+    config: ServeConfig,
+    spec: PredictorSpec,
+    engine: Engine | None,
+    batch: BatchInput,
+    done: set[int],
+    checkpoint: ServeCheckpoint,
+    process: Process,
+) -> tuple[RunResult | None, dict[int, Rejection]]:
+    """Serve the requests without a result yet; each finished one goes to the checkpoint as it finishes."""
+    requests = batch.requests
+    pending = [index for index in range(len(requests)) if index not in done]
+    if not pending:
+        return None, {}
+    if engine is None:
+        from serving.slots import serving_engine
+
+        pin_device(process)
+        engine = serving_engine(config.engine, config.model, [requests[index] for index in pending], config.limit)
+    turned_away = rejections(engine, [requests[index] for index in pending], config.limit, config.max_prompt_tokens)
+    rejected = {pending[local]: why for local, why in turned_away.items()}
+    if process.main:
+        positions = [record.position for record in batch.records if record.request is not None]
+        for index, why in rejected.items():
+            print(f"error line: {batch.path}:{positions[index]}: {why.problem}")
+    todo = [index for index in pending if index not in rejected]
+    if not todo:
+        return None, rejected
+    predictor = resolve_predictor(spec, engine, config.tracking_uri) if config.needs_predictions else None
+    options = RunOptions(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+        progress=config.progress and process.main,
+        positions=tuple(todo),
+        on_finished=lambda local, record: checkpoint.append(todo[local], record),
+    )
+    serving = [requests[index] for index in todo]
+    tuner = serve_tuner(config, engine, serving, predictor)
+    try:
+        result = predict_and_run(engine, serving, predictor, config.schedule(), options, process, tuner)
+    except KeyboardInterrupt:
+        if process.main:
+            print(
+                f"\nstopped: {len(done) + checkpoint.appended} finished requests are kept in {checkpoint.folder}; "
+                "run the same command again to resume"
+            )
+        raise
+    return result, rejected
+
+
+def _assemble(
+    requests: Sequence[Request],
+    finished: dict[int, RequestRecord],
+    rejected: dict[int, Rejection],
+    result: RunResult | None,
+    done: set[int],
+) -> list[RequestRecord]:
+    """Every readable request's record in input order: resumed, rejected or served now."""
+    served = iter(result.records if result else [])
+    records = []
+    for index, request in enumerate(requests):
+        if index in finished:
+            records.append(finished[index])
+        elif index in rejected:
+            records.append(_rejected_record(request, rejected[index]))
+        else:
+            assert index not in done, "a request finished by an earlier run is in the checkpoint"
+            records.append(next(served))
+    assert next(served, None) is None, "every served record has its request"
+    return records

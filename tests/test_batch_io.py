@@ -122,7 +122,7 @@ def test_sharegpt_json_array_and_forced_format(tmp_path: Path) -> None:
         )
     )
     batch = read_batch_input(path)
-    assert [r.position for r in batch.records] == ["record 0", "record 1"]
+    assert [r.position for r in batch.records] == ["record 1", "record 2"]
     assert batch.requests[0].reference == "hello" and batch.errors[0].custom_id == "2"
     forced = read_batch_input(path, InputFormat.ALPACA)
     assert not forced.requests and len(forced.errors) == 2

@@ -9,13 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
 from seqsched.files import write_jsonl
 from seqsched.requests import Request
 from seqsched_cli.main import main
-from serving.bench import BenchConfig, BenchStrategy, round_order, run_bench, summarize
+from serving.autotune import Tuner
+from serving.bench import (
+    BenchConfig,
+    BenchStrategy,
+    markdown,
+    round_order,
+    run_bench,
+    select_by_label,
+    strategy_config,
+    summarize,
+)
+from serving.memory import KVBudget
 from serving.runner import run
-from serving.scheduler import ScheduleConfig, Strategy
+from serving.scheduler import Admission, ScheduleConfig, Strategy
+from serving.stepcost import StepCost
+from serving.workload import ErrorModel, TuneConfig
 from tests.tiny_model import synthetic_prompts
 
 POLICY = {"limit": 40, "bin_width": 5, "batch_size": 6, "vbs": {5: 12, 10: 8, 15: 6, 20: 5}}
@@ -80,6 +94,50 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
     assert fcr["recompute_share"] > 0 and times["fcr"]["wasted_share"] > 0
 
 
+def test_continuous_rows_share_the_model_and_equal_vanilla(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.FCR, *(s for s in BenchStrategy if s.continuous))
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}",
+        strategies=strategies,
+        engine=EngineConfig(slots=3),
+        vanilla_batch_size=6,
+        progress=False,
+        **POLICY,
+    )
+    result = run_bench(tiny_engine, requests, config)
+    assert result.slots == {"slots": 3, "rule": "--engine.slots"}
+    for item in result.runs:
+        assert item.same_as_vanilla == len(requests), item.strategy.value
+        expected = item.strategy.admission.value if item.strategy.continuous else "-"
+        assert item.result.metrics.admission == expected
+    assert [row["strategy"] for row in result.continuous_rows] == ["cb-fcfs", "cb-sjf", "cb-sjf-oracle", "cb-sjf-fcr"]
+    for row in result.continuous_rows:
+        assert row["slots"] == 3 and 1 <= row["mean_rows"] <= 3 and row["prefills"] >= len(requests) / 3
+    cb_fcfs = result.row(BenchStrategy.CB_FCFS)
+    assert cb_fcfs["speed_vs_cb_fcfs"] == pytest.approx(1.0) and cb_fcfs["latency_vs_cb_fcfs"] == pytest.approx(1.0)
+    assert result.row(BenchStrategy.CB_SJF_FCR)["failed"] > 0, "noisy predictions cut some requests short"
+    assert result.row(BenchStrategy.CB_SJF_ORACLE)["failed"] == 0
+    # Continuous rows decode no finished rows: row-steps are each request's own steps.
+    vanilla = next(item for item in result.runs if item.strategy is BenchStrategy.VANILLA).result
+    own_steps = sum(r.num_tokens + (r.finish_reason.value == "stop") for r in vanilla.records)
+    assert result.row(BenchStrategy.CB_FCFS)["row_steps"] == own_steps
+    text = markdown(result, "tiny")
+    assert "Continuous batching (3 slots" in text and "| cb-sjf-oracle" in text and "latency_vs_cb_fcfs" in text
+
+
+def test_rows_map_to_strategies_and_policies() -> None:
+    assert BenchStrategy.CB_FCFS.strategy is Strategy.VANILLA and BenchStrategy.CB_FCFS.admission is Admission.FCFS
+    oracle = BenchStrategy.CB_SJF_ORACLE
+    assert oracle.admission is Admission.SJF and oracle.source.value == "oracle"
+    assert BenchStrategy.CB_SJF_FCR.strategy is Strategy.FCR and BenchStrategy.FCR.admission is Admission.AUTO
+    policy = ScheduleConfig(policy=Admission.SJF, margin_tokens=3)
+    assert strategy_config(BenchStrategy.FCR, policy, 16).policy is Admission.AUTO, "static rows ignore policies"
+    cb = strategy_config(BenchStrategy.CB_SJF_FCR, policy, 16)
+    assert cb.policy is Admission.SJF_FCR and cb.margin_tokens == 3
+
+
 def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_oracle: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": f"p{i}", "prompt": p} for i, p in enumerate(synthetic_prompts(10, seed=3))])
@@ -89,10 +147,14 @@ def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_orac
     code = main(
         [
             "bench",
+            "--cost.batches=[1,2,4]",
+            "--cost.contexts=2",
+            f"--cost.cache_dir={tmp_path / 'cost'}",
             f"--input={prompts}",
             f"--predictor=oracle:{oracle}",
             f"--model.spec={tiny_model_dir}",
-            "--strategies=[vanilla,fcr,fcr-oracle]",
+            "--strategies=[vanilla,fcr,fcr-oracle,cb-fcfs,cb-sjf-oracle]",
+            "--engine.slots=4",
             "--limit=40",
             "--bin_width=5",
             "--vanilla_batch_size=4",
@@ -103,10 +165,17 @@ def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_orac
     )
     assert code == 0
     report = json.loads(out.with_suffix(".json").read_text())
-    assert [row["strategy"] for row in report["table"]] == ["vanilla", "fcr", "fcr-oracle"]
+    names = ["vanilla", "fcr", "fcr-oracle", "cb-fcfs", "cb-sjf-oracle"]
+    assert [row["strategy"] for row in report["table"]] == names
     assert all(row["same_as_vanilla"] == "10/10" for row in report["table"])
+    assert all(row["time_to_half_s"] <= row["latency_p99_s"] for row in report["table"])
+    assert report["slots"]["slots"] == 4 and len(report["continuous"]) == 2
+    assert set(report["completion_s"]) == set(names) and len(report["completion_s"]["cb-fcfs"]) == 10
     assert len(report["vanilla_lengths"]) == 10 and report["ids"][0] == "p0"
     assert "| fcr-oracle" in out.with_suffix(".md").read_text()
+    assert [row["strategy"] for row in report["simulated"]] == ["vanilla", "fcr", "fcr-oracle"]
+    assert "Simulated vs measured" in out.with_suffix(".md").read_text()
+    assert report["tuning"]["step_cost"]["model"] in ("grid", "linear") and list((tmp_path / "cost").glob("*.json"))
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -116,3 +185,73 @@ def test_scheduled_rows_need_a_predictor(tiny_engine: HFEngine, requests: list[R
     config = BenchConfig(strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR), progress=False, **POLICY)
     with pytest.raises(SeqschedError, match="need --predictor"):
         run_bench(tiny_engine, requests[:4], config)
+    with pytest.raises(SeqschedError, match="drop --policy"):
+        run_bench(tiny_engine, requests[:4], BenchConfig(policy=Admission.SJF, progress=False, **POLICY))
+
+
+def tuner(min_gain: float = 0.05) -> Tuner:
+    """A tuner with a fixed cost (no measurement) and a predictor that is off by up to +-8 tokens."""
+    predicted = list(range(0, 40, 2))
+    errors = ErrorModel.fit(predicted, [max(0, value + 8 * (-1) ** value) for value in predicted], bin_width=5)
+    cost = StepCost(fixed_s=0.05, per_row_s=0.002, per_context_s=1e-5)
+    return Tuner(cost, KVBudget(None, "test"), TuneConfig(draws=2, min_gain=min_gain), errors)
+
+
+def test_tuned_rows_report_their_decision_and_simulated_time(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}", vanilla_batch_size=6, progress=False, tune=TuneConfig(data="x"), **POLICY
+    )
+    result = run_bench(tiny_engine, requests, config, tuner())
+    assert set(result.tuning["decisions"]) == {"fcr", "fcr-oracle"}
+    fcr = result.row(BenchStrategy.FCR)
+    assert fcr["schedule"] in ("tuned", "vanilla (fallback)") and result.row(BenchStrategy.VANILLA)["schedule"] == ""
+    for item in result.runs:
+        assert item.same_as_vanilla == len(requests), item.strategy.value
+    simulated = {row["strategy"]: row for row in result.sim_rows}
+    assert set(simulated) == {s.value for s in BenchStrategy if not s.continuous}
+    for name, row in simulated.items():
+        # The simulator replays the engine's static batches step for step: only the seconds are modelled.
+        assert row["simulated_row_steps"] == row["measured_row_steps"], name
+        assert row["simulated_s"] > 0 and row["error"] == pytest.approx(row["simulated_s"] / row["measured_s"] - 1)
+
+
+def test_a_schedule_that_does_not_win_serves_vanilla_batches(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}",
+        strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR),
+        vanilla_batch_size=6,
+        progress=False,
+        tune=TuneConfig(data="x"),
+        **POLICY,
+    )
+    result = run_bench(tiny_engine, requests, config, tuner(min_gain=100.0))  # nothing wins by 100x
+    fcr_run = next(item for item in result.runs if item.strategy is BenchStrategy.FCR)
+    assert fcr_run.decision is not None and fcr_run.decision.fallback
+    assert fcr_run.result.config.strategy is Strategy.VANILLA and fcr_run.result.metrics.failed == 0
+    vanilla_run = next(item for item in result.runs if item.strategy is BenchStrategy.VANILLA)
+    assert [b.request_ids for b in fcr_run.result.batches] == [b.request_ids for b in vanilla_run.result.batches]
+    assert result.row(BenchStrategy.FCR)["schedule"] == "vanilla (fallback)"
+    assert fcr_run.result.metrics.tuning_s > 0
+
+
+def test_select_by_label_keeps_long_answers(tmp_path: Path) -> None:
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(
+        json.dumps(
+            [
+                {"id": "a", "L_gt": 5, "L_t0.0": 120, "L_t0.3": 260, "L_t0.5": 10, "L_t0.7": 3},
+                {"id": "b", "L_gt": 5, "L_t0.0": 199, "L_t0.3": 201, "L_t0.5": 10, "L_t0.7": 3},
+                {"id": "c", "L_gt": 5, "L_t0.0": 9, "L_t0.3": 2, "L_t0.5": 10, "L_t0.7": 3},
+            ]
+        )
+    )
+    chosen = select_by_label([Request(id=key, prompt="p") for key in "abc"], str(lengths), 250)
+    assert [request.id for request in chosen] == ["a", "b"], "labels 300 and 250 (201 rounded up), not 50"
+    from seqsched.errors import SeqschedError
+
+    with pytest.raises(SeqschedError, match="no lengths for 1 prompt ids"):
+        select_by_label([Request(id="z", prompt="p")], str(lengths), 250)

@@ -24,17 +24,23 @@ def test_bench_outputs_equal_across_strategies(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     argv = ["bench", f"--input={prompts}", f"--predictor=oracle:{guesses}", "--limit=40", "--bin_width=10"]
     argv += ["--vanilla_batch_size=4", "--batch_size=4", "--vbs={10: 8, 20: 8}", "--torch_threads=1"]
-    argv += ["--progress=false", f"--out={out}"]
+    argv += ["--engine.slots=3", "--progress=false", f"--out={out}", f"--cost.cache_dir={tmp_path / 'cost'}"]
+    argv += ["--cost.batches=[1,4,8]"]
     assert main(argv) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     names = [row["strategy"] for row in report["table"]]
-    assert names == ["vanilla", "seqsch", "vbs", "fcr", "fcr-perception", "fcr-oracle"]
+    static = ["vanilla", "seqsch", "vbs", "fcr", "fcr-perception", "fcr-oracle"]
+    assert names == [*static, "cb-fcfs", "cb-sjf", "cb-sjf-oracle", "cb-sjf-fcr"]
     for row in report["table"]:
         assert row["same_as_vanilla"] == "8/8", row["strategy"]
     fcr = next(row for row in report["table"] if row["strategy"] == "fcr")
     oracle = next(row for row in report["table"] if row["strategy"] == "fcr-oracle")
     assert fcr["failed"] > 0 and oracle["failed"] == 0
     assert len(set(report["vanilla_lengths"])) > 2, "the built-in instructions give varied lengths"
+    simulated = {row["strategy"]: row for row in report["simulated"]}
+    assert set(simulated) == set(names) and all(row["simulated_s"] > 0 for row in simulated.values())
+    oracle_sim = simulated["fcr-oracle"]
+    assert oracle_sim["simulated_row_steps"] == oracle_sim["measured_row_steps"], "the simulator replays the run"
 
 
 def test_pipeline_demo_labels_trains_registers_and_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,7 +49,7 @@ def test_pipeline_demo_labels_trains_registers_and_serves(tmp_path: Path, capsys
     assert main([*argv, f"--out_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "registered models:/seqsched-demo/1 (@champion)" in printed
-    assert "tuned on 3 held-out instructions" in printed
+    assert "held-out errors: 3 records" in printed and "simulated" in printed
     comparison = json.loads((out / "comparison.json").read_text())
     assert [row["run"] for row in comparison["runs"]] == ["vanilla", "fcr (models:/seqsched-demo@champion)"]
     assert comparison["same_outputs"] == 12

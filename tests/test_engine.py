@@ -94,10 +94,12 @@ def test_chat_template_and_system_prompt(tiny_engine: HFEngine) -> None:
 
 
 def test_older_transformers_cache_argument(tiny_engine: HFEngine) -> None:
-    """transformers before the `cache` rename (5.17, on the lent GPU) takes `past_key_values` only."""
+    """transformers before the `cache` rename (5.17, on the lent GPU) takes `past_key_values` only: every forward
+    that passes a cache (generate, prefill ahead of a batch, the continuous pool's prefill and decode) uses it."""
     import torch
 
     from seqsched.engines.hf import cache_argument
+    from seqsched.engines.hf_continuous import HFContinuousEngine
 
     class OldStyle(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
@@ -126,6 +128,7 @@ def test_older_transformers_cache_argument(tiny_engine: HFEngine) -> None:
                 cache=past_key_values,
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
+                **kwargs,
             )
 
     assert cache_argument(tiny_engine.model) == "cache"
@@ -137,3 +140,12 @@ def test_older_transformers_cache_argument(tiny_engine: HFEngine) -> None:
     got = engine.generate(prompts, 14)
     assert [row.token_ids for row in got.rows] == [row.token_ids for row in expected.rows]
     assert old.calls == got.decode_steps  # one prefill + one forward per later step, each with the cache
+    hidden = engine.prefill(prompts, hidden_layers=(1,))
+    assert hidden[0][1].shape[0] == len(prompts[0]) and len(engine.prefilled) == 2
+    reused = engine.generate(prompts, 14)  # starts from the kept prefills
+    assert reused.padded_prompt_tokens == 0
+    assert [row.token_ids for row in reused.rows] == [row.token_ids for row in expected.rows]
+    engine.drop_prefilled()
+    pool = HFContinuousEngine(engine, slots=2)
+    rows = pool.submit(prompts, [14, 14])
+    assert [timed.row.token_ids for timed in rows] == [row.token_ids for row in expected.rows]

@@ -95,7 +95,7 @@ def test_bad_line_names_file_and_line(tmp_path: Path) -> None:
 def test_json_array_errors_name_record_index(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text(json.dumps([{"id": "1", "conversations": []}]))
-    with pytest.raises(InputError, match=r"x\.json:record 0: missing or empty 'conversations'"):
+    with pytest.raises(InputError, match=r"x\.json:record 1: missing or empty 'conversations'"):
         read_requests(path)
     path.write_text('[{"id": "1",\n "conversations": [}]')
     with pytest.raises(InputError, match=r"x\.json:2: invalid JSON"):
@@ -131,3 +131,17 @@ def test_write_jsonl_is_atomic(tmp_path: Path) -> None:
     write_jsonl(target, [{"a": 1}, {"a": 2}])
     assert target.read_text().splitlines() == ['{"a": 1}', '{"a": 2}']
     assert not list(target.parent.glob(".*partial"))
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from seqsched.files import write_json
+
+    path = write_json(tmp_path / "result.json", {"a": 1})
+    mode = stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    assert not [item for item in tmp_path.iterdir() if item.name.startswith(".")], "no staging file left"

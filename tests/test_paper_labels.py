@@ -90,7 +90,7 @@ def test_bad_length_records_name_the_record(tmp_path: Path, record: dict, proble
     path.write_text(json.dumps([LENGTHS[0], record]))
     with pytest.raises(InputError) as error:
         read_paper_lengths(path)
-    assert str(error.value).startswith(f"{path}:record 1: {problem}")
+    assert str(error.value).startswith(f"{path}:record 2: {problem}")
 
 
 def test_bad_jsonl_line_and_missing_file(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_bad_instruction_record_names_file_and_record(tmp_path: Path) -> None:
     data = json.loads(data_path.read_text())
     data[2]["conversations"] = []
     data_path.write_text(json.dumps(data))
-    with pytest.raises(InputError, match=r"data.json:record 2: missing or empty 'conversations' list"):
+    with pytest.raises(InputError, match=r"data.json:record 3: missing or empty 'conversations' list"):
         paper_records(lengths_path, data_path)
 
 

@@ -41,7 +41,7 @@ def serve(launcher: list[str], folder: Path, name: str, model: Path) -> list[dic
     argv = [
         *launcher,
         "-m",
-        "seqsched_cli.main",
+        "seqsched_cli",
         "serve",
         f"--input={folder / 'in.jsonl'}",
         f"--output={folder / name}",

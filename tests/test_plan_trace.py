@@ -127,3 +127,30 @@ def test_plan_does_not_import_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip().endswith("False")
     assert (tmp_path / "p.json").is_file()
+
+
+def test_plan_tunes_on_a_held_out_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_trace(tmp_path / "trace.jsonl", 400, seed=1)
+    write_trace(tmp_path / "held.jsonl", 200, seed=2)
+    cost = tmp_path / "cost.json"
+    cost.write_text(json.dumps({"fixed_s": 0.08, "per_row_s": 0.003, "per_context_s": 1e-5}))
+    argv = ["--limit", "512", "--cost", str(cost)]
+    tuned = run_plan(tmp_path, tmp_path / "trace.jsonl", *argv, "--tune_lengths", str(tmp_path / "held.jsonl"))
+    printed = capsys.readouterr().out
+    assert "tuned on 200 held-out (predicted, true) pairs" in printed and "simulated" in printed
+    ids = [value for batch in tuned["batches"] if batch["phase"] == "initial" for value in batch["ids"]]
+    assert sorted(ids) == sorted(f"q{index}" for index in range(400)), "every request exactly once"
+    if "serving VANILLA" in printed:
+        assert tuned["strategy"] == "vanilla"
+    else:
+        assert tuned["strategy"] == "fcr"
+    # Every request runs to the limit and the predictor knows it, and the budget allows no more rows than vanilla's
+    # 16 at 512 tokens: nothing to gain, vanilla is planned.
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text("".join(json.dumps({"id": f"f{i}", "predicted": 512, "true": 512}) + "\n" for i in range(64)))
+    document = run_plan(tmp_path, flat, *argv, "--token_budget", "8192", "--tune_lengths", str(flat))
+    assert document["strategy"] == "vanilla" and "serving VANILLA batches" in capsys.readouterr().out
+    no_true = tmp_path / "no_true.jsonl"
+    write_trace(no_true, 10, with_true=False)
+    code = main(["plan", "--lengths", str(flat), "--out", str(tmp_path / "x.json"), "--tune_lengths", str(no_true)])
+    assert code == 2 and "needs 'true' lengths" in capsys.readouterr().err

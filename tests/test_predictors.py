@@ -143,3 +143,14 @@ def test_lengths_files_take_predictions_prompts_and_bench_reports(tmp_path: Path
     bad.write_text('{"id": "a", "true": 1, "prompt": 5}\n')
     with pytest.raises(InputError, match=":1: 'prompt' must be a string"):
         read_lengths(bad)
+
+
+def test_oracle_lines_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
+    from seqsched.length_files import read_lengths
+
+    path = tmp_path / "oracle.jsonl"
+    path.write_bytes(b'{"id": "a", "true": 3}\n{"id": "b\xff", "true": 4}\n')
+    with pytest.raises(InputError, match=r"oracle\.jsonl:2: not UTF-8 text"):
+        read_oracle(path)
+    with pytest.raises(InputError, match=r"oracle\.jsonl:2: not UTF-8 text"):
+        read_lengths(path)  # what --engine.replay and --tune.lengths read

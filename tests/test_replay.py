@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from seqsched.engines.api import FinishReason
+from seqsched.engines.api import Batching, FinishReason
 from seqsched.engines.config import EngineConfig, EngineKind
 from seqsched.engines.hf import HFEngine
 from seqsched.engines.replay import ReplayEngine, chat_key
@@ -25,9 +25,13 @@ from seqsched.model_specs import ModelConfig
 from seqsched.random_models import PRESETS, REPLAY_NOTE, VICUNA_SYSTEM, random_model
 from seqsched.requests import Request
 from seqsched_cli.recipe import main as recipe_main
-from serving.bench import BenchConfig, BenchStrategy, run_bench
+from serving.bench import BenchConfig, BenchResult, BenchStrategy, run_bench
+from serving.bench_setup import Predictions, bench_tuner
+from serving.costmodel import CostConfig
+from serving.memory import MemoryConfig
 from serving.runner import run
 from serving.scheduler import RecomputeMode, ScheduleConfig, Strategy
+from serving.workload import TuneConfig
 from tests.tiny_model import synthetic_prompts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,8 +155,12 @@ def test_replay_needs_every_length_and_the_hf_engine(
         build_engine(EngineConfig(replay=str(path)), model, requests)
     with pytest.raises(OptionError, match=r"--model\.random_init: random weights"):
         build_engine(EngineConfig(), model, requests)
-    with pytest.raises(OptionError, match=r"--engine\.replay: length replay runs on the hf engine"):
-        build_engine(EngineConfig(kind=EngineKind.VLLM, replay=str(path)), model, requests)
+    with pytest.raises(OptionError, match=r"--engine\.replay: length replay runs static batches on the hf engine"):
+        EngineConfig(kind=EngineKind.VLLM, replay=str(path))
+    with pytest.raises(OptionError, match=r"--engine\.replay: length replay runs static batches"):
+        EngineConfig(batching=Batching.CONTINUOUS, slots=4, replay=str(path))
+    with pytest.raises(OptionError, match="this command cannot replay lengths"):
+        build_engine(EngineConfig(replay=str(path)), model)
 
 
 def test_tokens_beyond_the_models_vocabulary_fold_into_it(
@@ -188,6 +196,19 @@ def _noisy_predictions(lengths: dict[str, int]) -> list[dict]:
     ]
 
 
+def _cost_file(folder: Path) -> str:
+    """A fixed linear step cost (no measurement in unit tests)."""
+    path = folder / "cost.json"
+    write_json(path, {"fixed_s": 0.01, "per_row_s": 0.001, "per_context_s": 1e-5, "prefill_token_s": 1e-4})
+    return str(path)
+
+
+def _replay_bench(engine: ReplayEngine, requests: list[Request], config: BenchConfig, **kwargs) -> BenchResult:
+    """run_bench as `bench` calls it: the tuner (step cost, KV budget, held-out errors) prepared first."""
+    predictions = Predictions(engine, config, requests)
+    return run_bench(engine, requests, config, bench_tuner(config, engine, predictions), predictions, **kwargs)
+
+
 def test_bench_on_a_replay_engine(
     replay_engine: ReplayEngine, requests: list[Request], lengths: dict[str, int], tmp_path: Path
 ) -> None:
@@ -198,28 +219,39 @@ def test_bench_on_a_replay_engine(
         predictor=f"oracle:{tmp_path / 'pred.jsonl'}",
         strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR, BenchStrategy.FCR_ORACLE, BenchStrategy.SEQSCH),
         paper_rows=(BenchStrategy.FCR, BenchStrategy.FCR_ORACLE),
-        tune_lengths=str(tmp_path / "tune.jsonl"),
-        cost_batch_sizes=(1, 4),
-        cost_prompt_lengths=(8, 16),
+        tune=TuneConfig(lengths=str(tmp_path / "tune.jsonl"), draws=2),
+        cost=CostConfig(file=_cost_file(tmp_path)),
+        memory=MemoryConfig(kv_memory_fraction=0),
+        engine=EngineConfig(replay="lengths.jsonl"),
         vanilla_batch_size=4,
         progress=False,
         **POLICY,
     )
     seen: list[int] = []
-    result = run_bench(replay_engine, requests, config, on_run=lambda partial: seen.append(len(partial.rows)))
+    result = _replay_bench(replay_engine, requests, config, on_run=lambda partial: seen.append(len(partial.rows)))
     names = [row["strategy"] for row in result.rows]
     assert names == ["vanilla", "fcr", "fcr@paper", "fcr-oracle", "fcr-oracle@paper", "seqsch"]
     assert seen == [1, 2, 3, 4, 5, 6], "the result so far after every run"
     assert all(item.same_as_vanilla == len(requests) for item in result.runs), "same lengths in every row"
     vanilla = next(item for item in result.runs if item.name == "vanilla")
     assert [r.num_tokens for r in vanilla.result.records] == [min(lengths[r.id], 30) for r in requests]
-    assert result.row("fcr-oracle")["failed"] == 0 and result.row("fcr-oracle@paper")["failed"] == 0
+    assert result.row("fcr-oracle@paper")["failed"] == 0
     assert result.row("fcr@paper")["failed"] > 0, "under-estimates are cut short and recomputed"
     assert result.row("fcr@paper")["of_oracle"] == pytest.approx(
         result.row("fcr@paper")["samples_per_s"] / result.row("fcr-oracle@paper")["samples_per_s"]
     )
+    assert result.row("fcr@paper")["schedule"] == "paper" and result.row("fcr")["schedule"] in (
+        "tuned",
+        "vanilla (fallback)",
+    )
     assert result.paper_policy is not None and result.paper_policy.vbs == POLICY["vbs"]
-    assert result.tuning["records"] == 40 and "step_cost" in result.setup
+    paper_run = next(item for item in result.runs if item.name == "fcr@paper")
+    assert paper_run.result.config.vbs == POLICY["vbs"] and paper_run.result.config.margin_tokens == 0
+    assert result.tuning["held_out"]["records"] == 40 and set(result.tuning["decisions"]) == {"fcr", "fcr-oracle"}
+    simulated = {row["strategy"]: row for row in result.sim_rows}
+    assert set(simulated) == set(names), "every row, @paper twins too, is simulated beside its measurement"
+    for name, row in simulated.items():
+        assert row["simulated_row_steps"] == row["measured_row_steps"], name
 
 
 def test_budget_sizes_the_replay(replay_engine: ReplayEngine, requests: list[Request], tmp_path: Path) -> None:
@@ -227,28 +259,54 @@ def test_budget_sizes_the_replay(replay_engine: ReplayEngine, requests: list[Req
     config = BenchConfig(
         predictor=f"oracle:{tmp_path / 'pred.jsonl'}",
         strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR),
-        cost_batch_sizes=(1, 4),
-        cost_prompt_lengths=(8, 16),
+        cost=CostConfig(file=_cost_file(tmp_path)),
+        memory=MemoryConfig(kv_memory_fraction=0),
+        simulate=False,
         budget_s=1e-3,  # nothing fits: the smallest count runs
         progress=False,
         **POLICY,
     )
-    result = run_bench(replay_engine, requests, config)
-    sizing = result.setup["sizing"]
+    result = _replay_bench(replay_engine, requests, config)
+    sizing = result.sizing
     assert len(result.requests) == sizing["count"] == 1 and sizing["offered"] == len(requests)
     assert sizing["tried"][0]["count"] == len(requests) and set(sizing["simulated_row_s"]) == {"vanilla", "fcr"}
-    generous = run_bench(replay_engine, requests, BenchConfig(**{**config.__dict__, "budget_s": 3600.0}))
-    assert len(generous.requests) == len(requests)
+    assert all(item.result.metrics.requests == 1 for item in result.runs)
+    generous = _replay_bench(replay_engine, requests, replace(config, budget_s=3600.0))
+    assert len(generous.requests) == len(requests) and "first_count" not in generous.sizing
     # With tuning: sized under the paper's policy, tuned for that size, sized again under the tuned policy.
     write_jsonl(tmp_path / "tune.jsonl", [{"id": r.id, "true": 9} for r in requests])
-    tuned = run_bench(replay_engine, requests, replace(config, tune_lengths=str(tmp_path / "tune.jsonl")))
-    assert tuned.setup["sizing"]["first_count"] == 1 and tuned.tuning["workload"] == 1
+    tuned = _replay_bench(
+        replay_engine, requests, replace(config, tune=TuneConfig(lengths=str(tmp_path / "tune.jsonl")))
+    )
+    assert tuned.sizing["first_count"] == 1 and len(tuned.requests) == 1
+    assert set(tuned.tuning["decisions"]) == {"fcr"}, "the decision tuned for the prompt served is the one served"
 
 
-def test_budget_needs_a_replay(tiny_engine: HFEngine, requests: list[Request]) -> None:
-    config = BenchConfig(strategies=(BenchStrategy.VANILLA,), budget_s=10.0, progress=False)
-    with pytest.raises(SeqschedError, match="--budget_s sizes a replay"):
-        run_bench(tiny_engine, requests[:2], config)
+def test_budget_needs_a_replay(tiny_engine: HFEngine, requests: list[Request], tmp_path: Path) -> None:
+    config = BenchConfig(
+        strategies=(BenchStrategy.VANILLA,),
+        budget_s=10.0,
+        cost=CostConfig(file=_cost_file(tmp_path)),
+        memory=MemoryConfig(kv_memory_fraction=0),
+        progress=False,
+    )
+    with pytest.raises(SeqschedError, match="--budget_s sizes a length replay"):
+        run_bench(
+            tiny_engine,
+            requests[:2],
+            config,
+            bench_tuner(config, tiny_engine, Predictions(tiny_engine, config, requests[:2])),
+        )
+
+
+def test_replay_bench_options_are_checked() -> None:
+    replay = EngineConfig(replay="lengths.jsonl")
+    with pytest.raises(OptionError, match=r"--strategies: length replay runs static rows only: drop \['cb-fcfs'\]"):
+        BenchConfig(engine=replay, strategies=(BenchStrategy.VANILLA, BenchStrategy.CB_FCFS))
+    with pytest.raises(OptionError, match="fcr-perception asks a random-weight model"):
+        BenchConfig(engine=replay, strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR_PERCEPTION))
+    with pytest.raises(OptionError, match=r"--paper_rows: \['seqsch'\] do not use the policy"):
+        BenchConfig(strategies=(BenchStrategy.SEQSCH,), paper_rows=(BenchStrategy.SEQSCH,), tune=TuneConfig(data="x"))
 
 
 def _script_inputs(folder: Path, tiny_model_dir: Path, count: int = 10) -> dict[str, str]:
@@ -267,8 +325,7 @@ def _script_inputs(folder: Path, tiny_model_dir: Path, count: int = 10) -> dict[
         "limit": "36",
         "bin_width": "6",
         "vbs": "{6: 8, 12: 6, 18: 4}",
-        "cost_batch_sizes": "[1, 4]",
-        "cost_prompt_lengths": "[8, 16]",
+        "cost.file": _cost_file(folder),
         "torch_threads": "1",
     }
 
@@ -281,7 +338,7 @@ def test_gpu_recipe_runs_on_a_tiny_config(tiny_model_dir: Path, tmp_path: Path) 
             "model.spec": str(tmp_path / "tokenizer"),
             "engine.replay": str(tmp_path / "val-lengths.jsonl"),
             "input": str(tmp_path / "val-prompts.jsonl"),
-            "tune_lengths": str(tmp_path / "tune-lengths.jsonl"),
+            "tune.lengths": str(tmp_path / "tune-lengths.jsonl"),
             "out": str(tmp_path / "out" / "replay"),
         }
     )
@@ -299,7 +356,7 @@ def test_gpu_recipe_runs_on_a_tiny_config(tiny_model_dir: Path, tmp_path: Path) 
     ]
     assert report["complete"] and report["replay"]["note"] == REPLAY_NOTE
     assert report["vanilla_lengths"] is None, "replayed lengths (the shared labels) stay out of the report"
-    assert report["prompts"] == report["setup"]["sizing"]["count"]
+    assert report["prompts"] == report["sizing"]["count"]
     markdown = (tmp_path / "out" / "replay.md").read_text()
     assert "timing faithful, text not" in markdown and "| fcr-oracle@paper" in markdown
 

@@ -174,8 +174,41 @@ def test_out_of_memory_splits_the_batch(tiny_engine: HFEngine, requests: list[Re
     result = run(flaky, requests, None, BASE)
     assert outputs(result) == outputs(vanilla)
     assert result.metrics.oom_splits > 0 and len(result.batches) == len(vanilla.batches)
-    with pytest.raises(SeqschedError, match="out of memory generating a single request"):
-        run(FlakyMemoryEngine(tiny_engine, max_rows=0), requests[:1], None, BASE)
+
+
+def test_a_request_out_of_memory_alone_is_an_error_and_the_rest_are_served(
+    tiny_engine: HFEngine, requests: list[Request], vanilla: RunResult
+) -> None:
+    class LongPromptsRunOut(FlakyMemoryEngine):
+        """Runs out of memory on any batch holding one of the long prompts (as a huge prompt's prefill would)."""
+
+        def generate(self, prompt_ids, max_new_tokens, sampling=GREEDY, seeds=None):  # type: ignore[no-untyped-def]
+            if any(len(ids) > self.max_rows for ids in prompt_ids):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 25.60 GiB")
+            return self.engine.generate(prompt_ids, max_new_tokens, sampling, seeds)
+
+    longest = max(len(tiny_engine.encode(request.chat())) for request in requests)
+    long = {index for index, request in enumerate(requests) if len(tiny_engine.encode(request.chat())) == longest}
+    reported: dict[int, object] = {}
+    options = RunOptions(on_finished=lambda index, record: reported.setdefault(index, record))
+    result = run(LongPromptsRunOut(tiny_engine, longest - 1), requests, None, BASE, options)
+    assert long and len(long) < len(requests)
+    for index, record in enumerate(result.records):
+        if index in long:
+            assert record.error_code == "out_of_memory" and "alone" in (record.error or "") and not record.token_ids
+        else:
+            assert record.error is None and record.token_ids == vanilla.records[index].token_ids
+    assert result.metrics.errors == len(long) and result.metrics.oom_splits > 0
+    assert sorted(reported) == list(range(len(requests))), "every request is reported once, errors included"
+
+
+def test_out_of_memory_is_recognised_on_gpu_and_cpu() -> None:
+    from serving.runner.static import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    cpu = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 25600000000 bytes. Error code 12"
+    assert is_out_of_memory(RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] data. {cpu}"))
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
 def test_other_errors_are_not_swallowed(tiny_engine: HFEngine, requests: list[Request]) -> None:

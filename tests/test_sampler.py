@@ -14,9 +14,10 @@ from data_tools.commands import LabelConfig, run_label, split_records
 from data_tools.labels import bucket_up
 from data_tools.sampler import Job, LengthSampler, SamplerConfig, plan_batches, sample_seed
 from data_tools.schema import load_length_dataset, load_meta
-from seqsched.engines.api import BatchOutput, Message, SamplingParams
+from seqsched.engines.api import GREEDY, Batching, BatchOutput, Message, SamplingParams, TimedRow
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
+from seqsched.engines.hf_continuous import HFContinuousEngine
 from seqsched.errors import InputError, SeqschedError
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
@@ -33,6 +34,8 @@ class Interrupted(RuntimeError):
 
 class CountingEngine:
     """Wraps an engine: counts generated rows and raises after a given number of batches."""
+
+    batching = Batching.STATIC
 
     def __init__(self, engine: HFEngine, fail_after: int | None = None) -> None:
         self.engine = engine
@@ -58,6 +61,25 @@ class CountingEngine:
         self.batches += 1
         self.rows += len(prompt_ids)
         return self.engine.generate(prompt_ids, max_new_tokens, sampling, seeds)
+
+
+class InterruptedPool(HFContinuousEngine):
+    """A continuous pool that is killed after a given number of finished generations (None: never)."""
+
+    def __init__(self, engine: HFEngine, slots: int, fail_after: int | None = None) -> None:
+        super().__init__(engine, slots)
+        self.fail_after = fail_after
+        self.finished = 0
+
+    def submit(self, prompt_ids, max_tokens, priorities=None, sampling=GREEDY, seeds=None, on_finished=None):  # type: ignore[no-untyped-def]
+        def counted(index: int, timed: TimedRow) -> None:
+            if on_finished is not None:
+                on_finished(index, timed)
+            self.finished += 1
+            if self.fail_after is not None and self.finished >= self.fail_after:
+                raise Interrupted(f"killed after {self.finished} generations")
+
+        return super().submit(prompt_ids, max_tokens, priorities, sampling, seeds, counted)
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +230,33 @@ def test_sampler_config_is_checked() -> None:
         (0.5, 1),
         (0.5, 2),
     ]
+
+
+def test_a_continuous_pool_labels_the_same_and_checkpoints_each_generation(
+    tmp_path: Path, data_file: Path, tiny_model_dir: Path, evicting_engine: HFEngine, uninterrupted
+) -> None:
+    """The same dataset as static batches (greedy and seeded samples alike); killed midway, the generations that
+    finished are in the checkpoint and a resumed run generates only the rest."""
+    out = tmp_path / "lengths"
+    config = label_config(data_file, out, tiny_model_dir)
+    with pytest.raises(Interrupted):
+        run_label(config, InterruptedPool(evicting_engine, 3, fail_after=20))
+    saved = (working_dir(out) / CHECKPOINT_FILE).read_text().splitlines()
+    assert len(saved) == 20, "every finished generation was checkpointed as it finished"
+    resumed = InterruptedPool(evicting_engine, 3)
+    run_label(config, resumed)
+    assert resumed.finished == 14 * 5 - 20
+    assert records(out) == records(uninterrupted[0])
+
+
+def test_label_command_builds_a_pool_of_batch_size_slots(
+    tmp_path: Path, data_file: Path, tiny_model_dir: Path, uninterrupted
+) -> None:
+    out = tmp_path / "lengths"
+    engine = EngineConfig(batching=Batching.CONTINUOUS)
+    _, metrics = run_label(label_config(data_file, out, tiny_model_dir, engine=engine, batch_size=5))
+    assert records(out) == records(uninterrupted[0])
+    assert metrics["batches"] == len(TEMPERATURES), "one submission per temperature"
 
 
 def test_sampler_without_checkpoint_runs_every_job(evicting_engine: HFEngine) -> None:

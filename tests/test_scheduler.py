@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from serving.scheduler import (
     PAPER_VBS,
     Phase,
+    RecomputeMode,
     ScheduleConfig,
     Strategy,
     adjusted_length,
@@ -165,3 +166,77 @@ def test_recompute_covers_exactly_the_failed(predicted: list[int], cfg: Schedule
         assert all(batch.max_new_tokens >= remaining[index] for index in batch.request_ids), "nothing fails twice"
         if cfg.token_budget is not None and len(batch) > 1:
             assert len(batch) * batch.max_new_tokens <= cfg.token_budget
+
+
+def test_recompute_goes_by_failed_cap_then_predicted_length() -> None:
+    cfg = ScheduleConfig(vbs={}, batch_size=2, limit=512)
+    failed = [0, 1, 2, 3, 4, 5]
+    caps = {0: 200, 1: 50, 2: 200, 3: 50, 4: 100, 5: 50}
+    predicted = [180, 40, 150, 10, 90, 45]
+    batches = recompute_plan(failed, cfg, failed_caps=caps, predicted=predicted)
+    assert [b.request_ids for b in batches] == [(3, 1), (5, 4), (2, 0)]  # caps 50, 50 | 50, 100 | 200, 200
+    assert {b.max_new_tokens for b in batches} == {512} and all(b.phase is Phase.RECOMPUTE for b in batches)
+
+
+def test_token_budget_counts_prompt_and_cap() -> None:
+    cfg = ScheduleConfig(vbs={50: 8, 100: 8}, batch_size=8, limit=100, token_budget=600)
+    # Rows of prompt 50 + cap 50 = 100 tokens: six fit; a 250-token prompt needs a batch to itself at cap 50
+    batches = plan([10] * 7 + [60] * 2, cfg, prompts=[50] * 7 + [10, 250])
+    assert [(b.request_ids, b.max_new_tokens) for b in batches] == [
+        ((0, 1, 2, 3, 4, 5), 50),
+        ((6, 7), 100),  # the 50-bin's leftover joins the 100-bin: 2 x (50 + 100) = 300
+        ((8,), 100),  # 3 x (250 + 100) would be 1050
+    ]
+    # Without prompt lengths the budget counts the cap alone (the plan contract's rule).
+    assert [len(b) for b in plan([10] * 7, cfg)] == [7]
+    vanilla = plan([0] * 5, replace(cfg, strategy=Strategy.VANILLA), prompts=[100] * 5)
+    assert [len(b) for b in vanilla] == [3, 2]  # 3 x (100 + 100) = 600
+
+
+budget_configs = st.builds(
+    ScheduleConfig,
+    strategy=st.sampled_from(list(Strategy)),
+    limit=st.integers(min_value=1, max_value=600),
+    bin_width=st.integers(min_value=1, max_value=120),
+    batch_size=st.integers(min_value=1, max_value=64),
+    vbs=st.dictionaries(st.integers(1, 600), st.integers(1, 300), max_size=6),
+    token_budget=st.integers(min_value=1, max_value=40000),
+    margin_tokens=st.integers(min_value=0, max_value=60),
+    recompute=st.sampled_from(list(RecomputeMode)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(predicted=lengths, cfg=budget_configs, data=st.data())
+def test_no_batch_above_the_kv_budget(predicted: list[int], cfg: ScheduleConfig, data: st.DataObject) -> None:
+    count = len(predicted)
+    prompts = data.draw(st.lists(st.integers(0, 500), min_size=count, max_size=count))
+    limits = data.draw(st.lists(st.integers(1, 700), min_size=count, max_size=count))
+    true = data.draw(st.lists(st.integers(0, 800), min_size=count, max_size=count))
+    own = [min(cfg.limit, value) for value in limits]
+    batches = plan(predicted, cfg, limits, prompts)
+    assert Counter(i for b in batches for i in b.request_ids) == Counter(range(count)), "every request exactly once"
+    budget = cfg.token_budget
+    assert budget is not None
+    for batch in batches:
+        widest = max(prompts[index] for index in batch.request_ids)
+        assert len(batch) == 1 or len(batch) * (widest + batch.max_new_tokens) <= budget, "no batch over the budget"
+        assert batch.max_new_tokens <= max(own[index] for index in batch.request_ids)
+    if cfg.strategy is Strategy.FCR:
+        bins = request_bins(predicted, own, cfg)
+        for batch in batches:
+            assert all(batch.max_new_tokens >= min(bins[i], own[i]) for i in batch.request_ids)
+    failed = failed_requests(batches, true, own)
+    caps = {index: batch.max_new_tokens for batch in batches for index in batch.request_ids}
+    if cfg.recompute is RecomputeMode.CONTINUE:
+        remaining = {index: own[index] - min(caps[index] + 1, own[index] - 1) for index in failed}
+        fed = {index: prompts[index] + caps[index] + 1 for index in failed}
+    else:
+        remaining = {index: own[index] for index in failed}
+        fed = {index: prompts[index] for index in failed}
+    second = recompute_plan(failed, cfg, remaining, failed_caps=caps, predicted=predicted, prompts=fed)
+    assert Counter(i for b in second for i in b.request_ids) == Counter(failed), "every failure exactly once"
+    for batch in second:
+        assert all(batch.max_new_tokens >= remaining[index] for index in batch.request_ids), "caps cover budgets"
+        widest = max(fed[index] for index in batch.request_ids)
+        assert len(batch) == 1 or len(batch) * (widest + batch.max_new_tokens) <= budget

@@ -11,6 +11,7 @@ import pytest
 from seqsched.config import load_recipe
 from seqsched_cli.main import main
 from serving.serve_command import ServeConfig, metrics_path
+from tests.synthetic_lengths import write_synthetic_dataset
 from tests.tiny_model import synthetic_prompts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,3 +89,74 @@ def test_serve_recipes_load() -> None:
     assert config.schedule().vbs == config.vbs
     paper = load_recipe(ServeConfig, REPO / "recipes" / "vicuna-7b-gpu" / "serve.yaml")
     assert (paper.batch_size, paper.limit, paper.token_budget) == (16, 512, 12800)
+
+
+def test_serve_on_the_continuous_pool_with_each_policy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    batch_file(tmp_path / "in.jsonl", synthetic_prompts(10, seed=4))
+    vanilla = serve(tiny_model_dir, tmp_path, "vanilla", "--strategy", "vanilla")
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps(line) + "\n" for line in vanilla if line["error"] is None))
+    pool = ["--engine.batching", "continuous", "--engine.slots", "3"]
+    for policy in ("fcfs", "sjf", "sjf-fcr"):
+        predictor = [] if policy == "fcfs" else ["--predictor", f"oracle:{oracle}"]
+        lines = serve(tiny_model_dir, tmp_path, policy, *pool, "--policy", policy, *predictor)
+        assert [line["custom_id"] for line in lines] == [line["custom_id"] for line in vanilla]
+        for theirs, mine in zip(vanilla, lines, strict=True):
+            if theirs["error"] is None:
+                assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"], policy
+        metrics = json.loads(metrics_path(tmp_path / f"{policy}.jsonl").read_text())
+        assert metrics["admission"] == policy and metrics["requests"] == 10
+        assert metrics["latency_mean_s"] > 0 and metrics["time_to_half_s"] <= metrics["latency_p99_s"]
+
+
+def test_serve_policy_needs_a_continuous_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    assert main(["serve", "--input", str(tmp_path / "in.jsonl"), "--policy", "sjf"]) == 2
+    assert "--policy sjf orders admission on a continuous engine" in capsys.readouterr().err
+    argv = ["serve", "--input", str(tmp_path / "in.jsonl"), "--engine.batching", "continuous", "--policy", "sjf"]
+    assert main(argv) == 2
+    assert "--policy sjf orders requests by predicted length" in capsys.readouterr().err
+
+
+def test_serve_tunes_on_the_served_requests(tiny_model_dir: Path, tmp_path: Path) -> None:
+    batch_file(tmp_path / "in.jsonl", synthetic_prompts(14, seed=9))
+    vanilla = serve(tiny_model_dir, tmp_path, "vanilla", "--strategy", "vanilla")
+    # The predictor: the vanilla lengths for the served requests, and noisy guesses for a held-out length dataset.
+    held_out = write_synthetic_dataset(tmp_path / "held", train=4, validation=40)
+    from lengthpred.data import load_length_data
+
+    data = load_length_data(held_out, "validation")
+    lines = [
+        {"id": line["custom_id"], "true": line["response"]["body"]["usage"]["completion_tokens"]}
+        for line in vanilla
+        if line["error"] is None
+    ]
+    lines += [
+        {"id": key, "true": max(0, length // 20 + (index % 7) - 3)}
+        for index, (key, length) in enumerate(zip(data.ids, data.max_lengths, strict=True))
+    ]
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    argv = [
+        "--strategy",
+        "fcr",
+        "--predictor",
+        f"oracle:{oracle}",
+        f"--tune.data={held_out}",
+        "--tune.split=validation",
+    ]
+    argv += ["--tune.draws=2", "--cost.batches=[1,2,4]", "--cost.contexts=2", f"--cost.cache_dir={tmp_path / 'cost'}"]
+    tuned = serve(tiny_model_dir, tmp_path, "tuned", *argv)
+    for theirs, mine in zip(vanilla, tuned, strict=True):
+        if theirs["error"] is None:
+            assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"]
+    metrics = json.loads(metrics_path(tmp_path / "tuned.jsonl").read_text())
+    schedule = metrics["schedule"]
+    assert schedule["draws"] == 2 and schedule["simulated_vanilla_s"] > 0
+    assert metrics["strategy"] == ("vanilla" if schedule["fallback_to_vanilla"] else "fcr")
+    assert metrics["tuning_s"] > 0 and metrics["total_s"] >= metrics["tuning_s"]
+    assert metrics["tuning"]["held_out"]["records"] == 40 and metrics["tuning"]["kv_budget"]["tokens"] > 0
+    # Forcing the guard: nothing wins by 1000x, so vanilla batches serve.
+    guarded = serve(tiny_model_dir, tmp_path, "guarded", *argv, "--tune.min_gain=1000")
+    assert len(guarded) == len(vanilla)
+    assert json.loads(metrics_path(tmp_path / "guarded.jsonl").read_text())["strategy"] == "vanilla"

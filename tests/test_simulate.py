@@ -7,7 +7,16 @@ from dataclasses import replace
 
 import pytest
 
-from serving.scheduler import Batch, RecomputeMode, ScheduleConfig, Strategy, engine_steps, failed_requests, plan
+from serving.scheduler import (
+    Batch,
+    RecomputeMode,
+    ScheduleConfig,
+    Strategy,
+    engine_steps,
+    failed_requests,
+    plan,
+    recompute_plan,
+)
 from serving.simulate import StepCost, _evicting_decode_s, compare, simulate, simulate_batches
 
 COST = StepCost(fixed_s=0.1, per_row_s=0.01, per_context_s=0.001, prefill_fixed_s=0.5, prefill_token_s=0.002)
@@ -78,29 +87,26 @@ def test_compare_lists_every_strategy() -> None:
     assert evicted.total.row_steps < vanilla["row_steps"]
 
 
-def test_workloads_add_up_runs_served_alone() -> None:
-    from serving.simulate import simulate_workloads
-
-    rng = random.Random(4)
-    true = [rng.randint(1, 300) for _ in range(90)]
-    predicted = [max(1, value + rng.randint(-60, 60)) for value in true]
-    cfg = ScheduleConfig(strategy=Strategy.FCR, limit=256)
-    cost = StepCost()
-    whole = simulate_workloads(predicted, true, cfg, cost)
-    assert whole.summary() == simulate(predicted, true, cfg, cost).summary()
-    runs = simulate_workloads(predicted, true, cfg, cost, workload=40)
-    parts = [simulate(predicted[i : i + 40], true[i : i + 40], cfg, cost) for i in (0, 40, 80)]
-    assert runs.total.time_s == pytest.approx(sum(part.total.time_s for part in parts))
-    assert runs.failed == [40 * n + index for n, part in enumerate(parts) for index in part.failed]
-    assert sorted(i for batch in runs.batches if batch.phase.value == "initial" for i in batch.request_ids) == list(
-        range(90)
-    )
-    # Small runs fill fewer of the big VBS batches: never cheaper than one run of everything.
-    assert runs.total.time_s >= whole.total.time_s
+def test_recompute_by_failed_cap_pads_less_than_input_order() -> None:
+    # Issue 14: FCR's recompute pass batched failures in input order, mixing requests that outran a 50-token cap
+    # with ones that outran 400; grouping them by the cap they failed at (then predicted length) pads far less.
+    rng = random.Random(0)
+    predicted = [min(1000, int(rng.lognormvariate(4.6, 0.8))) for _ in range(3000)]
+    true = [max(1, int(p * rng.lognormvariate(0.0, 0.35))) for p in predicted]
+    cfg = ScheduleConfig(limit=512)
+    own = [cfg.limit] * len(true)
+    batches = plan(predicted, cfg)
+    failed = failed_requests(batches, true, own)
+    caps = {index: batch.max_new_tokens for batch in batches for index in batch.request_ids}
+    before, _ = simulate_batches(recompute_plan(failed, cfg), true, own, COST)
+    after, _ = simulate_batches(recompute_plan(failed, cfg, failed_caps=caps, predicted=predicted), true, own, COST)
+    assert (before.batches, before.output_tokens) == (after.batches, after.output_tokens)
+    assert after.row_steps < 0.75 * before.row_steps and after.time_s < before.time_s
+    assert simulate(predicted, true, cfg, COST).recompute.row_steps == after.row_steps, "simulate sorts them too"
 
 
 def test_sizing_takes_the_most_prompts_that_fit() -> None:
-    from serving.bench_setup import RowPlan, candidate_counts, fit_count
+    from serving.bench_setup import RowPlan, SizingInputs, candidate_counts, fit_count
 
     assert candidate_counts(1000)[:3] == [1000, 975, 950] and candidate_counts(1000)[-6:] == [25, 16, 8, 4, 2, 1]
     assert candidate_counts(30) == [30, 25, 16, 8, 4, 2, 1]
@@ -108,8 +114,9 @@ def test_sizing_takes_the_most_prompts_that_fit() -> None:
     rows = [RowPlan("vanilla", ScheduleConfig(strategy=Strategy.VANILLA, limit=128))]
     cost = StepCost(fixed_s=0.01, per_row_s=0.0, per_context_s=0.0, prefill_fixed_s=0.0, prefill_token_s=0.0)
     # A batch of 16 runs 101 steps, 100 of them forwards of 10 ms: 1 s per 16 prompts; 8.5 s of 10 may be used.
-    count, info = fit_count(rows, None, true, [20] * 400, cost, seconds_left=10.0)
+    inputs = SizingInputs(true, None, [20] * 400, [128] * 400)
+    count, info = fit_count(rows, inputs, cost, seconds_left=10.0)
     assert count == 125 and info["simulated_row_s"]["vanilla"] <= 10.0 * 0.85
     assert info["tried"][0]["count"] == 400
-    count, _ = fit_count(rows, None, true, [20] * 400, cost, seconds_left=10.0, repeats=2)
+    count, _ = fit_count(rows, inputs, cost, seconds_left=10.0, repeats=2)
     assert count == 50

@@ -10,7 +10,7 @@ from seqsched.engines.hf import HFEngine
 from serving.costmodel import StepSample, fit, measure, report
 from serving.scheduler import ScheduleConfig
 from serving.simulate import StepCost
-from serving.tuning import flat_table, tune_margin, tune_vbs
+from serving.tuning import Workload, flat_table, tune_margin, tune_vbs
 
 COST = StepCost(fixed_s=0.08, per_row_s=0.004, per_context_s=0.0, prefill_fixed_s=0.01, prefill_token_s=0.0002)
 
@@ -24,7 +24,7 @@ def pairs(count: int, bias: float, seed: int = 0) -> tuple[list[int], list[int]]
 
 def test_tune_margin_adds_a_margin_for_an_underestimating_predictor() -> None:
     predicted, true = pairs(600, bias=0.6)
-    tuned = tune_margin(predicted, true, ScheduleConfig(), COST, bin_widths=(50,))
+    tuned = tune_margin(Workload.single(predicted, true), ScheduleConfig(), COST, bin_widths=(50,))
     assert tuned.best_s < tuned.baseline_s and tuned.gain > 1
     assert tuned.config.margin_tokens > 0 or tuned.config.margin_ratio > 0
     assert min(row["time_s"] for row in tuned.candidates) == pytest.approx(tuned.best_s)
@@ -32,7 +32,7 @@ def test_tune_margin_adds_a_margin_for_an_underestimating_predictor() -> None:
 
 def test_tune_margin_keeps_the_paper_policy_for_exact_predictions() -> None:
     _, true = pairs(300, bias=1.0)
-    tuned = tune_margin(true, true, ScheduleConfig(), COST, bin_widths=(50,))
+    tuned = tune_margin(Workload.single(true, true), ScheduleConfig(), COST, bin_widths=(50,))
     assert (tuned.config.margin_tokens, tuned.config.margin_ratio) == (0, 0.0)
     assert tuned.best_s == tuned.baseline_s
 
@@ -40,8 +40,10 @@ def test_tune_margin_keeps_the_paper_policy_for_exact_predictions() -> None:
 def test_flat_tables_join_the_margin_search_when_steps_are_dear() -> None:
     # A step costs 20x a row: big batches win everywhere, which the paper's table (16 rows beyond 250) is not.
     predicted, true = pairs(400, bias=0.9, seed=2)
-    plain = tune_margin(predicted, true, ScheduleConfig(), COST, bin_widths=(50,))
-    flat = tune_margin(predicted, true, ScheduleConfig(), COST, bin_widths=(50,), flat_sizes=(16, 64, 256))
+    plain = tune_margin(Workload.single(predicted, true), ScheduleConfig(), COST, bin_widths=(50,))
+    flat = tune_margin(
+        Workload.single(predicted, true), ScheduleConfig(), COST, bin_widths=(50,), flat_sizes=(16, 64, 256)
+    )
     assert flat.best_s < plain.best_s
     assert len(set(flat.config.vbs.values())) == 1 and flat.config.batch_size in (64, 256)
     assert flat.config.vbs == flat_table(flat.config, flat.config.batch_size).vbs
@@ -50,7 +52,7 @@ def test_flat_tables_join_the_margin_search_when_steps_are_dear() -> None:
 
 def test_tune_vbs_never_predicts_slower_than_the_table() -> None:
     predicted, true = pairs(500, bias=1.0, seed=4)
-    tuned = tune_vbs(predicted, true, ScheduleConfig(), COST, sizes=(8, 16, 64, 256), rounds=1)
+    tuned = tune_vbs(Workload.single(predicted, true), ScheduleConfig(), COST, sizes=(8, 16, 64, 256), rounds=1)
     assert tuned.best_s <= tuned.baseline_s
     assert set(tuned.config.vbs) == set(range(50, 512, 50)) | {512}
 

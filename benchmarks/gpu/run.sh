@@ -5,14 +5,16 @@
 #
 # Installs nothing and fetches nothing: it needs the repo, outputs/replay-inputs (made here, beforehand, by
 # `.venv/bin/python benchmarks/gpu/prepare.py`) and a python with torch + transformers + pyyaml (the GPU image's
-# python3). Writes $OUT/h200-replay.{json,md,png}, $OUT/log.txt and $OUT/nvidia-smi.txt.
+# python3). Writes $OUT/h200-replay.{json,md} (and .png where matplotlib is installed), $OUT/log.txt,
+# $OUT/nvidia-smi.txt and $OUT/step-cost/*.json (the step-cost grid measured on the device).
 #
 #   device run:  command "bash benchmarks/gpu/run.sh", carry [outputs/replay-inputs], timeout_s 540
-#   on a CPU:    OUT=outputs/gpu-replay bash benchmarks/gpu/run.sh model.random_init=smollm2 count=16 limit=64
+#   on a CPU:    OUT=outputs/gpu-replay BUDGET_S=120 bash benchmarks/gpu/run.sh model.random_init=smollm2 limit=64
 #
-# Extra arguments are recipe overrides (field=value). BUDGET_S (default 420) sizes the prompt count: the bench
-# measures the step cost, then serves the most prompts whose rows the simulator fits into it; TIMEOUT_S (default
-# 470) is the hard stop (the bench rewrites its files after every row, so a stopped run keeps finished rows).
+# Extra arguments are recipe overrides (field=value, YAML values, dotted for nested: cost.contexts=2). BUDGET_S
+# (default 420) sizes the prompt count: the bench measures the step-cost grid, then serves the most prompts whose
+# rows the simulator fits into it; TIMEOUT_S (default 470) is the hard stop (the bench rewrites its files after
+# every row, so a stopped run keeps finished rows).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-outputs/gpu-replay}
@@ -35,7 +37,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 started=$(date +%s)
 timeout --signal=INT --kill-after=15 "$TIMEOUT_S" "$PYTHON" -m seqsched_cli.recipe bench recipes/vicuna-7b-replay/bench.yaml \
   "model.spec=$INPUTS/tokenizer" "engine.replay=$INPUTS/val-lengths.jsonl" "input=$INPUTS/val-prompts.jsonl" \
-  "tune_lengths=$INPUTS/tune-lengths.jsonl" "budget_s=$BUDGET_S" "out=$OUT/$NAME" "$@" 2>&1 | tee "$OUT/log.txt"
+  "tune.lengths=$INPUTS/tune-lengths.jsonl" "budget_s=$BUDGET_S" "cost.cache_dir=$OUT/step-cost" "out=$OUT/$NAME" \
+  "$@" 2>&1 | tee "$OUT/log.txt"
 code=${PIPESTATUS[0]}
 echo "run.sh: exit $code after $(( $(date +%s) - started )) s" | tee -a "$OUT/log.txt"
 exit "$code"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -97,6 +97,29 @@ class BatchOutput:
 
 
 @dataclass
+class SubmitStats:
+    """What a continuous engine's latest submit() computed, for the run's time breakdown."""
+
+    steps: int = 0
+    """Decode forwards over the pool."""
+    row_steps: int = 0
+    """Rows x decode forwards (each row's first token comes from its prefill, as in a static batch)."""
+    prefills: int = 0
+    """Admissions: batched prefills of newcomers."""
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    forward_s: float = 0.0
+    """Seconds inside the model's forward calls; prefill_s + decode_s - forward_s is the engine's own work
+    (sampling, finishing rows, joining and compacting the cache); 0 when the engine does not say."""
+    context_tokens: int = 0
+    """Sum over decode forwards of the rows' real context (prompt + generated)."""
+    padded_context_tokens: int = 0
+    """The same with the alignment padding the engine computes (0 when it computes none)."""
+    max_rows: int = 0
+    """The most rows decoded at once."""
+
+
+@dataclass
 class TimedRow:
     """A request's output from a continuous engine and when it finished, seconds after the set was submitted."""
 
@@ -127,9 +150,17 @@ def model_stop_token_ids(*sources: Any) -> set[int]:
     return ids
 
 
+def context_length(engine: Any) -> int | None:
+    """The most tokens (prompt plus generated) the engine's model takes, when the engine says (its optional
+    `context_length` attribute); None when unknown."""
+    value = getattr(engine, "context_length", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 class Engine(Protocol):
     """Batched generation: prompts in, token ids and costs out. Every engine can run a static batch
-    (`generate`, what the label sampler and the step-cost probe use); `batching` says how it serves a run."""
+    (`generate`, what the label sampler and the step-cost probe use); `batching` says how it serves a run.
+    An engine may also say how long a sequence its model takes (`context_length`, see context_length())."""
 
     batching: Batching
 
@@ -155,6 +186,9 @@ class Engine(Protocol):
 class ContinuousEngine(Engine, Protocol):
     """An engine that takes a whole set of requests with per-request caps and priorities and schedules them."""
 
+    last_stats: SubmitStats | None
+    """What the latest submit() computed (None before the first)."""
+
     def submit(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -162,6 +196,8 @@ class ContinuousEngine(Engine, Protocol):
         priorities: Sequence[int] | None = None,
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
     ) -> list[TimedRow]:
-        """Serve every request (lower priority value first); outputs in input order with finish times."""
+        """Serve every request (lower priority value first); outputs in input order with finish times.
+        on_finished(index, row) is called as each request finishes (to checkpoint it, say)."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -33,8 +34,29 @@ def cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+@dataclass
+class PrefilledPrompt:
+    """A prompt's prefill kept for a later batch: each layer's keys and values (kv heads, length, head dim) and
+    the logits of the first generated token."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the kept tensors take."""
+        tensors = [*self.keys, *self.values, self.logits]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
 class HFEngine:
-    """Generation engine over a Hugging Face causal LM, one static batch at a time."""
+    """Generation engine over a Hugging Face causal LM, one static batch at a time.
+
+    `prefill()` can run prompts' prefills ahead of their batches (reading hidden states on the way, for a length
+    probe) and keep their KV caches: a later `generate()` whose prompts were all prefilled starts from them
+    instead of computing the prefill again.
+    """
 
     batching = Batching.STATIC
 
@@ -55,12 +77,25 @@ class HFEngine:
         if not self.stop_token_ids:
             raise ValueError("the model has no EOS token and no stop_token_ids were given")
         self.cache_argument = cache_argument(model)
+        self.model_spec: str | None = None
+        """The spec the model was loaded from (from_spec), so a length probe of the same model can share it."""
+        self.prefilled: dict[tuple[int, ...], PrefilledPrompt] = {}
+        """Prompts prefilled ahead of their batch (by token ids), until drop_prefilled()."""
+        self.prefilled_bytes = 0
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> HFEngine:
         """Load a model spec (see seqsched.model_specs) and wrap it."""
         loaded: LoadedModel = load_model(model)
-        return cls(loaded.model, loaded.tokenizer, config)
+        engine = cls(loaded.model, loaded.tokenizer, config)
+        engine.model_spec = loaded.spec
+        return engine
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window (max_position_embeddings), when its config says."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
@@ -70,7 +105,8 @@ class HFEngine:
         """Text of generated token ids, special tokens dropped."""
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def _left_pad(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as one left-padded id tensor and its attention mask (1 = real token), on the model's device."""
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
@@ -80,9 +116,10 @@ class HFEngine:
                 attention_mask[row, width - len(ids) :] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def _next_tokens(
+    def next_tokens(
         self, logits: torch.Tensor, sampling: SamplingParams, generators: list[torch.Generator] | None
     ) -> torch.Tensor:
+        """One token per row of `logits`: argmax, or a sample (each row with its own generator when given)."""
         if sampling.greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
@@ -97,6 +134,84 @@ class HFEngine:
         probs = probs.cpu()
         picked = [torch.multinomial(probs[row], 1, generator=gen) for row, gen in enumerate(generators)]
         return torch.cat(picked).to(logits.device)
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        hidden_layers: Sequence[int] = (),
+        keep: bool = True,
+        batch_size: int = 16,
+    ) -> list[dict[int, torch.Tensor]]:
+        """Prefill prompts (batched by length) and, with keep, hold each one's KV cache and first-token logits for
+        a later generate() of the same prompt (up to config.prefill_store_gib). Returns each prompt's hidden
+        states at hidden_layers (0 = embeddings), unpadded: layer -> (prompt length, hidden size)."""
+        budget = self.config.prefill_store_gib * 2**30
+        order = sorted(range(len(prompt_ids)), key=lambda row: len(prompt_ids[row]))
+        hidden: list[dict[int, torch.Tensor]] = [{} for _ in prompt_ids]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            chunk = [prompt_ids[row] for row in rows]
+            input_ids, attention_mask = self.left_pad(chunk)
+            position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                output_hidden_states=bool(hidden_layers),
+                logits_to_keep=1,
+                **{self.cache_argument: cache},
+            )
+            width = input_ids.shape[1]
+            for slot, row in enumerate(rows):
+                length = len(prompt_ids[row])
+                for layer in hidden_layers:
+                    hidden[row][layer] = out.hidden_states[layer][slot, width - length :, :]
+                key = tuple(prompt_ids[row])
+                if not keep or key in self.prefilled:
+                    continue
+                kept = PrefilledPrompt(
+                    keys=[layer.keys[slot, :, width - length :, :].clone() for layer in cache.layers],
+                    values=[layer.values[slot, :, width - length :, :].clone() for layer in cache.layers],
+                    logits=out.logits[slot, -1, :].clone(),
+                )
+                if self.prefilled_bytes + kept.nbytes <= budget:
+                    self.prefilled[key] = kept
+                    self.prefilled_bytes += kept.nbytes
+        return hidden
+
+    def drop_prefilled(self) -> None:
+        """Forget the prompts prefilled ahead of their batches (frees their KV caches)."""
+        self.prefilled.clear()
+        self.prefilled_bytes = 0
+
+    def _from_prefilled(
+        self, prompt_ids: Sequence[Sequence[int]]
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The batch's cache, first logits, attention mask and positions assembled from kept prefills (left
+        padded as a batch prefill would be), or None unless every prompt was prefilled."""
+        kept = [self.prefilled.get(tuple(ids)) for ids in prompt_ids]
+        if not kept or any(item is None for item in kept):
+            return None
+        _, attention_mask = self.left_pad(prompt_ids)
+        width = attention_mask.shape[1]
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(kept[0].keys)):  # type: ignore[union-attr]
+            first = kept[0].keys[layer]  # type: ignore[union-attr]
+            shape = (len(kept), first.shape[0], width, first.shape[2])
+            keys = torch.zeros(shape, dtype=first.dtype, device=first.device)
+            values = torch.zeros(shape, dtype=first.dtype, device=first.device)
+            for row, item in enumerate(kept):
+                length = item.keys[layer].shape[1]  # type: ignore[union-attr]
+                keys[row, :, width - length :, :] = item.keys[layer]  # type: ignore[union-attr]
+                values[row, :, width - length :, :] = item.values[layer]  # type: ignore[union-attr]
+            cache.update(keys, values, layer)
+        logits = torch.stack([item.logits for item in kept])  # type: ignore[union-attr]
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+        return cache, logits, attention_mask, position_ids
 
     @torch.inference_mode()
     def generate(
@@ -128,18 +243,24 @@ class HFEngine:
             generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
         started = time.perf_counter()
-        input_ids, attention_mask = self._left_pad(prompt_ids)
-        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_argument: cache},
-        )
-        logits = out.logits[:, -1, :]
+        reused = self._from_prefilled(prompt_ids)
+        if reused is not None:
+            cache, logits, attention_mask, position_ids = reused
+            padded_prompt_tokens = 0  # nothing computed here: the prefill ran ahead (see prefill())
+        else:
+            input_ids, attention_mask = self.left_pad(prompt_ids)
+            position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_argument: cache},
+            )
+            logits = out.logits[:, -1, :]
+            padded_prompt_tokens = input_ids.numel()
         prefill_s = time.perf_counter() - started
 
         decode_started = time.perf_counter()
@@ -154,9 +275,9 @@ class HFEngine:
         for step in range(1, max_new_tokens + 1):
             row_steps += len(active)
             if generators is not None:
-                tokens = self._next_tokens(logits, sampling, [generators[row] for row in active])
+                tokens = self.next_tokens(logits, sampling, [generators[row] for row in active])
             else:
-                tokens = self._next_tokens(logits, sampling, None)
+                tokens = self.next_tokens(logits, sampling, None)
             token_list = tokens.tolist()
             for slot, row in enumerate(active):
                 if not running[slot]:
@@ -216,7 +337,7 @@ class HFEngine:
         return BatchOutput(
             rows=rows,
             prompt_tokens=sum(len(ids) for ids in prompt_ids),
-            padded_prompt_tokens=input_ids.numel(),
+            padded_prompt_tokens=padded_prompt_tokens,
             decode_steps=step,
             row_steps=row_steps,
             prefill_s=prefill_s,

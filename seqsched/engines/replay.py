@@ -92,6 +92,11 @@ class ReplayEngine:
         """The tokenizer that gives prompts their token counts."""
         return self.inner.tokenizer
 
+    @property
+    def context_length(self) -> int | None:
+        """The architecture's context window (prompt checks turn away what would not fit)."""
+        return self.inner.context_length
+
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt (folded into the model's vocabulary); registers its length when it has one."""
         ids = [token % self.vocab_size for token in self.inner.encode(prompt)]

@@ -9,7 +9,7 @@ Needs the `gpu` extra (vllm) and a CUDA device; imported lazily so nothing else 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from seqsched.engines.api import (
@@ -20,6 +20,7 @@ from seqsched.engines.api import (
     Message,
     RowOutput,
     SamplingParams,
+    SubmitStats,
     TimedRow,
     encode_chat,
     model_stop_token_ids,
@@ -52,6 +53,7 @@ class VLLMEngine:
         self.stop_token_ids = model_stop_token_ids(tokenizer)
         if not self.stop_token_ids:
             raise ValueError("the tokenizer declares no EOS token")
+        self.last_stats: SubmitStats | None = None
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: VLLMConfig | None = None) -> VLLMEngine:
@@ -72,6 +74,14 @@ class VLLMEngine:
             enforce_eager=config.enforce_eager,
         )
         return cls(llm, load_tokenizer(path), vllm)
+
+    @property
+    def context_length(self) -> int | None:
+        """vLLM's max_model_len (the model's context, or what --engine.vllm.max_model_len lowered it to)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            return None
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
@@ -97,8 +107,10 @@ class VLLMEngine:
         priorities: Sequence[int] | None = None,
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
     ) -> list[TimedRow]:
-        """Submit a whole set at once (lower priority value runs first); outputs in input order with times."""
+        """Submit a whole set at once (lower priority value runs first); outputs in input order with times.
+        on_finished(index, row) is called as each request finishes."""
         if not (len(prompt_ids) == len(max_tokens) and (priorities is None or len(priorities) == len(prompt_ids))):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
         engine = self.llm.llm_engine
@@ -111,12 +123,17 @@ class VLLMEngine:
                 priority=0 if priorities is None else int(priorities[index]),
             )
         finished: dict[int, TimedRow] = {}
+        steps = 0
         while engine.has_unfinished_requests():
+            steps += 1
             for output in engine.step():
                 if output.finished:
-                    finished[int(str(output.request_id).split("-")[0])] = TimedRow(
-                        self._row(output), time.perf_counter() - started
-                    )
+                    index = int(str(output.request_id).split("-")[0])
+                    finished[index] = TimedRow(self._row(output), time.perf_counter() - started)
+                    if on_finished is not None:
+                        on_finished(index, finished[index])
+        # vLLM mixes prefill and decode in its steps: the time is all counted as decode.
+        self.last_stats = SubmitStats(steps=steps, decode_s=time.perf_counter() - started)
         missing = set(range(len(prompt_ids))) - set(finished)
         if missing:
             raise RuntimeError(f"vLLM returned no output for requests {sorted(missing)[:5]}")

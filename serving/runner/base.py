@@ -35,18 +35,26 @@ class RunState(abc.ABC):
         options: RunOptions,
         predictor_s: float,
         on_progress: Callable[[int], None],
+        shared_prefill_s: float = 0.0,
+        tuning_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.requests = requests
         self.cfg = cfg
         self.options = options
+        if options.positions is not None and len(options.positions) != len(requests):
+            raise ValueError(f"{len(options.positions)} positions for {len(requests)} requests")
         self.predictor_s = predictor_s
+        self.shared_prefill_s = shared_prefill_s
+        self.tuning_s = tuning_s
         self.on_progress = on_progress
         self.predicted = list(predicted) if predicted is not None else None
         self.limits = [min(cfg.limit, request.max_tokens or cfg.limit) for request in requests]
         self.records: list[RequestRecord | None] = [None] * len(requests)
         self.batches: list[BatchRecord] = []
         self.pending: dict[int, PendingRequest] = {}
+        self.extra: dict[str, object] = {}
+        """What the engine reported beyond the records (a continuous engine's per-submission counters)."""
         self.started = time.perf_counter()
 
     def sampling_groups(self) -> list[tuple[SamplingParams, list[int]]]:
@@ -74,12 +82,14 @@ class RunState(abc.ABC):
         return state.prompt_ids + state.prefix
 
     def seed(self, index: int) -> int:
-        """Request i samples with seed + i, so its output does not depend on where it runs."""
-        return self.options.seed + index
+        """Request i samples with seed + i (i: its position in the whole job), so its output does not depend on
+        where it runs."""
+        positions = self.options.positions
+        return self.options.seed + (index if positions is None else positions[index])
 
     def elapsed(self) -> float:
-        """Seconds since the run started, the predictor's time included."""
-        return time.perf_counter() - self.started + self.predictor_s
+        """Seconds since the run started, the predictor's and the tuning's time included."""
+        return time.perf_counter() - self.started + self.predictor_s + self.tuning_s
 
     def finish(self, index: int, row: RowOutput, budget: int, phase: Phase, finished_at: float) -> bool:
         """Record a row's result; False when it was cut short by its cap and must go again."""
@@ -99,7 +109,19 @@ class RunState(abc.ABC):
         text = row.text if not state.prefix and tokens is row.token_ids else self.engine.decode(full)
         record = self.record(index, full, reason, finished_at)
         record.text = text
+        self.report(index, record)
         return True
+
+    def fail(self, index: int, error: str, code: str, finished_at: float) -> None:
+        """Record that a request cannot be served (it gets an error line; the rest of the run goes on)."""
+        record = self.record(index, [], FinishReason.LENGTH, finished_at)
+        record.error, record.error_code = error, code
+        self.report(index, record)
+
+    def report(self, index: int, record: RequestRecord) -> None:
+        """Tell the caller a request's final result (RunOptions.on_finished): the one place both runners use."""
+        if self.options.on_finished is not None:
+            self.options.on_finished(index, record)
 
     def record(self, index: int, tokens: list[int], reason: FinishReason, finished_at: float) -> RequestRecord:
         """The request's record, created on first use and updated with its latest result."""
@@ -118,6 +140,10 @@ class RunState(abc.ABC):
         record.token_ids, record.finish_reason, record.completion_s = tokens, reason, finished_at
         return record
 
+    def admission(self) -> str:
+        """The admission policy's name on a continuous engine; "-" for static batches."""
+        return "-"
+
     @abc.abstractmethod
     def serve_group(self, sampling: SamplingParams, members: list[int]) -> None:
         """Serve requests sharing one decoding setting: initial pass, then the recompute pass for failures."""
@@ -129,5 +155,14 @@ class RunState(abc.ABC):
         generation_s = time.perf_counter() - self.started
         records = [record for record in self.records if record is not None]
         assert len(records) == len(self.requests), "every request gets a record"
-        metrics = run_metrics(self.cfg, records, self.batches, generation_s, self.predictor_s)
-        return RunResult(records, self.batches, metrics, self.cfg)
+        metrics = run_metrics(
+            self.cfg,
+            records,
+            self.batches,
+            generation_s,
+            self.predictor_s,
+            self.admission(),
+            shared_prefill_s=self.shared_prefill_s,
+            tuning_s=self.tuning_s,
+        )
+        return RunResult(records, self.batches, metrics, self.cfg, self.extra)

@@ -1,0 +1,341 @@
+"""Continuous batching over a Hugging Face causal LM (CPU or GPU): a pool of `slots` rows decoded together. At every
+step the rows that finished leave; once `admit_min` slots are free, waiting requests take them (lowest priority
+value first, ties in arrival order) after one batched prefill of the newcomers.
+
+KV layout: left-padding alignment on transformers' DynamicCache. Every row's tokens end at the cache's last column.
+The newcomers' prefilled cache is padded on the left to the pool's width (or the pool's to theirs) and joined along
+the batch; the attention mask hides the padding and positions are per row, so a row's keys carry the same rotary
+positions as in a batch of its own and greedy outputs equal a one-request run. When rows leave, the leading columns
+no remaining row uses are cut (compaction), so the width follows the longest running context rather than the
+longest the pool has seen. What the layout costs: each forward attends over rows x width instead of each row's own
+context (SubmitStats.padded_context_tokens vs context_tokens). A paged layout would not pay it: transformers' own
+paged `generate_batch` (sdpa) runs about as fast on this CPU once its cache is sized to the workload
+(benchmarks/continuous_engine.py), but it draws every sample from one generator (no per-request seeds, so no
+reproducible labels) and admits first in, first out; this pool keeps the static engine's sampling and order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from seqsched.engines.api import (
+    GREEDY,
+    Batching,
+    BatchOutput,
+    FinishReason,
+    Message,
+    RowOutput,
+    SamplingParams,
+    SubmitStats,
+    TimedRow,
+)
+from seqsched.engines.config import EngineConfig
+from seqsched.engines.hf import HFEngine
+from seqsched.errors import SeqschedError
+from seqsched.model_specs import ModelConfig
+
+
+@dataclass
+class _Row:
+    """A running request."""
+
+    index: int
+    """Its position in the submitted set."""
+    cap: int
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+
+
+class _Pool:
+    """Running rows and their joint state, all in cache order: KV cache, attention mask (1 = real token), each
+    row's next position and the token it feeds next (sampled, not yet in the cache)."""
+
+    def __init__(
+        self,
+        rows: list[_Row],
+        cache: DynamicCache | None = None,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        pending: torch.Tensor | None = None,
+    ) -> None:
+        self.rows = rows
+        self.cache = cache
+        self.mask = mask
+        self.positions = positions
+        self.pending = pending
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def width(self) -> int:
+        """Cache columns (the longest running context plus alignment padding)."""
+        return 0 if self.mask is None else int(self.mask.shape[1])
+
+    def keep(self, kept: Sequence[bool]) -> None:
+        """Drop the rows not kept; then cut leading columns that no remaining row uses."""
+        if all(kept):
+            return
+        if not any(kept):
+            self.rows, self.cache, self.mask, self.positions, self.pending = [], None, None, None, None
+            return
+        assert self.cache is not None and self.mask is not None
+        assert self.positions is not None and self.pending is not None
+        index = torch.tensor([slot for slot, keep in enumerate(kept) if keep], device=self.mask.device)
+        self.rows = [row for row, keep in zip(self.rows, kept, strict=True) if keep]
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.positions = self.positions[index]
+        self.pending = self.pending[index]
+        unused = int(self.mask.any(dim=0).int().argmax())  # the first column some row uses
+        if unused:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[..., unused:, :]
+                layer.values = layer.values[..., unused:, :]
+            self.mask = self.mask[:, unused:]
+
+    def join(self, other: _Pool) -> None:
+        """Add other's rows after these, both left-padded to the wider cache."""
+        if not other.rows:
+            return
+        if not self.rows:
+            self.rows, self.cache, self.mask = other.rows, other.cache, other.mask
+            self.positions, self.pending = other.positions, other.pending
+            return
+        assert self.cache is not None and other.cache is not None
+        assert self.mask is not None and other.mask is not None
+        width = max(self.width, other.width)
+        mine, theirs = width - self.width, width - other.width
+        for layer, new in zip(self.cache.layers, other.cache.layers, strict=True):
+            layer.keys = torch.cat([_pad_left(layer.keys, mine), _pad_left(new.keys, theirs)], dim=0)
+            layer.values = torch.cat([_pad_left(layer.values, mine), _pad_left(new.values, theirs)], dim=0)
+        self.mask = torch.cat([F.pad(self.mask, (mine, 0)), F.pad(other.mask, (theirs, 0))], dim=0)
+        self.positions = torch.cat([self.positions, other.positions])  # type: ignore[list-item]
+        self.pending = torch.cat([self.pending, other.pending])  # type: ignore[list-item]
+        self.rows = self.rows + other.rows
+
+
+def default_admit_min(slots: int) -> int:
+    """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
+    or more beside its tokens, and admitting as soon as one slot freed made prefills over a third of a refill run
+    here; waiting for slots/8 leaves fewer than that idle while requests wait (serving.simulate_continuous models
+    both)."""
+    return max(1, slots // 8)
+
+
+def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
+    """KV states [batch, heads, seq, dim] with `columns` zero columns before the sequence."""
+    return F.pad(states, (0, 0, columns, 0)) if columns else states
+
+
+class HFContinuousEngine:
+    """Continuous batching with a pool of `slots` rows over an HFEngine's model; `generate` runs a static batch."""
+
+    batching = Batching.CONTINUOUS
+
+    def __init__(self, static: HFEngine, slots: int, admit_min: int | None = None) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        if admit_min is not None and admit_min < 1:
+            raise ValueError(f"admit_min must be >= 1, got {admit_min}")
+        self.static = static
+        self.slots = slots
+        self.admit_min = default_admit_min(slots) if admit_min is None else min(admit_min, slots)
+        """Waiting requests are admitted once this many slots are free (or fewer are waiting, or none runs)."""
+        self.model = static.model
+        self.tokenizer = static.tokenizer
+        self.last_stats: SubmitStats | None = None
+        layers = DynamicCache(config=self.model.config).layers
+        if any(type(layer) is not DynamicLayer for layer in layers):
+            kinds = sorted({type(layer).__name__ for layer in layers})
+            raise SeqschedError(
+                f"continuous batching on the HF engine needs full-attention cache layers; this model has {kinds} "
+                "(use --engine.batching static)"
+            )
+
+    @classmethod
+    def from_spec(cls, model: ModelConfig | str, config: EngineConfig) -> HFContinuousEngine:
+        """Load a model spec with `config.slots` rows (which must be set)."""
+        if config.slots is None:
+            raise SeqschedError("--engine.slots is required to build a continuous HF engine here")
+        return cls(HFEngine.from_spec(model, config), config.slots, config.admit_min)
+
+    def encode(self, prompt: str | Sequence[Message]) -> list[int]:
+        """Token ids of a prompt with the chat template applied (generation prompt added)."""
+        return self.static.encode(prompt)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of generated token ids, special tokens dropped."""
+        return self.static.decode(token_ids)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingParams = GREEDY,
+        seeds: Sequence[int] | None = None,
+    ) -> BatchOutput:
+        """One static batch (the step-cost probe and the label sampler use it), on the same model."""
+        return self.static.generate(prompt_ids, max_new_tokens, sampling, seeds)
+
+    @torch.inference_mode()
+    def submit(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_tokens: Sequence[int],
+        priorities: Sequence[int] | None = None,
+        sampling: SamplingParams = GREEDY,
+        seeds: Sequence[int] | None = None,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
+    ) -> list[TimedRow]:
+        """Serve every request through the pool (lower priority value first, ties in input order); outputs in
+        input order, each with the seconds from this call until it finished. on_finished(index, row) is called as
+        each request finishes."""
+        count = len(prompt_ids)
+        if len(max_tokens) != count or (priorities is not None and len(priorities) != count):
+            raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
+        if seeds is not None and len(seeds) != count:
+            raise ValueError("seeds must have one entry per request")
+        if any(cap < 1 for cap in max_tokens):
+            raise ValueError("every max_tokens must be >= 1")
+        if any(not ids for ids in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        started = time.perf_counter()
+        order = sorted(range(count), key=lambda index: (0 if priorities is None else int(priorities[index]), index))
+        waiting = deque(order)
+        run = _Submission(self, prompt_ids, max_tokens, sampling, seeds, started, on_finished)
+        pool = _Pool([])
+        while waiting or pool:
+            # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
+            ready = not pool or self.slots - len(pool) >= min(self.admit_min, len(waiting))
+            while ready and waiting and len(pool) < self.slots:
+                newcomers = [waiting.popleft() for _ in range(min(self.slots - len(pool), len(waiting)))]
+                pool.join(run.prefill(newcomers))
+            if pool:
+                run.decode(pool)
+        self.last_stats = run.stats
+        missing = [index for index in range(count) if index not in run.finished]
+        assert not missing, f"requests {missing[:5]} never finished"
+        return [run.finished[index] for index in range(count)]
+
+
+class _Submission:
+    """One submit() call's state: the requests, what finished, and the counters."""
+
+    def __init__(
+        self,
+        engine: HFContinuousEngine,
+        prompt_ids: Sequence[Sequence[int]],
+        max_tokens: Sequence[int],
+        sampling: SamplingParams,
+        seeds: Sequence[int] | None,
+        started: float,
+        on_finished: Callable[[int, TimedRow], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.on_finished = on_finished
+        self.static = engine.static
+        self.prompt_ids = prompt_ids
+        self.max_tokens = max_tokens
+        self.sampling = sampling
+        self.seeded = seeds is not None and not sampling.greedy
+        self.seeds = seeds
+        self.started = started
+        self.finished: dict[int, TimedRow] = {}
+        self.stats = SubmitStats()
+
+    def _generators(self, rows: Sequence[_Row]) -> list[torch.Generator] | None:
+        return [row.generator for row in rows] if self.seeded else None  # type: ignore[misc]
+
+    def _take(self, rows: Sequence[_Row], tokens: list[int]) -> list[bool]:
+        """Append each row's new token or finish it; True for the rows that go on."""
+        stops = self.static.stop_token_ids
+        going = []
+        for row, token in zip(rows, tokens, strict=True):
+            if token in stops:
+                self._finish(row, FinishReason.STOP, len(row.tokens) + 1)
+                going.append(False)
+                continue
+            row.tokens.append(token)
+            if len(row.tokens) >= row.cap:
+                self._finish(row, FinishReason.LENGTH, len(row.tokens))
+                going.append(False)
+            else:
+                going.append(True)
+        return going
+
+    def _finish(self, row: _Row, reason: FinishReason, step: int) -> None:
+        text = self.static.decode(row.tokens)
+        output = RowOutput(token_ids=row.tokens, text=text, finish_reason=reason, finish_step=step)
+        timed = TimedRow(output, time.perf_counter() - self.started)
+        self.finished[row.index] = timed
+        if self.on_finished is not None:
+            self.on_finished(row.index, timed)
+
+    def prefill(self, indices: list[int]) -> _Pool:
+        """Prefill newcomers in one left-padded batch and sample their first tokens; the pool of those that go on."""
+        began = time.perf_counter()
+        model = self.engine.model
+        generators = None
+        if self.seeded:
+            assert self.seeds is not None
+            generators = [torch.Generator().manual_seed(int(self.seeds[index])) for index in indices]
+        rows = [
+            _Row(index, int(self.max_tokens[index]), None if generators is None else generators[slot])
+            for slot, index in enumerate(indices)
+        ]
+        input_ids, mask = self.static.left_pad([self.prompt_ids[index] for index in indices])
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        forward = time.perf_counter()
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.static.cache_argument: cache},
+        )
+        self.stats.forward_s += time.perf_counter() - forward
+        tokens = self.static.next_tokens(out.logits[:, -1, :], self.sampling, generators)
+        pool = _Pool(rows, cache, mask, positions[:, -1] + 1, tokens)
+        pool.keep(self._take(rows, tokens.tolist()))
+        self.stats.prefills += 1
+        self.stats.prefill_s += time.perf_counter() - began
+        return pool
+
+    def decode(self, pool: _Pool) -> None:
+        """One forward over the pool: every row feeds its pending token and samples the next."""
+        began = time.perf_counter()
+        assert pool.mask is not None and pool.pending is not None and pool.positions is not None
+        ones = torch.ones((len(pool), 1), dtype=pool.mask.dtype, device=pool.mask.device)
+        pool.mask = torch.cat([pool.mask, ones], dim=-1)
+        forward = time.perf_counter()
+        out = self.engine.model(
+            input_ids=pool.pending.unsqueeze(-1),
+            attention_mask=pool.mask,
+            position_ids=pool.positions.unsqueeze(-1),
+            use_cache=True,
+            **{self.static.cache_argument: pool.cache},
+        )
+        self.stats.forward_s += time.perf_counter() - forward
+        pool.positions = pool.positions + 1
+        tokens = self.static.next_tokens(out.logits[:, -1, :], self.sampling, self._generators(pool.rows))
+        stats = self.stats
+        stats.steps += 1
+        stats.row_steps += len(pool)
+        stats.max_rows = max(stats.max_rows, len(pool))
+        stats.context_tokens += int(pool.mask.sum())
+        stats.padded_context_tokens += pool.mask.numel()
+        going = self._take(pool.rows, tokens.tolist())
+        pool.pending = tokens
+        pool.keep(going)
+        stats.decode_s += time.perf_counter() - began

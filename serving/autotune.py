@@ -1,0 +1,184 @@
+"""What `serve`, `bench` and the demo do before serving a set of requests on a static-batch engine: size the
+KV-cache budget, get this machine's step cost (cached), learn the predictor's errors on held-out data, then tune
+the schedule on the requests being served and fall back to vanilla batches when it is not predicted to win
+(the pure parts: serving.workload, serving.tuning, serving.simulate)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from seqsched.engines.api import Engine
+from seqsched.errors import SeqschedError
+from seqsched.model_specs import ModelConfig
+from seqsched.requests import Request
+from serving.costmodel import CostConfig, Measured, load_or_measure
+from serving.memory import KVBudget, MemoryConfig, kv_budget
+from serving.predictors import RequestPredictor
+from serving.scheduler import ScheduleConfig
+from serving.simulate import SimResult, simulate
+from serving.stepcost import CostModel
+from serving.workload import Decision, ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
+
+
+def prompt_lengths(engine: Engine, requests: Sequence[Request]) -> list[int]:
+    """Each request's prompt tokens as the engine feeds it (chat template applied)."""
+    return [len(engine.encode(request.chat())) for request in requests]
+
+
+def own_limits(requests: Sequence[Request], limit: int) -> list[int]:
+    """Each request's own cap: the limit, lowered by its max_tokens (as serving.runner does)."""
+    return [min(limit, request.max_tokens or limit) for request in requests]
+
+
+def grid_max_context(limit: int, prompts: Sequence[int]) -> int:
+    """The longest context the grid must reach: the limit plus a long prompt (the 95th percentile: one outlier
+    should not double the measurement; the table extrapolates beyond)."""
+    if not prompts:
+        return limit + 64
+    ordered = sorted(prompts)
+    return limit + ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def held_out_errors(predictor: RequestPredictor, tune: TuneConfig) -> tuple[ErrorModel, dict[str, Any]]:
+    """The predictor's errors on the held-out requests (tune.data: a length dataset, its max lengths; tune.lengths:
+    a lengths file, no datasets library), by predicted-length bin."""
+    started = time.perf_counter()
+    if tune.lengths:
+        held_out, true, source = _held_out_from_lengths(tune.lengths, tune.start, tune.limit)
+    else:
+        from lengthpred.data import load_length_data
+
+        assert tune.data is not None
+        data = load_length_data(tune.data, tune.split, tune.start, tune.limit)
+        held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
+        true, source = list(data.max_lengths), data.source
+    predicted = predictor.predict_requests(held_out)
+    errors = ErrorModel.fit(predicted, true)
+    info = {"data": source, "records": len(held_out), "errors": errors.summary(), "s": time.perf_counter() - started}
+    return errors, info
+
+
+def _held_out_from_lengths(path: str, start: int, limit: int | None) -> tuple[list[Request], list[int], str]:
+    """Requests (ids, and prompts when the file has them) and true lengths of a lengths file's slice."""
+    from seqsched.length_files import read_length_records
+
+    records = read_length_records(path)[start:]
+    records = records if limit is None else records[:limit]
+    if not records:
+        raise SeqschedError(f"--tune.lengths {path}: no records (after --tune.start {start})")
+    requests = [Request(id=record.id, prompt=record.prompt or "") for record in records]
+    return requests, [record.length for record in records], path
+
+
+@dataclass
+class Tuner:
+    """What tuning needs, prepared once per run: the step cost, the KV budget and (for a predictor) its errors."""
+
+    cost: CostModel
+    budget: KVBudget
+    tune: TuneConfig
+    errors: ErrorModel | None = None
+    evict_finished: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def apply_budget(self, cfg: ScheduleConfig) -> ScheduleConfig:
+        """cfg with the run's token budget (a given one stays)."""
+        if cfg.token_budget is not None or self.budget.tokens is None:
+            return cfg
+        return replace(cfg, token_budget=self.budget.tokens)
+
+    def decide(
+        self,
+        predicted: Sequence[int],
+        prompts: Sequence[int],
+        limits: Sequence[int],
+        start: ScheduleConfig,
+        vanilla_batch_size: int,
+        *,
+        exact: bool = False,
+    ) -> Decision:
+        """Tune start on these requests (true lengths drawn from the held-out errors, or the predictions themselves
+        when exact) and choose between the schedule and vanilla batches."""
+        errors = ErrorModel.exact() if exact else self.errors
+        if errors is None:
+            raise ValueError("tuning needs held-out errors (--tune.data or --tune.lengths) or exact lengths")
+        start = self.apply_budget(start)
+        workload = draw_workload(
+            predicted,
+            prompts,
+            errors,
+            start.limit,
+            limits=limits,
+            draws=self.tune.draws,
+            seed=self.tune.seed,
+            evict_finished=self.evict_finished,
+        )
+        return decide(workload, start, vanilla_config(start, vanilla_batch_size), self.cost, self.tune.min_gain)
+
+    def simulate_run(
+        self,
+        predicted: Sequence[int] | None,
+        true: Sequence[int],
+        prompts: Sequence[int],
+        limits: Sequence[int],
+        cfg: ScheduleConfig,
+    ) -> SimResult:
+        """What the cost model predicts a run with this config costs on the true lengths."""
+        guesses = list(predicted) if predicted is not None else [0] * len(true)
+        return simulate(
+            guesses, true, cfg, self.cost, limits=limits, prompt_tokens=prompts, evict_finished=self.evict_finished
+        )
+
+
+def prepare_tuner(
+    engine: Engine,
+    model: ModelConfig,
+    engine_kind: str,
+    evict_finished: bool,
+    cost: CostConfig,
+    memory: MemoryConfig,
+    tune: TuneConfig,
+    token_budget: int | None,
+    limit: int,
+    prompts: Sequence[int],
+    predictor: RequestPredictor | None = None,
+    *,
+    progress: bool = False,
+) -> Tuner:
+    """Measure (or read the cached) step cost up to the contexts these prompts need, size the KV budget, and
+    learn the predictor's held-out errors when tune.data or tune.lengths is given."""
+    budget = kv_budget(token_budget, memory, model)
+    measured: Measured = load_or_measure(
+        engine, model, engine_kind, cost, grid_max_context(limit, prompts), progress=progress
+    )
+    region = measured.region_tokens
+    if token_budget is None and cost.trust > 0 and region is not None:
+        trusted = int(cost.trust * region)
+        if budget.tokens is None or trusted < budget.tokens:
+            memory_note = f"; memory allows {budget.tokens:,}" if budget.tokens is not None else ""
+            source = f"{cost.trust:g}x the largest measured batch x context, {region:,}{memory_note}"
+            budget = KVBudget(trusted, source, budget.bytes_per_token, budget.free_bytes)
+    print(budget.describe())
+    info: dict[str, Any] = {
+        "step_cost": {
+            "source": str(measured.path),
+            "model": measured.chosen,
+            "reused": measured.reused,
+            "leave_one_out": measured.document.get("leave_one_out"),
+            "measure_s": measured.document.get("measure_s"),
+            "region_tokens": region,
+        },
+        "kv_budget": budget.as_dict(),
+    }
+    errors = None
+    if tune.held_out and predictor is not None:
+        errors, info["held_out"] = held_out_errors(predictor, tune)
+        print(f"held-out errors: {info['held_out']['records']} records of {info['held_out']['data']}")
+    return Tuner(measured.cost, budget, tune, errors, evict_finished, info)
+
+
+__all__ = ["Tuner", "grid_max_context", "held_out_errors", "own_limits", "prepare_tuner", "prompt_lengths"]

@@ -1,0 +1,152 @@
+"""What a continuous-batching run costs, without a model (pure, no torch): true lengths + an admission policy + a
+pool size + a step-cost model -> each request's completion time, samples/s, mean latency.
+
+The simulated engine is seqsched.engines.hf_continuous: waiting requests take free slots in priority order (ties
+in arrival order) through one batched prefill of the newcomers (its logits give each newcomer's first token);
+then every decode step advances each running row by one token and costs StepCost.step_s(rows, width), the width
+being the longest running context (left-padding alignment with compaction). A row leaves when it emits its stop
+token (one step after its last token) or reaches its cap. With FCR caps the rows cut short run again afterwards.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from serving.admission import AdmissionPolicy, Pass
+from serving.scheduler import ScheduleConfig
+from serving.simulate import StepCost
+
+
+@dataclass
+class ContinuousSim:
+    """A simulated continuous run."""
+
+    completion_s: list[float]
+    """Per request: seconds from the start until its output was complete."""
+    time_s: float
+    steps: int = 0
+    row_steps: int = 0
+    prefills: int = 0
+    failed: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int]:
+        """The figures a report shows."""
+        count = len(self.completion_s)
+        ordered = sorted(self.completion_s)
+        return {
+            "requests": count,
+            "time_s": self.time_s,
+            "samples_per_s": count / self.time_s if self.time_s else 0.0,
+            "latency_mean_s": sum(ordered) / count if count else 0.0,
+            "latency_p50_s": ordered[(count - 1) // 2] if count else 0.0,
+            "time_to_half_s": ordered[max(1, -(-count // 2)) - 1] if count else 0.0,
+            "steps": self.steps,
+            "row_steps": self.row_steps,
+            "failed": len(self.failed),
+        }
+
+
+def simulate_pass(
+    lengths: Sequence[int],
+    submission: Pass,
+    slots: int,
+    cost: StepCost,
+    prompt_tokens: int = 64,
+    start_s: float = 0.0,
+    admit_min: int = 1,
+) -> tuple[ContinuousSim, list[int]]:
+    """One submission: completion times (from start_s) and the requests whose cap cut them short (their true
+    length reaches the cap: they emitted cap tokens without their stop token). Waiting requests are admitted once
+    admit_min slots are free (or fewer are waiting, or none runs)."""
+    count = len(lengths)
+    priorities = submission.priorities or [0] * count
+    waiting = [(priorities[index], index) for index in range(count)]
+    heapq.heapify(waiting)
+    # Per running row: the step at which it leaves and its context when admitted.
+    running: list[tuple[int, int]] = []  # (finish step, request)
+    admitted_at: dict[int, int] = {}
+    completion = [0.0] * count
+    cut: list[int] = []
+    now, step, steps, row_steps, prefills = start_s, 0, 0, 0, 0
+
+    def finish_step(index: int) -> int:
+        """Tokens sampled until the row leaves: its length plus the stop token, or its cap."""
+        return lengths[index] + 1 if lengths[index] < submission.caps[index] else submission.caps[index]
+
+    while waiting or running:
+        newcomers: list[int] = []
+        free = slots - len(running)
+        ready = free >= min(admit_min, len(waiting)) or not running
+        while ready and waiting and len(running) + len(newcomers) < slots:
+            newcomers.append(heapq.heappop(waiting)[1])
+        if newcomers:
+            now += cost.prefill_s(len(newcomers), prompt_tokens)
+            prefills += 1
+            for index in newcomers:
+                admitted_at[index] = step
+                if finish_step(index) <= 1:  # done with the prefill's token
+                    completion[index] = now
+                    if lengths[index] >= submission.caps[index]:
+                        cut.append(index)
+                else:
+                    heapq.heappush(running, (step + finish_step(index) - 1, index))
+            if len(running) < slots and waiting:
+                continue
+        if not running:
+            continue
+        # Every running row decodes; the cache width follows the oldest admitted running row (after compaction).
+        width = prompt_tokens + max(step - admitted_at[index] for _, index in running) + 1
+        now += cost.step_s(len(running), width)
+        step += 1
+        steps += 1
+        row_steps += len(running)
+        while running and running[0][0] <= step:
+            _, index = heapq.heappop(running)
+            completion[index] = now
+            if lengths[index] >= submission.caps[index]:
+                cut.append(index)
+    sim = ContinuousSim(completion, now - start_s, steps, row_steps, prefills)
+    return sim, cut
+
+
+def simulate_continuous(
+    true_lengths: Sequence[int],
+    predicted: Sequence[int] | None,
+    policy: AdmissionPolicy,
+    cfg: ScheduleConfig,
+    slots: int,
+    cost: StepCost | None = None,
+    prompt_tokens: int = 64,
+    admit_min: int | None = None,
+) -> ContinuousSim:
+    """The policy's first pass over every request, then its recompute pass over those cut short (from scratch).
+    admit_min: newcomers wait until this many slots are free (default: the engine's, slots // 8)."""
+    admit_min = max(1, slots // 8) if admit_min is None else admit_min  # as seqsched.engines.hf_continuous
+    cost = cost or StepCost()
+    budgets = [cfg.limit] * len(true_lengths)
+    lengths = [min(length, cfg.limit) for length in true_lengths]
+    submission = policy.first(predicted, budgets, cfg)
+    first, cut = simulate_pass(lengths, submission, slots, cost, prompt_tokens, admit_min=admit_min)
+    failed = [index for index in cut if submission.caps[index] < cfg.limit]
+    if not failed:
+        return first
+    again = policy.recompute([cfg.limit] * len(failed))
+    second, _ = simulate_pass(
+        [lengths[index] for index in failed], again, slots, cost, prompt_tokens, first.time_s, admit_min
+    )
+    completion = list(first.completion_s)
+    for position, index in enumerate(failed):
+        completion[index] = second.completion_s[position]
+    return ContinuousSim(
+        completion,
+        first.time_s + second.time_s,
+        first.steps + second.steps,
+        first.row_steps + second.row_steps,
+        first.prefills + second.prefills,
+        failed,
+    )
+
+
+__all__ = ["ContinuousSim", "simulate_continuous", "simulate_pass"]
