@@ -3,6 +3,7 @@ the simulation tuner on each quantile's own held-out errors."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -57,5 +58,5 @@ def test_probe_quantiles_grow_with_q() -> None:
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(17), size=20)
     points = [quantile_points(probs, config, q) for q in (0.3, 0.5, 0.7, 0.9)]
-    for lower, higher in zip(points, points[1:], strict=False):
+    for lower, higher in itertools.pairwise(points):
         assert np.all(lower <= higher + 1e-9)
