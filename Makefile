@@ -32,24 +32,24 @@ model: $(MODEL_STAMP)
 demo: $(MODEL_STAMP)
 	$(VENV)/bin/seqsched demo
 
-# The paper's table on CPU (see README "bench"): learn response lengths on the paper's 10k Vicuna labels
-# (MiniLM + length-distribution head), fine-tune that on SmolLM2's own lengths (committed), register it, then run
-# every strategy side by side. About 10 + 1 + 45 minutes on 2 cores.
+# The paper's table on CPU (see README "Results"): import SmolLM2's own greedy lengths (committed, lengths only;
+# prompts from ../shared), train the probe on the served model's own hidden states and register it @champion, then
+# run the strategies side by side (tuned on held-out own lengths, never on the served prompts). Two workloads: the
+# first 256 shared validation prompts, and 256 long-answer ones (bench-long). About 5 + 35 + 45 minutes on 2 cores.
 SHARED ?= ../shared/data/sequence-scheduling
 BENCH_DIR ?= outputs/bench
-PREDICTOR_RECIPE ?= recipes/bench-predictor/train.yaml
+PREDICTOR_RECIPE ?= recipes/probe/train.yaml
 bench: $(MODEL_STAMP)
-	$(VENV)/bin/seqsched label import --lengths $(SHARED)/alpaca-train-10k-length.json \
-		--data $(SHARED)/alpaca-train-10k.json --out $(BENCH_DIR)/paper-train
-	$(VENV)/bin/seqsched train --config recipes/minilm-head/train.yaml --data $(BENCH_DIR)/paper-train \
-		--output_dir $(BENCH_DIR)/vicuna-head --tracking_uri sqlite:///$(BENCH_DIR)/mlflow.db
-	$(VENV)/bin/seqsched label import --lengths benchmarks/lengths/smollm2-train.json \
-		--data $(SHARED)/alpaca-train-10k.json --out $(BENCH_DIR)/smollm2-train --model smollm2 \
-		--validation_fraction 0.2
-	$(VENV)/bin/seqsched train --config $(PREDICTOR_RECIPE) --data $(BENCH_DIR)/smollm2-train \
-		--output_dir $(BENCH_DIR)/predictor --resume false --tracking_uri sqlite:///$(BENCH_DIR)/mlflow.db \
-		--register-as seqsched-smollm2 --alias champion
+	$(VENV)/bin/seqsched label import --lengths benchmarks/lengths/smollm2-train-greedy-0-3999.json \
+		--data $(SHARED)/alpaca-train-10k.json --out $(BENCH_DIR)/own-train --model smollm2 --max_new_tokens 256
+	$(VENV)/bin/seqsched label import --lengths benchmarks/lengths/smollm2-val-greedy-256-1255.json \
+		--data $(SHARED)/alpaca-val-10k.json --out $(BENCH_DIR)/own-held-out --model smollm2 --max_new_tokens 256 \
+		--split validation
+	$(VENV)/bin/seqsched train --config $(PREDICTOR_RECIPE) --data $(BENCH_DIR)/own-train \
+		--validation $(BENCH_DIR)/own-held-out --output_dir $(BENCH_DIR)/predictor --resume false \
+		--tracking_uri sqlite:///$(BENCH_DIR)/mlflow.db --register-as seqsched-smollm2 --alias champion
 	$(VENV)/bin/seqsched bench --config recipes/smollm2-cpu/bench.yaml
+	$(VENV)/bin/seqsched bench --config recipes/smollm2-cpu/bench-long.yaml
 
 # Unit tests (tiny models, seconds each) and integration tests with the real SmolLM2; gpu tests skip without CUDA.
 test: $(MODEL_STAMP)

@@ -112,8 +112,11 @@ class ImportConfig:
     """Skip records of either file that cannot be read (and list them) instead of stopping at the first."""
     strict: bool = False
     """Stop when some instructions have no lengths (by default they are left out, and counted)."""
+    limit: int | None = None
+    """Import only the first N instructions that have lengths (instruction-file order)."""
 
     def __post_init__(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.bucket >= 1, "bucket", f"must be >= 1, got {self.bucket}")
         require(bool(self.split), "split", "must be a split name (e.g. train)")
@@ -343,11 +346,12 @@ def label_import(config: ImportConfig) -> Path:
             "config": to_dict(config),
         },
     )
+    records = imported.records[: config.limit] if config.limit is not None else imported.records
     out = save_length_dataset(
-        config.out, split_records(imported.records, config.split, config.validation_fraction, config.seed), meta
+        config.out, split_records(records, config.split, config.validation_fraction, config.seed), meta
     )
     report_stats(out, out / "stats", plots=False)
-    print(f"imported {len(imported.records)} instructions; dataset: {out}")
+    print(f"imported {len(records)} instructions; dataset: {out}")
     return out
 
 

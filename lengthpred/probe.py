@@ -331,9 +331,9 @@ class ProbePredictor:
 
     def _ensure_model(self) -> None:
         if self.model is None:
-            from seqsched.model_specs import load_model
+            from seqsched.model_specs import shared_model
 
-            loaded = load_model(self.config.model)
+            loaded = shared_model(self.config.model)
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -439,10 +439,10 @@ def train_probe(
     progress: bool = True,
 ) -> tuple[Path, TrainResult]:
     """The probe kind's trainer: read features through the served model, fit the head, save the predictor."""
-    from seqsched.model_specs import load_model
+    from seqsched.model_specs import shared_model
 
     started = time.perf_counter()
-    loaded = load_model(config.model)
+    loaded = shared_model(config.model)
     predictor = ProbePredictor(head=None, config=config, model=loaded.model, tokenizer=loaded.tokenizer)
     ids = predictor.prompt_ids(train.prompts)
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0

@@ -216,6 +216,21 @@ def _load_random(config: ModelConfig, tokenizer_path: str, device: Any) -> Loade
     )
 
 
+_SHARED: dict[tuple[str, str, str, str | None, str | None], LoadedModel] = {}
+
+
+def shared_model(config: ModelConfig | str) -> LoadedModel:
+    """load_model, once per process for a spec, device and dtype: the serving engine and a length probe reading
+    the served model's own states (training it, predicting with it) share one copy. Inference only: code that
+    changes weights (LoRA training, merging an adapter) calls load_model for its own copy."""
+    if isinstance(config, str):
+        config = ModelConfig(spec=config)
+    key = (config.spec, config.device.value, config.dtype.value, config.cache_dir, config.random_init)
+    if key not in _SHARED:
+        _SHARED[key] = load_model(config)
+    return _SHARED[key]
+
+
 def _main(argv: list[str]) -> int:
     """`python -m seqsched.model_specs SPEC`: resolve (and for GGUF, convert once) a model spec; print its folder."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -43,9 +43,17 @@ def grid_max_context(limit: int, prompts: Sequence[int]) -> int:
     return limit + ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def held_out_errors(predictor: RequestPredictor, tune: TuneConfig) -> tuple[ErrorModel, dict[str, Any]]:
+def supports_quantiles(predictor: RequestPredictor | None, tune: TuneConfig) -> bool:
+    """True when quantiles were asked for and the predictor gives a length distribution."""
+    return bool(tune.quantiles) and bool(getattr(predictor, "quantiles_supported", False))
+
+
+def held_out_errors(
+    predictor: RequestPredictor, tune: TuneConfig
+) -> tuple[ErrorModel, dict[float, ErrorModel], dict[str, Any]]:
     """The predictor's errors on the held-out requests (tune.data: a length dataset, its max lengths; tune.lengths:
-    a lengths file, no datasets library), by predicted-length bin."""
+    a lengths file, no datasets library), by predicted-length bin; with quantiles (and a predictor that has them),
+    the errors of each quantile's lengths too."""
     started = time.perf_counter()
     if tune.lengths:
         held_out, true, source = _held_out_from_lengths(tune.lengths, tune.start, tune.limit)
@@ -56,10 +64,19 @@ def held_out_errors(predictor: RequestPredictor, tune: TuneConfig) -> tuple[Erro
         data = load_length_data(tune.data, tune.split, tune.start, tune.limit)
         held_out = [Request(id=key, prompt=prompt) for key, prompt in zip(data.ids, data.prompts, strict=True)]
         true, source = list(data.max_lengths), data.source
+    by_quantile: dict[float, ErrorModel] = {}
+    if supports_quantiles(predictor, tune):
+        lengths = predictor.predict_quantiles(held_out, tune.quantiles)  # type: ignore[attr-defined]
+        by_quantile = {q: ErrorModel.fit(values, true) for q, values in lengths.items()}
     predicted = predictor.predict_requests(held_out)
+    release = getattr(predictor, "release", None)
+    if release is not None:
+        release()  # a probe sharing the serving prefill kept the held-out prompts' caches: not needed
     errors = ErrorModel.fit(predicted, true)
     info = {"data": source, "records": len(held_out), "errors": errors.summary(), "s": time.perf_counter() - started}
-    return errors, info
+    if by_quantile:
+        info["quantiles"] = {str(q): model.summary() for q, model in by_quantile.items()}
+    return errors, by_quantile, info
 
 
 def _held_out_from_lengths(path: str, start: int, limit: int | None) -> tuple[list[Request], list[int], str]:
@@ -84,6 +101,8 @@ class Tuner:
     errors: ErrorModel | None = None
     evict_finished: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    errors_by_quantile: dict[float, ErrorModel] = field(default_factory=dict)
+    """Held-out errors of each quantile's lengths (tune.quantiles with a predictor that gives distributions)."""
 
     def apply_budget(self, cfg: ScheduleConfig) -> ScheduleConfig:
         """cfg with the run's token budget (a given one stays)."""
@@ -118,6 +137,40 @@ class Tuner:
             evict_finished=self.evict_finished,
         )
         return decide(workload, start, vanilla_config(start, vanilla_batch_size), self.cost, self.tune.min_gain)
+
+    def decide_quantiles(
+        self,
+        lengths: dict[float, Sequence[int]],
+        prompts: Sequence[int],
+        limits: Sequence[int],
+        start: ScheduleConfig,
+        vanilla_batch_size: int,
+    ) -> tuple[float, Decision]:
+        """Tune each quantile's lengths on its own held-out errors; the quantile whose schedule is predicted
+        fastest, and its decision (the others' simulated times in details['quantiles'])."""
+        decisions: dict[float, Decision] = {}
+        for q, predicted in lengths.items():
+            errors = self.errors_by_quantile[q]
+            workload = draw_workload(
+                predicted,
+                prompts,
+                errors,
+                start.limit,
+                limits=limits,
+                draws=self.tune.draws,
+                seed=self.tune.seed,
+                evict_finished=self.evict_finished,
+            )
+            budgeted = self.apply_budget(start)
+            decisions[q] = decide(
+                workload, budgeted, vanilla_config(budgeted, vanilla_batch_size), self.cost, self.tune.min_gain
+            )
+        best = min(decisions, key=lambda q: decisions[q].scheduled_s)
+        chosen = decisions[best]
+        chosen.details["quantile"] = best
+        chosen.details["quantiles"] = {str(q): item.scheduled_s for q, item in decisions.items()}
+        chosen.tuning_s = sum(item.tuning_s for item in decisions.values())
+        return best, chosen
 
     def simulate_run(
         self,
@@ -174,11 +227,19 @@ def prepare_tuner(
         },
         "kv_budget": budget.as_dict(),
     }
-    errors = None
+    errors, by_quantile = None, {}
     if tune.held_out and predictor is not None:
-        errors, info["held_out"] = held_out_errors(predictor, tune)
+        errors, by_quantile, info["held_out"] = held_out_errors(predictor, tune)
         print(f"held-out errors: {info['held_out']['records']} records of {info['held_out']['data']}")
-    return Tuner(measured.cost, budget, tune, errors, evict_finished, info)
+    return Tuner(measured.cost, budget, tune, errors, evict_finished, info, by_quantile)
 
 
-__all__ = ["Tuner", "grid_max_context", "held_out_errors", "own_limits", "prepare_tuner", "prompt_lengths"]
+__all__ = [
+    "Tuner",
+    "grid_max_context",
+    "held_out_errors",
+    "own_limits",
+    "prepare_tuner",
+    "prompt_lengths",
+    "supports_quantiles",
+]

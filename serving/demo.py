@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import shutil
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from seqsched.engines.api import GREEDY
+from seqsched.config import FloatList
+from seqsched.engines.api import GREEDY, Engine
 from seqsched.errors import require, require_at_least
 from seqsched.files import check_writable, write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
@@ -19,7 +21,8 @@ from seqsched.requests import Request, read_requests
 from seqsched.tables import table
 from serving.generate_command import generate_in_order
 from serving.scheduler import Strategy
-from serving.workload import TuneConfig
+from serving.serve_command import ServeConfig, metrics_path, serve
+from serving.workload import Decision, TuneConfig
 
 
 def builtin_instructions() -> list[Request]:
@@ -46,35 +49,49 @@ class DemoMode(enum.Enum):
     """Just the engine: built-in instructions answered by the real model, lengths and tokens/s."""
 
 
+SHARED_DATA = Path("../shared/data/sequence-scheduling")
+"""The paper's instructions (train/validation): the demo reads prompts from here, never copies them."""
+OWN_TRAIN_LENGTHS = "benchmarks/lengths/smollm2-train-greedy-0-3999.json"
+"""SmolLM2's own greedy lengths (limit 256) of the first 4,000 shared training instructions (committed)."""
+OWN_HELD_OUT_LENGTHS = "benchmarks/lengths/smollm2-val-greedy-256-1255.json"
+"""...and of shared validation instructions 256-1,255: held out from training, the tuner's errors come from here."""
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo: the whole pipeline on the project's built-in instructions with the real model, offline."""
+    """The demo: label -> train the served model's own length probe -> register @champion -> serve an OpenAI Batch
+    of prompts the predictor never saw, vanilla and scheduled, with the real SmolLM2, offline, one model load."""
 
     mode: DemoMode = DemoMode.PIPELINE
     model: ModelConfig = field(default_factory=ModelConfig)
+    shared_data: str = str(SHARED_DATA)
+    """The shared instructions (alpaca-train-10k.json, alpaca-val-10k.json)."""
     prompts: int = 96
-    """How many built-in instructions to use (spread over the set, short to long answers)."""
+    """Requests served: shared validation instructions from serve_offset on (none of them trained on or held out)."""
+    serve_offset: int = 1256
+    """Where the served prompts start in the validation set (0-255: the bench's; 256-1,255: held out for tuning)."""
+    label_count: int = 48
+    """Shared training instructions the demo labels itself (after the 4,000 committed ones), added to training."""
+    train_limit: int | None = 2000
+    """Train on this many of the committed own lengths (None: all 4,000; each costs a forward through half the
+    model, ~25 ms on 2 threads)."""
+    held_out_limit: int = 400
+    """Held-out lengths the tuner learns the predictor's errors from."""
     batch_size: int = 16
     """Vanilla batch size (the paper's 16); in answers mode, the batch size."""
     max_new_tokens: int = 256
-    """The response limit of labelling and serving."""
-    temperatures: tuple[float, ...] = (0.0,)
-    """Labelling temperatures (the paper: 0, 0.3, 0.5, 0.7; greedy alone keeps the demo short on CPU)."""
-    validation_fraction: float = 0.25
-    """Share of the instructions held out from the predictor's training (its validation metrics)."""
-    predictor: str = "embedding"
-    """Which cheap predictor the demo trains: embedding (MiniLM + SVR) or sklearn (TF-IDF + ridge)."""
+    """The response limit of labelling and serving (the committed lengths were labelled at 256)."""
+    predictor_recipe: str = "recipes/probe/train.yaml"
+    """How the predictor is trained (default: the probe on SmolLM2's own hidden states)."""
     registered_name: str = "seqsched-demo"
     out_dir: str = "outputs/demo"
     """Everything goes here: lengths, predictor, MLflow store (mlflow.db), batch files, metrics."""
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "prompts", "batch_size", "max_new_tokens", "torch_threads")
-        share = self.validation_fraction
-        require(0 <= share < 1, "validation_fraction", f"must be in [0, 1), got {share}")
-        temperatures = list(self.temperatures)
-        require(bool(temperatures) and min(temperatures) >= 0, "temperatures", f"must be >= 0, got {temperatures}")
+        require_at_least(self, 1, "prompts", "batch_size", "max_new_tokens", "torch_threads", "held_out_limit")
+        require_at_least(self, 0, "serve_offset", "label_count")
+        require(self.train_limit is None or self.train_limit >= 1, "train_limit", "must be >= 1")
 
 
 def demo(config: DemoConfig) -> int:
@@ -145,64 +162,89 @@ def _stage(name: str, started: float) -> None:
     print(f"\n=== {name} done in {time.perf_counter() - started:.0f} s ===\n", flush=True)
 
 
-def demo_tuning(config: DemoConfig, lengths: Path) -> TuneConfig:
-    """The scheduled run tunes margin, bins and VBS on the served requests' predictions, with the predictor's
-    errors on the held-out split and this machine's measured step cost (the paper's GPU table, copied to a CPU
-    with a weak predictor, loses to vanilla); vanilla batches serve when the schedule is not predicted to win.
-    Nothing held out: the paper's policy as configured."""
-    if config.validation_fraction <= 0:
-        return TuneConfig()
-    return TuneConfig(data=str(lengths), split="validation")
+def _instructions(config: DemoConfig, name: str) -> Path:
+    path = Path(config.shared_data) / name
+    if not path.is_file():
+        from seqsched.errors import SeqschedError
+
+        raise SeqschedError(
+            f"{path}: the demo reads the shared instructions from --shared_data (the paper's train/validation files)"
+        )
+    return path
+
+
+def own_lengths(config: DemoConfig, lengths: str, data: Path, out: Path, split: str, limit: int | None) -> Path:
+    """A length dataset from committed SmolLM2 lengths (ids and lengths only) and the shared instructions."""
+    from data_tools.commands import ImportConfig, label_import
+
+    return label_import(
+        ImportConfig(
+            lengths=lengths,
+            data=str(data),
+            out=str(out),
+            model=config.model.spec,
+            max_new_tokens=config.max_new_tokens,
+            split=split,
+            limit=limit,
+        )
+    )
 
 
 def pipeline_demo(config: DemoConfig) -> int:
-    """label -> train -> register @champion -> serve vanilla and scheduled (OpenAI Batch in and out) -> compare."""
+    """label -> train -> register @champion -> serve unseen prompts vanilla and scheduled -> compare with the oracle."""
     from data_tools.commands import LabelConfig, label
+    from data_tools.merge import merge_length_datasets
     from lengthpred.commands import TrainConfig, train
-    from lengthpred.kinds import PredictorKind
+    from seqsched.config import load_recipe
     from seqsched.engines.hf import HFEngine
     from seqsched.engines.selection import set_torch_threads
-    from serving.serve_command import ServeConfig, metrics_path, serve
 
     set_torch_threads(config.torch_threads)
     out = Path(config.out_dir).resolve()
     check_writable(out, "out_dir", folder=True)
     out.mkdir(parents=True, exist_ok=True)
+    train_file = _instructions(config, "alpaca-train-10k.json")
+    val_file = _instructions(config, "alpaca-val-10k.json")
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     limit = config.max_new_tokens
-    requests = spread_sample(builtin_instructions(), config.prompts)
-    instructions = out / "instructions.jsonl"
-    write_jsonl(instructions, ({"id": r.id, "prompt": r.prompt} for r in requests))
     began = time.perf_counter()
-    print(f"loading {config.model.spec} once for the whole demo ...")
+    print(f"loading {config.model.spec} once for the whole demo (serving, labelling, the probe) ...")
     engine = HFEngine.from_spec(config.model)
 
-    print(
-        f"[1/4] label: {len(requests)} built-in instructions, temperatures {list(config.temperatures)}, limit {limit}"
-    )
+    print(f"[1/5] label {config.label_count} shared training instructions the committed lengths do not cover")
     started = time.perf_counter()
-    lengths = out / "lengths"
-    shutil.rmtree(lengths, ignore_errors=True)  # a fresh dataset each run (an interrupted one resumes)
-    label(
-        LabelConfig(
-            data=str(instructions),
-            out=str(lengths),
-            model=config.model,
-            temperatures=config.temperatures,
-            max_new_tokens=limit,
-            batch_size=48,
-            validation_fraction=config.validation_fraction,
-        ),
-        engine=engine,
-    )
+    fresh = read_requests(train_file).requests[4000 : 4000 + config.label_count]
+    write_jsonl(out / "label-instructions.jsonl", ({"id": r.id, "prompt": r.prompt} for r in fresh))
+    labelled = out / "lengths-demo"
+    shutil.rmtree(labelled, ignore_errors=True)  # a fresh dataset each run (an interrupted one resumes)
+    if fresh:
+        label(
+            LabelConfig(
+                data=str(out / "label-instructions.jsonl"),
+                out=str(labelled),
+                model=config.model,
+                temperatures=FloatList((0.0,)),
+                max_new_tokens=limit,
+                batch_size=48,
+            ),
+            engine=engine,
+        )
     _stage("label", started)
 
-    print(f"[2/4] train a {config.predictor} predictor, log it to MLflow, register it as {config.registered_name}")
+    print("[2/5] train the probe on SmolLM2's own lengths (committed + just labelled), log it, register @champion")
     started = time.perf_counter()
-    train(
-        TrainConfig(
-            kind=PredictorKind(config.predictor),
-            data=str(lengths),
+    committed = own_lengths(config, OWN_TRAIN_LENGTHS, train_file, out / "lengths-own", "train", config.train_limit)
+    held_out = own_lengths(
+        config, OWN_HELD_OUT_LENGTHS, val_file, out / "lengths-held-out", "validation", config.held_out_limit
+    )
+    training = merge_length_datasets([committed, *([labelled] if fresh else [])], out / "lengths-train")
+    recipe = load_recipe(TrainConfig, config.predictor_recipe)
+    outcome = train(
+        dataclasses.replace(
+            recipe,
+            data=str(training),
+            validation=str(held_out),
+            validation_split="validation",
             output_dir=str(out / "predictor"),
             resume=False,
             tracking_uri=tracking_uri,
@@ -213,24 +255,21 @@ def pipeline_demo(config: DemoConfig) -> int:
     )
     _stage("train + register", started)
 
-    champion = f"models:/{config.registered_name}@champion"
-    tuning = demo_tuning(config, lengths)
-    held_out = round(config.validation_fraction * len(requests))
-    if tuning.data:
-        print(
-            f"      the scheduled run is tuned on the served requests, with the predictor's errors on {held_out} "
-            "held-out instructions and this machine's step cost (measured once, then cached)"
-        )
-
-    print("[3/4] serve the requests (OpenAI Batch JSONL): vanilla, then scheduled with the @champion predictor")
+    print(f"[3/5] serve {config.prompts} shared validation prompts the predictor never saw (OpenAI Batch JSONL)")
     started = time.perf_counter()
+    served = read_requests(val_file).requests[config.serve_offset : config.serve_offset + config.prompts]
+    print(
+        f"      validation instructions {config.serve_offset}-{config.serve_offset + len(served) - 1} (ids "
+        f"{served[0].id}..{served[-1].id}); trained on training instructions, tuned on validation 256-1,255"
+    )
     batch_input = out / "requests.jsonl"
-    write_jsonl(batch_input, (batch_line(r, config.model.spec, limit) for r in requests))
+    write_jsonl(batch_input, (batch_line(r, config.model.spec, limit) for r in served))
     vanilla_out, scheduled_out = out / "vanilla.jsonl", out / "scheduled.jsonl"
-    common = {"input": str(batch_input), "limit": limit, "model": config.model}
+    common = {"input": str(batch_input), "limit": limit, "model": config.model, "resume": False}
     serve(
         ServeConfig(**common, strategy=Strategy.VANILLA, batch_size=config.batch_size, output=str(vanilla_out)), engine
     )
+    champion = f"models:/{config.registered_name}@champion"
     scheduled = ServeConfig(
         **common,
         strategy=Strategy.FCR,
@@ -238,11 +277,16 @@ def pipeline_demo(config: DemoConfig) -> int:
         predictor=champion,
         tracking_uri=tracking_uri,
         output=str(scheduled_out),
-        tune=tuning,
+        tune=TuneConfig(data=str(held_out), split="validation"),
     )
     serve(scheduled, engine)
     _stage("serve", started)
-    print("[4/4] vanilla vs scheduled")
+
+    print("[4/5] the oracle: the same schedule search on the true lengths (simulated with the measured step cost)")
+    oracle = oracle_gain(engine, scheduled, served, _lengths_by_id(vanilla_out))
+    print(f"      {oracle.describe()}")
+
+    print("[5/5] vanilla vs scheduled")
     rows = []
     for name, path in (("vanilla", vanilla_out), (f"fcr ({champion})", scheduled_out)):
         metrics = json.loads(metrics_path(path).read_text(encoding="utf-8"))
@@ -254,21 +298,66 @@ def pipeline_demo(config: DemoConfig) -> int:
     print(table(rows, [*columns, "latency_p50_s", "latency_p99_s", "predictor_share", "speedup"]))
     vanilla_text, scheduled_text = _outputs_by_id(vanilla_out), _outputs_by_id(scheduled_out)
     same = sum(vanilla_text[key] == scheduled_text.get(key) for key in vanilla_text)
+    speedup = rows[1]["speedup"]
+    report = outcome.report.summary() if outcome.report is not None else {}
     print(
-        f"\n{same}/{len(vanilla_text)} scheduled outputs are identical to vanilla's (greedy). The predictor was "
-        f"trained on {len(requests) - held_out} of these {len(requests)} instructions ({held_out} held out for "
-        "its validation metrics): the demo shows the pipeline; `seqsched bench` measures on unseen prompts."
+        f"\nscheduled = {speedup:.2f}x vanilla (measured); the oracle's schedule, simulated: "
+        f"{oracle.predicted_gain:.2f}x. {same}/{len(vanilla_text)} scheduled outputs are identical to vanilla's "
+        f"(greedy). Predictor on the held-out lengths: MAE {report.get('mae', float('nan')):.1f} tokens, "
+        f"Acc-100 {report.get('acc_100', float('nan')):.0%}."
     )
     summary = write_json(
-        out / "comparison.json", {"runs": rows, "same_outputs": same, "wall_s": time.perf_counter() - began}
+        out / "comparison.json",
+        {
+            "runs": rows,
+            "speedup": speedup,
+            "oracle_simulated_speedup": oracle.predicted_gain,
+            "oracle": oracle.as_dict(),
+            "same_outputs": same,
+            "served": {"offset": config.serve_offset, "ids": [r.id for r in served]},
+            "predictor_held_out": report,
+            "wall_s": time.perf_counter() - began,
+        },
     )
     print(
         f"\nwhere things are:\n"
         f"  outputs (OpenAI Batch JSONL): {vanilla_out}, {scheduled_out}\n"
         f"  comparison: {summary}\n"
-        f"  length dataset: {lengths} (stats and plots: {lengths / 'stats'})\n"
+        f"  length datasets: {training} (training), {held_out} (held out), {labelled} (labelled now)\n"
         f"  predictor and its eval plots: {out / 'predictor'}\n"
         f"  MLflow store: {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})\n"
         f"demo finished in {time.perf_counter() - began:.0f} s"
     )
     return 0
+
+
+def _lengths_by_id(path: Path) -> dict[str, int]:
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {
+        line["custom_id"]: line["response"]["body"]["usage"]["completion_tokens"]
+        for line in lines
+        if line.get("response")
+    }
+
+
+def oracle_gain(engine: Engine, config: ServeConfig, requests: Sequence[Request], true: dict[str, int]) -> Decision:
+    """The schedule search run on the true lengths (vanilla's own greedy lengths): how fast the oracle's schedule
+    is predicted to be against vanilla with this machine's measured step cost (read from the cache)."""
+    from serving.autotune import own_limits, prepare_tuner, prompt_lengths
+
+    prompts = prompt_lengths(engine, requests)
+    tuner = prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        TuneConfig(),
+        config.token_budget,
+        config.limit,
+        prompts,
+    )
+    lengths = [true[request.id] for request in requests]
+    start = config.schedule()
+    return tuner.decide(lengths, prompts, own_limits(requests, config.limit), start, config.batch_size, exact=True)

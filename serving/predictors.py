@@ -103,6 +103,18 @@ class PromptPredictor:
             raise SeqschedError(f"predictor {self.name}: {len(values)} predictions for {len(requests)} prompts")
         return [as_length(value, f"predictor {self.name}") for value in values]
 
+    @property
+    def quantiles_supported(self) -> bool:
+        """True when the wrapped predictor gives a length distribution (its quantiles can serve as lengths)."""
+        inner = getattr(self.predictor, "inner", self.predictor)
+        return hasattr(inner, "distribution") and hasattr(inner, "lengths")
+
+    def predict_quantiles(self, requests: Sequence[Request], quantiles: Sequence[float]) -> dict[float, list[int]]:
+        """Each request's length at each quantile of its predicted distribution (one forward for all)."""
+        inner = getattr(self.predictor, "inner", self.predictor)
+        probs = inner.distribution([request.prompt for request in requests])
+        return {q: inner.lengths(probs, q) for q in quantiles}
+
 
 @dataclass
 class SharedPrefillPredictor:
@@ -138,6 +150,14 @@ class SharedPrefillPredictor:
         self.prefill_s = time.perf_counter() - started
         self.last_distribution = self.probe.distribution_from_hidden(hidden)
         return self.probe.lengths(self.last_distribution, self.quantile)
+
+    quantiles_supported = True
+    """The probe gives a length distribution: its quantiles can serve as lengths (risk-aware FCR caps)."""
+
+    def predict_quantiles(self, requests: Sequence[Request], quantiles: Sequence[float]) -> dict[float, list[int]]:
+        """Each request's length at each quantile of its distribution, from one (shared) prefill."""
+        self.predict_requests(requests)
+        return {q: self.probe.lengths(self.last_distribution, q) for q in quantiles}
 
     def release(self) -> None:
         """Free the kept prefills (after the run)."""

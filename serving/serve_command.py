@@ -134,16 +134,32 @@ def predict_and_run(
     serving.runner.run)."""
     predicted = None
     predictor_s = 0.0
+    by_quantile: dict[float, list[int]] = {}
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
-        predicted = predictor.predict_requests(requests)
+        if tuner is not None and tuner.errors_by_quantile and cfg.binned:
+            # Risk-aware caps: every quantile's lengths from one prediction; the tuner picks one below.
+            by_quantile = predictor.predict_quantiles(requests, list(tuner.errors_by_quantile))  # type: ignore[attr-defined]
+            predicted = predictor.predict_requests(requests) if not by_quantile else None
+        else:
+            predicted = predictor.predict_requests(requests)
         predictor_s = time.perf_counter() - started
-    shared = getattr(predictor, "prefill_s", 0.0) if predicted is not None else 0.0
+    shared = getattr(predictor, "prefill_s", 0.0) if predictor is not None and cfg.needs_predictions else 0.0
     tuning_s = 0.0
     extra: dict[str, Any] = {}
     if tuner is not None:
         cfg = tuner.apply_budget(cfg)
-        if predicted is not None and cfg.binned and tuner.errors is not None:
+        if by_quantile:
+            prompts = prompt_lengths(engine, requests)
+            limits = own_limits(requests, cfg.limit)
+            quantile, decision = tuner.decide_quantiles(by_quantile, prompts, limits, cfg, cfg.batch_size)
+            predicted = by_quantile[quantile]
+            print(f"lengths at the {quantile:g} quantile of each predicted distribution", flush=True)
+            tuning_s = decision.tuning_s
+            print(decision.describe(), flush=True)
+            extra["schedule"] = decision.as_dict()
+            cfg = decision.config
+        elif predicted is not None and cfg.binned and tuner.errors is not None:
             prompts = prompt_lengths(engine, requests)
             decision = tuner.decide(predicted, prompts, own_limits(requests, cfg.limit), cfg, cfg.batch_size)
             tuning_s = decision.tuning_s

@@ -47,12 +47,17 @@ class TuneConfig:
     seed: int = 0
     min_gain: float = 0.05
     """The tuned schedule must be predicted this much faster than vanilla (0.05: 5%), else vanilla batches serve."""
+    quantiles: tuple[float, ...] = ()
+    """With a predictor that gives a length distribution (the probe): each request's length is the q-quantile of
+    its distribution for each q given here (risk-aware FCR caps: an uncertain request gets a higher cap), each q
+    is tuned on its own held-out errors, and the fastest is served. Empty: the predictor's own point."""
 
     def __post_init__(self) -> None:
         require(self.draws >= 1, "draws", f"must be >= 1, got {self.draws}")
         require(self.start >= 0, "start", f"must be >= 0, got {self.start}")
         require(self.limit is None or self.limit >= 1, "limit", f"must be >= 1, got {self.limit}")
         require(self.min_gain >= 0, "min_gain", f"must be >= 0, got {self.min_gain}")
+        require(all(0 < q < 1 for q in self.quantiles), "quantiles", f"must be in (0, 1), got {self.quantiles}")
         require(not (self.data and self.lengths), "lengths", "give tune.data or tune.lengths, not both")
 
     @property

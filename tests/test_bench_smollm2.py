@@ -43,18 +43,24 @@ def test_bench_outputs_equal_across_strategies(tmp_path: Path) -> None:
     assert oracle_sim["simulated_row_steps"] == oracle_sim["measured_row_steps"], "the simulator replays the run"
 
 
-def test_pipeline_demo_labels_trains_registers_and_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pipeline_demo_labels_trains_registers_and_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
     out = tmp_path / "demo"
-    argv = ["demo", "--prompts=12", "--max_new_tokens=24", "--predictor=sklearn", "--torch_threads=1"]
+    argv = ["demo", "--prompts=10", "--max_new_tokens=24", "--label_count=4", "--train_limit=80"]
+    argv += ["--held_out_limit=40", "--torch_threads=1", f"--shared_data={shared_data}"]
     assert main([*argv, f"--out_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "registered models:/seqsched-demo/1 (@champion)" in printed
-    assert "held-out errors: 3 records" in printed and "simulated" in printed
+    assert "held-out errors: 40 records" in printed and "the oracle" in printed
     comparison = json.loads((out / "comparison.json").read_text())
     assert [row["run"] for row in comparison["runs"]] == ["vanilla", "fcr (models:/seqsched-demo@champion)"]
-    assert comparison["same_outputs"] == 12
+    assert comparison["same_outputs"] == 10 and comparison["oracle_simulated_speedup"] > 0
+    assert comparison["served"]["offset"] == 1256 and len(comparison["served"]["ids"]) == 10
     lines = (out / "scheduled.jsonl").read_text().splitlines()
     assert [json.loads(line)["custom_id"] for line in lines] == [
         json.loads(line)["custom_id"] for line in (out / "requests.jsonl").read_text().splitlines()
     ]
-    assert (out / "mlflow.db").is_file() and (out / "lengths" / "meta.json").is_file()
+    assert (out / "mlflow.db").is_file() and (out / "lengths-train" / "meta.json").is_file()
+    trained = len((out / "lengths-train" / "train.jsonl").read_text().splitlines())
+    assert trained == 80 + 4, "the committed lengths plus the four the demo labelled"

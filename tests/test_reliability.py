@@ -289,7 +289,7 @@ def test_label_import_says_how_many_instructions_have_no_lengths(
             ["label", "import", "--lengths", "a", "--data", "b", "--out", "c", "--max_new_tokens", "0"],
             "--max_new_tokens",
         ),
-        (["demo", "--validation_fraction", "1.5"], "--validation_fraction"),
+        (["demo", "--train_limit", "0"], "--train_limit"),
     ],
 )
 def test_bad_option_values_are_one_line_naming_the_option(

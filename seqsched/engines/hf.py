@@ -22,7 +22,7 @@ from seqsched.engines.api import (
     model_stop_token_ids,
 )
 from seqsched.engines.config import EngineConfig
-from seqsched.model_specs import LoadedModel, ModelConfig, load_model
+from seqsched.model_specs import LoadedModel, ModelConfig, shared_model
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -86,7 +86,7 @@ class HFEngine:
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> HFEngine:
         """Load a model spec (see seqsched.model_specs) and wrap it."""
-        loaded: LoadedModel = load_model(model)
+        loaded: LoadedModel = shared_model(model)
         engine = cls(loaded.model, loaded.tokenizer, config)
         engine.model_spec = loaded.spec
         return engine
