@@ -281,7 +281,7 @@ def _sized(
         return requests, None, {}
     if tuner is None:
         raise SeqschedError("--budget_s sizes with the measured step cost: not on a continuous-batching engine")
-    count, policies, sizing = Sizer(engine, config, rows, tuner, predictions, policy).size(started)
+    count, policies, sizing = Sizer.for_engine(engine, config, rows, tuner, predictions, policy).size(started)
     print(
         f"budget {config.budget_s:.0f} s: {count} of {len(requests)} prompts fit (simulated seconds per row: "
         f"{sizing['simulated_row_s']})",

@@ -105,7 +105,7 @@ class Policies:
         self,
         config: BenchConfig,
         policy: ScheduleConfig,
-        predictions: Predictions,
+        predictions: Predictions | None,
         tuner: Tuner | None,
         prompts: list[int],
         limits: list[int],
@@ -129,6 +129,8 @@ class Policies:
             return None
         assert self.tuner is not None
         if predicted is None:
+            if self.predictions is None:
+                raise ValueError(f"{strategy.value}: no predictions to tune on")
             predicted, _, _ = self.predictions.get(strategy.source, share_prefill=False)
         assert predicted is not None
         decision = self.tuner.decide(
@@ -296,27 +298,40 @@ class Sizer:
 
     def __init__(
         self,
+        config: BenchConfig,
+        rows: Sequence[BenchRow],
+        tuner: Tuner,
+        policy: ScheduleConfig,
+        inputs: SizingInputs,
+        predictions: Predictions | None = None,
+    ) -> None:
+        self.config, self.rows, self.tuner, self.policy = config, list(rows), tuner, policy
+        self.inputs, self.predictions = inputs, predictions
+
+    @classmethod
+    def for_engine(
+        cls,
         engine: Engine,
         config: BenchConfig,
         rows: Sequence[BenchRow],
         tuner: Tuner,
         predictions: Predictions,
         policy: ScheduleConfig,
-    ) -> None:
+    ) -> Sizer:
+        """Sizing for a replay engine's requests: their replayed lengths, predictions and prompt tokens."""
         recorded = getattr(engine, "recorded_lengths", None)
         if recorded is None:
             raise SeqschedError(
                 "--budget_s sizes a length replay (--engine.replay): other engines' lengths are not known"
             )
-        self.config, self.rows, self.tuner, self.policy = config, list(rows), tuner, policy
         requests = predictions.requests
         predicted = None
         if any(row.strategy.source is Source.PREDICTOR for row in rows):  # perception is not replayed
             predicted = predictions.predictor().predict_requests(requests)
-        self.inputs = SizingInputs(
+        inputs = SizingInputs(
             recorded(requests), predicted, prompt_lengths(engine, requests), own_limits(requests, policy.limit)
         )
-        self.predictions = predictions
+        return cls(config, rows, tuner, policy, inputs, predictions)
 
     def plans(self, policies: Policies | None) -> list[RowPlan]:
         """The rows' configs: all under the starting policy (None), else as `policies` would serve them."""
@@ -333,10 +348,11 @@ class Sizer:
         """Policies tuned for the first `count` requests (true lengths capped as vanilla's run would give them)."""
         inputs = self.inputs
         truth = [min(value, limit) for value, limit in zip(inputs.true[:count], inputs.limits[:count], strict=True)]
+        predictions = self.predictions.for_requests(self.predictions.requests[:count]) if self.predictions else None
         policies = Policies(
             self.config,
             self.policy,
-            self.predictions.for_requests(self.predictions.requests[:count]),
+            predictions,
             self.tuner,
             inputs.prompts[:count],
             inputs.limits[:count],
@@ -366,7 +382,7 @@ class Sizer:
         count, info = fit_count(self.plans(None), self.inputs, cost, left(2 * once), repeats, evict)
         info["tuning_reserve_s"] = round(2 * once, 1)
         policies = None
-        if once:
+        if tunes:
             first = count
             policies = self.policies(first)
             count, info = fit_count(self.plans(policies), self.inputs, cost, left(once), repeats, evict)

@@ -1,11 +1,12 @@
-"""What the GPU replay bench would do with a given step cost, without a GPU: every row's simulated time on the
-first N prompts, the prompt count its budget sizing would pick, and the simulated table (speedups, share of the
-oracle) at that count. The bench itself measures the step cost on the device and sizes from that; this is for
+"""What the GPU replay bench would do with a given step cost, without a GPU: the prompt count its budget sizing
+would pick (serving.bench_setup.Sizer, the bench's own code) and the simulated table (speedups, share of the
+oracle) at that count. The bench itself measures the step-cost grid on the device and sizes from that; this is for
 planning the call and checking the sizing's reasoning.
 
     .venv/bin/python benchmarks/gpu/estimate.py --fixed-ms 25 --per-row-ms 0.03 --per-context-us 0.5
 
-Needs outputs/replay-inputs (benchmarks/gpu/prepare.py) and the committed predictions file.
+Reads the recipe (rows, policy, tuning, budget) and outputs/replay-inputs (benchmarks/gpu/prepare.py): prompt
+tokens come from the carried tokenizer with Vicuna's conversation format, as on the device.
 """
 
 from __future__ import annotations
@@ -14,28 +15,30 @@ import argparse
 import json
 import statistics
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from seqsched.config import config_from_mapping  # noqa: E402
+from seqsched.engines.api import encode_chat  # noqa: E402
 from seqsched.length_files import read_lengths  # noqa: E402
+from seqsched.random_models import random_model  # noqa: E402
+from seqsched.requests import read_requests  # noqa: E402
 from seqsched.tables import table  # noqa: E402
-from serving.bench import BenchRow, BenchStrategy, strategy_config  # noqa: E402
-from serving.bench_setup import HeldOut, RowPlan, fit_count, simulated_seconds, tune_on  # noqa: E402
-from serving.scheduler import PAPER_VBS, ScheduleConfig, Strategy  # noqa: E402
-from serving.simulate import StepCost  # noqa: E402
+from seqsched_cli.recipe import apply_override, read_recipe  # noqa: E402
+from serving.autotune import Tuner  # noqa: E402
+from serving.bench import BenchConfig  # noqa: E402
+from serving.bench_rows import bench_rows  # noqa: E402
+from serving.bench_setup import Sizer, SizingInputs, simulated_seconds  # noqa: E402
+from serving.memory import KVBudget  # noqa: E402
+from serving.scheduler import Admission, Strategy  # noqa: E402
+from serving.stepcost import StepCost  # noqa: E402
+from serving.workload import ErrorModel  # noqa: E402
 
-DEFAULT_ROWS = "vanilla,fcr,fcr@paper,fcr-oracle,fcr-oracle@paper"
-
-
-def parse_rows(text: str) -> list[BenchRow]:
-    """Row names (vanilla, seqsch, vbs, fcr, fcr-oracle, with @paper for the paper's policy) as bench rows."""
-    rows = []
-    for name in text.split(","):
-        strategy, _, policy = name.strip().partition("@")
-        rows.append(BenchRow(BenchStrategy(strategy), paper=policy == "paper"))
-    return rows
+RECIPE = REPO / "recipes" / "vicuna-7b-replay" / "bench.yaml"
 
 
 def main() -> int:
@@ -44,14 +47,16 @@ def main() -> int:
     parser.add_argument("--per-row-ms", type=float, default=0.03, help="per row per step")
     parser.add_argument("--per-context-us", type=float, default=0.5, help="per row per context token per step")
     parser.add_argument("--prefill-token-us", type=float, default=20.0, help="prefill, per prompt token")
-    parser.add_argument("--budget-s", type=float, default=400.0)
-    parser.add_argument("--setup-s", type=float, default=45.0, help="model build + step-cost probe, before sizing")
+    parser.add_argument("--token-budget", type=int, default=None, help="KV tokens per batch (default: none)")
+    parser.add_argument("--setup-s", type=float, default=60.0, help="model build + step-cost grid, before sizing")
     parser.add_argument("--inputs", type=Path, default=REPO / "outputs" / "replay-inputs")
-    parser.add_argument("--predictions", type=Path, default=REPO / "benchmarks/gpu/predictions-head-val-0-2000.jsonl")
-    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"the table's rows (default {DEFAULT_ROWS})")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, field=value (budget_s=400, strategies=[...])")
     args = parser.parse_args()
-    rows_wanted = parse_rows(args.rows)
 
+    data = read_recipe(RECIPE)
+    for text in args.overrides:
+        apply_override(data, text)
+    config: BenchConfig = config_from_mapping(BenchConfig, data)
     cost = StepCost(
         fixed_s=args.fixed_ms / 1e3,
         per_row_s=args.per_row_ms / 1e3,
@@ -59,44 +64,37 @@ def main() -> int:
         prefill_fixed_s=args.fixed_ms / 1e3,
         prefill_token_s=args.prefill_token_us / 1e6,
     )
+    requests = read_requests(args.inputs / "val-prompts.jsonl").requests[config.offset :][: config.count]
     served = read_lengths(args.inputs / "val-lengths.jsonl")
+    predictions = read_lengths(config.predictor.removeprefix("oracle:"))
     tune = read_lengths(args.inputs / "tune-lengths.jsonl")
-    predictions = read_lengths(args.predictions)
-    ids = list(served)
-    true = [served[key] for key in ids]
-    predicted = [predictions[key] for key in ids]
-    prompt_tokens = [60] * len(ids)  # ~52.6 SmolLM2 tokens in Vicuna's format, ~60 LLaMA tokens
-    paper = ScheduleConfig(strategy=Strategy.FCR, limit=512, bin_width=50, batch_size=16, vbs=dict(PAPER_VBS))
 
-    def plans(tuned: ScheduleConfig) -> list[RowPlan]:
-        return [
-            RowPlan(
-                row.name,
-                strategy_config(row.strategy, paper if row.paper else tuned, 16),
-                oracle=row.strategy is BenchStrategy.FCR_ORACLE,
-            )
-            for row in rows_wanted
-        ]
+    from transformers import AutoTokenizer
 
-    everything = simulated_seconds(plans(paper), predicted, true, prompt_tokens, cost, len(ids))
-    print(
-        f"step cost: {cost}\nall {len(ids)} prompts, paper policy, simulated seconds per row: "
-        f"{ {k: round(v) for k, v in everything.items()} } = {sum(everything.values()):.0f} s"
+    tokenizer = AutoTokenizer.from_pretrained(args.inputs / "tokenizer")
+    preset = random_model(config.model.random_init or "vicuna-7b")
+    if preset.chat_template is not None:
+        tokenizer.chat_template = preset.chat_template
+    inputs = SizingInputs(
+        [served[request.id] for request in requests],
+        [predictions[request.id] for request in requests],
+        [len(encode_chat(tokenizer, request.chat())) for request in requests],
+        [min(config.limit, request.max_tokens or config.limit) for request in requests],
     )
-    # As the bench does: size under the paper's policy, tune for that size, size again with the tuned policy,
-    # tune for the final size.
-    held = HeldOut("tune", [predictions[key] for key in tune], list(tune.values()))
-    left = args.budget_s - args.setup_s
-    first, _ = fit_count(plans(paper), predicted, true, prompt_tokens, cost, left)
-    tuned, tuning = tune_on(held, paper, cost, 60, workload=first)
-    count, info = fit_count(plans(tuned), predicted, true, prompt_tokens, cost, left - tuning["tuning_s"])
-    if count != first:
-        tuned, tuning = tune_on(held, paper, cost, 60, workload=count)
-    seconds = simulated_seconds(plans(tuned), predicted, true, prompt_tokens, cost, count)
-    rows = []
+    errors = ErrorModel.fit([predictions[key] for key in tune], list(tune.values()))
+    tuner = Tuner(cost, KVBudget(args.token_budget, "--token-budget"), config.tune, errors)
+    policy = tuner.apply_budget(replace(config.schedule(), strategy=Strategy.FCR, policy=Admission.AUTO))
+    rows = bench_rows(config.strategies, config.paper_rows)
+    sizer = Sizer(config, rows, tuner, policy, inputs)
+    started = time.perf_counter()
+    count, policies, sizing = sizer.size(started - args.setup_s)  # as if the setup had taken setup_s
+    sizing_s = time.perf_counter() - started
+    everything = simulated_seconds(sizer.plans(None), inputs, cost, len(requests))
+    seconds = simulated_seconds(sizer.plans(policies), inputs, cost, count)
+    table_rows = []
     for name, value in seconds.items():
         oracle = seconds.get("fcr-oracle@paper" if name.endswith("@paper") else "fcr-oracle")
-        rows.append(
+        table_rows.append(
             {
                 "row": name,
                 "simulated_s": value,
@@ -105,14 +103,21 @@ def main() -> int:
                 "of_oracle": oracle / value if oracle else float("nan"),
             }
         )
+    decisions = {} if policies is None else {k.value: v.describe() for k, v in policies.decisions.items()}
     print(
-        f"\nbudget {args.budget_s:.0f} s, setup ~{args.setup_s:.0f} s: {count} prompts (first sizing {first}; "
-        f"simulated {sum(seconds.values()):.0f} s of {info['allowed_s']:.0f} allowed)\n"
-        f"tuned for runs of {count}: bins of {tuned.bin_width}, margin +{tuned.margin_tokens} x"
-        f"{1 + tuned.margin_ratio:.2f}, vbs {tuned.vbs}, recompute batch {tuned.batch_size} "
-        f"(tuning took {tuning['tuning_s']:.0f} s here)\n\n{table(rows)}"
+        f"step cost: {cost}\nall {len(requests)} prompts under the paper's policy, simulated seconds per row: "
+        f"{ {k: round(v) for k, v in everything.items()} } = {sum(everything.values()):.0f} s\n"
+        f"budget {config.budget_s} s, setup ~{args.setup_s:.0f} s: {count} prompts (first sizing "
+        f"{sizing.get('first_count', count)}; simulated {sum(seconds.values()):.0f} s of {sizing['allowed_s']:.0f} "
+        f"allowed; sizing and tuning took {sizing_s:.0f} s here)\n"
+        + "".join(f"{name}: {text}\n" for name, text in decisions.items())
+        + f"\n{table(table_rows)}"
     )
-    print(json.dumps({"mean_true_served": statistics.mean(true[:count])}))
+    print(
+        json.dumps(
+            {"mean_true_served": statistics.mean(inputs.true[:count]), "mean_prompt": statistics.mean(inputs.prompts)}
+        )
+    )
     return 0
 
 
