@@ -3,7 +3,7 @@ jsonargparse (the lent GPU machine has none and fetches nothing).
 
 The recipe's YAML and the overrides fill the command's config dataclass through seqsched.config's
 jsonargparse-free builder; dotted fields reach nested configs (`model.random_init=vicuna-7b`), values are read
-as YAML (`strategies=[vanilla,fcr]`, `count=200`, `tune_lengths=null`). Same commands and configs as `seqsched`.
+as YAML (`strategies=[vanilla,fcr]`, `count=200`, `tune.lengths=null`). Same commands and configs as `seqsched`.
 """
 
 from __future__ import annotations
