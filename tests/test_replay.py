@@ -436,3 +436,28 @@ def test_cli_replays_a_bench_reports_lengths(tiny_model_dir: Path, tmp_path: Pat
             theirs["generated_tokens"],
             theirs["batches"],
         ), "the replay does the real run's work"
+
+
+def test_serve_replays_lengths(tiny_model_dir: Path, requests: list[Request], tmp_path: Path) -> None:
+    """`seqsched serve --engine.replay FILE --model.random_init ...`: every request answers with its length."""
+    from seqsched.model_specs import Device
+    from serving.serve_command import ServeConfig, serve
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": request.id, "prompt": request.prompt} for request in requests[:5]])
+    recorded = {request.id: 3 + 4 * index for index, request in enumerate(requests[:5])}
+    write_jsonl(tmp_path / "lengths.jsonl", [{"id": key, "true": value} for key, value in recorded.items()])
+    config = ServeConfig(
+        input=str(prompts),
+        output=str(tmp_path / "out.jsonl"),
+        strategy=Strategy.FCR,
+        predictor=f"oracle:{tmp_path / 'lengths.jsonl'}",
+        model=ModelConfig(spec=str(tiny_model_dir), random_init=str(tiny_model_dir), device=Device.CPU),
+        engine=EngineConfig(replay=str(tmp_path / "lengths.jsonl")),
+        memory=MemoryConfig(kv_memory_fraction=0),
+        limit=30,
+        progress=False,
+    )
+    outcome = serve(config)
+    assert outcome.result is not None
+    assert {record.id: record.num_tokens for record in outcome.result.records} == recorded
