@@ -1,9 +1,11 @@
 """Response lengths by request id, from small files (no dataset library): what an oracle predictor, a replay
 engine and the bench's tuning read.
 
-Formats: JSONL lines {"id", one of "true"|"length"|"num_tokens"|"predicted", optional "prompt"} or OpenAI
-Batch output lines (`custom_id`, `response.body.usage.completion_tokens`); or a `seqsched bench` report
-(OUT.json: its `ids` and `vanilla_lengths`, the lengths the served model produced).
+Formats: JSONL lines (or a JSON list of records) {"id", one of "true"|"length"|"num_tokens"|"predicted",
+optional "prompt"} or OpenAI Batch output lines (`custom_id`, `response.body.usage.completion_tokens`); or a
+`seqsched bench` report (OUT.json: its `ids` and `vanilla_lengths`, the lengths the served model produced).
+Records are decoded one by one (seqsched.requests.iter_records): a line that is not UTF-8 or not JSON is an error
+naming file:line.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ def _bench_report(path: Path) -> list[LengthRecord]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise InputError(path, error.lineno, f"invalid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise InputError(path, None, f"not UTF-8 text (byte {error.object[error.start]:#x})") from None
     if not isinstance(report, Mapping) or "vanilla_lengths" not in report or "ids" not in report:
-        raise InputError(path, None, "a .json lengths file must be a `seqsched bench` report (ids, vanilla_lengths)")
+        raise InputError(
+            path, None, "a JSON object must be a `seqsched bench` report (ids, vanilla_lengths); records go in a list"
+        )
     ids, lengths = report["ids"], report["vanilla_lengths"]
     if not isinstance(ids, list) or not isinstance(lengths, list) or len(ids) != len(lengths):
         raise InputError(path, None, "ids and vanilla_lengths must be lists of the same length")
@@ -67,7 +73,9 @@ def read_length_records(path: str | Path) -> list[LengthRecord]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "no such lengths file (JSONL of {id, true} lines or a bench report .json)")
-    if path.suffix == ".json":
+    with path.open("rb") as handle:
+        start = handle.read(4096).lstrip()
+    if start.startswith(b"{") and path.suffix == ".json":  # one object: a bench report; else records (JSONL, a list)
         return _bench_report(path)
     records: list[LengthRecord] = []
     seen: set[str] = set()
@@ -76,7 +84,7 @@ def read_length_records(path: str | Path) -> list[LengthRecord]:
         if isinstance(record, Unreadable):
             raise InputError(path, number, record.problem)
         if not isinstance(record, Mapping):
-            raise InputError(path, number, "each line must be a JSON object")
+            raise InputError(path, number, "each record must be a JSON object")
         key = record.get("custom_id", record.get("id"))
         if not isinstance(key, str | int) or isinstance(key, bool):
             raise InputError(path, number, "missing 'id' (a string)")

@@ -136,8 +136,13 @@ def test_lengths_files_take_predictions_prompts_and_bench_reports(tmp_path: Path
     report.write_text(json.dumps({"ids": ["a"], "vanilla_lengths": None}))
     with pytest.raises(InputError, match=r"bench\.json: ids and vanilla_lengths must be lists"):
         read_lengths(report)
-    report.write_text("[1, 2]")
+    report.write_text('{"table": []}')
     with pytest.raises(InputError, match="must be a `seqsched bench` report"):
+        read_lengths(report)
+    report.write_text('[{"id": "a", "true": 3}, {"id": "b", "predicted": 5}]')  # a list of records, as on main
+    assert read_oracle(report).predict_requests(REQUESTS) == [3, 5]
+    report.write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"bench\.json:record 1: each record must be a JSON object"):
         read_lengths(report)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "true": 1, "prompt": 5}\n')
