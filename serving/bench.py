@@ -186,6 +186,8 @@ def run_bench(
     requests, sized, sizing = _sized(static, config, rows, tuner, predictions, policy, started)
     if len(requests) != len(predictions.requests):
         predictions = predictions.for_requests(requests)
+    if tuner is not None and tuner.errors_by_quantile:
+        predictions.quantiles = tuple(tuner.errors_by_quantile)
     pool, slots = (static, {})
     if continuous:
         pool, slots = continuous_pool(engine, requests, config, tuner.cost if tuner is not None else None)
@@ -236,6 +238,9 @@ def run_bench(
                 strategy.source, share_prefill=not strategy.continuous
             )
             cfg, decision = policies.for_row(row, predicted)
+            quantile = decision.details.get("quantile") if decision is not None else None
+            if quantile is not None:  # risk-aware caps: lengths at the quantile the tuner chose
+                predicted = predictions.quantile_lengths[quantile]
             tuning_s = decision.tuning_s if decision is not None else 0.0
             result = run(
                 pool if strategy.continuous else static,

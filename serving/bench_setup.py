@@ -43,6 +43,10 @@ class Predictions:
         self._predictor: RequestPredictor | None = None
         self._perception: RequestPredictor | None = None
         self.last: RequestPredictor | None = None
+        self.quantiles: tuple[float, ...] = ()
+        """Quantiles to predict at (risk-aware caps: set when the tuner has their held-out errors)."""
+        self.quantile_lengths: dict[float, list[int]] = {}
+        """The last prediction's lengths at each of those quantiles."""
 
     def for_requests(self, requests: Sequence[Request]) -> Predictions:
         """The same loaded predictors for another set of requests (the prefix a budget kept)."""
@@ -85,7 +89,11 @@ class Predictions:
         if hasattr(predictor, "share"):
             predictor.share = share_prefill  # type: ignore[union-attr]  # only the static engine reuses prefills
         started = time.perf_counter()
-        values = predictor.predict_requests(self.requests)
+        if self.quantiles and source is Source.PREDICTOR and getattr(predictor, "quantiles_supported", False):
+            self.quantile_lengths = predictor.predict_quantiles(self.requests, self.quantiles)  # type: ignore[attr-defined]
+            values = self.quantile_lengths[self.quantiles[0]]  # the tuner picks one (Policies.decision)
+        else:
+            values = predictor.predict_requests(self.requests)
         self.last = predictor
         return values, time.perf_counter() - started, float(getattr(predictor, "prefill_s", 0.0))
 
@@ -133,9 +141,15 @@ class Policies:
                 raise ValueError(f"{strategy.value}: no predictions to tune on")
             predicted, _, _ = self.predictions.get(strategy.source, share_prefill=False)
         assert predicted is not None
-        decision = self.tuner.decide(
-            predicted, self.prompts, self.limits, self.policy, self.config.vanilla_batch_size, exact=exact
-        )
+        by_quantile = self.predictions.quantile_lengths if self.predictions is not None else {}
+        if not exact and self.tuner.errors_by_quantile and by_quantile:
+            _, decision = self.tuner.decide_quantiles(
+                by_quantile, self.prompts, self.limits, self.policy, self.config.vanilla_batch_size
+            )
+        else:
+            decision = self.tuner.decide(
+                predicted, self.prompts, self.limits, self.policy, self.config.vanilla_batch_size, exact=exact
+            )
         print(f"{strategy.value}: {decision.describe()}", flush=True)
         self.decisions[strategy] = decision
         return decision

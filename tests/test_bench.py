@@ -255,3 +255,42 @@ def test_select_by_label_keeps_long_answers(tmp_path: Path) -> None:
 
     with pytest.raises(SeqschedError, match="no lengths for 1 prompt ids"):
         select_by_label([Request(id="z", prompt="p")], str(lengths), 250)
+
+
+def test_the_fcr_row_serves_the_quantile_the_tuner_chose(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    from serving.bench_setup import Predictions
+    from serving.predictors import read_oracle
+
+    oracle = read_oracle(noisy_oracle)
+
+    class Quantiles:  # a predictor with a length distribution: each quantile adds to the oracle's guess
+        quantiles_supported = True
+
+        def predict_requests(self, batch: list[Request]) -> list[int]:
+            return oracle.predict_requests(batch)
+
+        def predict_quantiles(self, batch: list[Request], quantiles: tuple[float, ...]) -> dict[float, list[int]]:
+            base = oracle.predict_requests(batch)
+            return {q: [value + round(20 * (q - 0.5)) for value in base] for q in quantiles}
+
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}",
+        strategies=(BenchStrategy.VANILLA, BenchStrategy.FCR),
+        vanilla_batch_size=6,
+        progress=False,
+        tune=TuneConfig(data="x", quantiles=(0.5, 0.9)),
+        **POLICY,
+    )
+    with_quantiles = tuner()
+    with_quantiles.errors_by_quantile = {0.5: with_quantiles.errors, 0.9: with_quantiles.errors}  # type: ignore[dict-item]
+    predictions = Predictions(tiny_engine, config, requests)
+    predictions._predictor = Quantiles()  # type: ignore[assignment]
+    result = run_bench(tiny_engine, requests, config, with_quantiles, predictions)
+    fcr = next(item for item in result.runs if item.strategy is BenchStrategy.FCR)
+    assert fcr.decision is not None and fcr.decision.details["quantile"] in (0.5, 0.9)
+    chosen = fcr.decision.details["quantile"]
+    assert fcr.predicted == Quantiles().predict_quantiles(requests, (chosen,))[chosen]
+    assert set(result.tuning["decisions"]["fcr"]["quantiles"]) == {"0.5", "0.9"}
+    assert fcr.same_as_vanilla == len(requests)
