@@ -46,6 +46,21 @@ def pin_device(process: Process) -> None:
         torch.cuda.set_device(process.local_index % torch.cuda.device_count())
 
 
+def finish() -> None:
+    """End a data-parallel launch cleanly: wait for every process, then tear the process group down.
+
+    A process that leaves the interpreter with the gloo group still alive can abort in C++ ("terminate called
+    without an active exception"), and torchrun then kills its peers mid-write; so every command ends here.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather(payload: Any) -> list[Any]:
     """Every process's payload, in process order, on every process."""
     from accelerate.utils import gather_object

@@ -173,9 +173,11 @@ def _setup_logging(debug: bool) -> None:
 def run_command(entry: Command, values: dict[str, Any]) -> int:
     """Build the command's config from parsed values and run it."""
     from seqsched.config import config_from_namespace
+    from seqsched.distributed import finish
 
     config = config_from_namespace(load_attr(entry.config), values)
     result = load_attr(entry.run)(config)
+    finish()  # a data-parallel launch ends together (no process leaves while a peer still writes)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
