@@ -20,7 +20,7 @@ from serving.memory import KVBudget, MemoryConfig, kv_budget
 from serving.predictors import RequestPredictor
 from serving.scheduler import ScheduleConfig
 from serving.simulate import SimResult, simulate
-from serving.stepcost import CostModel
+from serving.stepcost import CostModel, StepCost
 from serving.workload import Decision, ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
 
 
@@ -125,6 +125,17 @@ class Tuner:
         errors = ErrorModel.exact() if exact else self.errors
         if errors is None:
             raise ValueError("tuning needs held-out errors (--tune.data or --tune.lengths) or exact lengths")
+        return self._decide(predicted, errors, prompts, limits, start, vanilla_batch_size)
+
+    def _decide(
+        self,
+        predicted: Sequence[int],
+        errors: ErrorModel,
+        prompts: Sequence[int],
+        limits: Sequence[int],
+        start: ScheduleConfig,
+        vanilla_batch_size: int,
+    ) -> Decision:
         start = self.apply_budget(start)
         workload = draw_workload(
             predicted,
@@ -148,23 +159,10 @@ class Tuner:
     ) -> tuple[float, Decision]:
         """Tune each quantile's lengths on its own held-out errors; the quantile whose schedule is predicted
         fastest, and its decision (the others' simulated times in details['quantiles'])."""
-        decisions: dict[float, Decision] = {}
-        for q, predicted in lengths.items():
-            errors = self.errors_by_quantile[q]
-            workload = draw_workload(
-                predicted,
-                prompts,
-                errors,
-                start.limit,
-                limits=limits,
-                draws=self.tune.draws,
-                seed=self.tune.seed,
-                evict_finished=self.evict_finished,
-            )
-            budgeted = self.apply_budget(start)
-            decisions[q] = decide(
-                workload, budgeted, vanilla_config(budgeted, vanilla_batch_size), self.cost, self.tune.min_gain
-            )
+        decisions = {
+            q: self._decide(predicted, self.errors_by_quantile[q], prompts, limits, start, vanilla_batch_size)
+            for q, predicted in lengths.items()
+        }
         best = min(decisions, key=lambda q: decisions[q].scheduled_s)
         chosen = decisions[best]
         chosen.details["quantile"] = best
@@ -234,12 +232,46 @@ def prepare_tuner(
     return Tuner(measured.cost, budget, tune, errors, evict_finished, info, by_quantile)
 
 
+def tuner_for(
+    config: Any,
+    engine: Engine,
+    prompts: Sequence[int],
+    predictor: RequestPredictor | None = None,
+    tune: TuneConfig | None = None,
+) -> Tuner:
+    """prepare_tuner from a command's config (serve's, bench's: model, engine, cost, memory, tune, token_budget,
+    limit, progress); tune overrides the config's."""
+    return prepare_tuner(
+        engine,
+        config.model,
+        config.engine.kind.value,
+        config.engine.evict_finished,
+        config.cost,
+        config.memory,
+        config.tune if tune is None else tune,
+        config.token_budget,
+        config.limit,
+        prompts,
+        predictor,
+        progress=getattr(config, "progress", False),
+    )
+
+
+def budget_only(config: Any) -> Tuner:
+    """A tuner that only knows the KV budget (no step cost measured, no errors: no decisions)."""
+    budget = kv_budget(config.token_budget, config.memory, config.model)
+    print(budget.describe())
+    return Tuner(StepCost(), budget, config.tune)
+
+
 __all__ = [
     "Tuner",
+    "budget_only",
     "grid_max_context",
     "held_out_errors",
     "own_limits",
     "prepare_tuner",
     "prompt_lengths",
     "supports_quantiles",
+    "tuner_for",
 ]

@@ -15,13 +15,12 @@ from seqsched.engines.api import Batching, Engine
 from seqsched.engines.selection import with_batching
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
-from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
+from serving.autotune import Tuner, budget_only, own_limits, prompt_lengths, tuner_for
 from serving.bench_rows import BenchRow, BenchStrategy, Source, strategy_config
-from serving.memory import kv_budget
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
 from serving.scheduler import ScheduleConfig
 from serving.simulate import simulate
-from serving.stepcost import CostModel, StepCost
+from serving.stepcost import CostModel
 from serving.workload import Decision, ErrorModel, draw_workload
 
 if TYPE_CHECKING:
@@ -192,25 +191,10 @@ def bench_tuner(config: BenchConfig, engine: Engine, predictions: Predictions) -
         print("continuous-batching engine: no tuning or simulated times (the engine schedules its own batches)")
         return None
     if not (config.simulate or config.tune.held_out or config.budget_s is not None):
-        budget = kv_budget(config.token_budget, config.memory, config.model)
-        print(budget.describe())
-        return Tuner(StepCost(), budget, config.tune)
+        return budget_only(config)  # the budget alone: no decision without held-out errors
     needs_predictor = config.tune.held_out and any(s.source is Source.PREDICTOR for s in config.strategies)
     predictor = predictions.predictor() if needs_predictor else None
-    return prepare_tuner(
-        engine,
-        config.model,
-        config.engine.kind.value,
-        config.engine.evict_finished,
-        config.cost,
-        config.memory,
-        config.tune,
-        config.token_budget,
-        config.limit,
-        prompt_lengths(engine, predictions.requests),
-        predictor,
-        progress=config.progress,
-    )
+    return tuner_for(config, engine, prompt_lengths(engine, predictions.requests), predictor)
 
 
 @dataclass(frozen=True)

@@ -343,21 +343,10 @@ def _lengths_by_id(path: Path) -> dict[str, int]:
 def oracle_gain(engine: Engine, config: ServeConfig, requests: Sequence[Request], true: dict[str, int]) -> Decision:
     """The schedule search run on the true lengths (vanilla's own greedy lengths): how fast the oracle's schedule
     is predicted to be against vanilla with this machine's measured step cost (read from the cache)."""
-    from serving.autotune import own_limits, prepare_tuner, prompt_lengths
+    from serving.autotune import own_limits, prompt_lengths, tuner_for
 
     prompts = prompt_lengths(engine, requests)
-    tuner = prepare_tuner(
-        engine,
-        config.model,
-        config.engine.kind.value,
-        config.engine.evict_finished,
-        config.cost,
-        config.memory,
-        TuneConfig(),
-        config.token_budget,
-        config.limit,
-        prompts,
-    )
+    tuner = tuner_for(config, engine, prompts, tune=TuneConfig())
     lengths = [true[request.id] for request in requests]
     start = config.schedule()
     return tuner.decide(lengths, prompts, own_limits(requests, config.limit), start, config.batch_size, exact=True)

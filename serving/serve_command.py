@@ -26,11 +26,11 @@ from seqsched.files import check_writable, exclusive_lock, write_json
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
-from serving.autotune import Tuner, own_limits, prepare_tuner, prompt_lengths
+from serving.autotune import Tuner, budget_only, own_limits, prompt_lengths, tuner_for
 from serving.batch_io import BatchInput, OutputFormat, read_batch_input, write_batch_output
 from serving.checkpoint import LOCK_FILE, ServeCheckpoint, working_dir
 from serving.costmodel import CostConfig
-from serving.memory import MemoryConfig, kv_budget
+from serving.memory import MemoryConfig
 from serving.predictors import (
     PredictorSource,
     PredictorSpec,
@@ -41,7 +41,6 @@ from serving.predictors import (
 from serving.prompt_checks import Rejection, rejections
 from serving.runner import RequestRecord, RunOptions, RunResult, run
 from serving.scheduler import Admission, ScheduleConfig
-from serving.stepcost import StepCost
 from serving.workload import TuneConfig
 
 SUMMARY_COLUMNS = (
@@ -198,23 +197,8 @@ def serve_tuner(
             print("--tune: a continuous-batching engine has no static batches to tune; serving as configured")
         return None
     if not (config.tune.held_out and config.binned and predictor is not None):
-        budget = kv_budget(config.token_budget, config.memory, config.model)
-        print(budget.describe())
-        return Tuner(StepCost(), budget, config.tune)  # the budget alone: no decision without held-out errors
-    return prepare_tuner(
-        engine,
-        config.model,
-        config.engine.kind.value,
-        config.engine.evict_finished,
-        config.cost,
-        config.memory,
-        config.tune,
-        config.token_budget,
-        config.limit,
-        prompt_lengths(engine, requests),
-        predictor,
-        progress=config.progress,
-    )
+        return budget_only(config)  # the budget alone: no decision without held-out errors
+    return tuner_for(config, engine, prompt_lengths(engine, requests), predictor)
 
 
 def metrics_path(output: str | Path) -> Path:
