@@ -19,24 +19,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from seqsched.config import config_from_mapping
+from seqsched.engines.api import encode_chat
+from seqsched.length_files import read_lengths
+from seqsched.random_models import random_model
+from seqsched.requests import read_requests
+from seqsched.tables import table
+from seqsched_cli.recipe import apply_override, read_recipe
+from serving.autotune import Tuner
+from serving.bench import BenchConfig
+from serving.bench_rows import bench_rows
+from serving.bench_setup import Sizer, SizingInputs, simulated_seconds
+from serving.memory import KVBudget
+from serving.scheduler import Admission, Strategy
+from serving.stepcost import StepCost
+from serving.workload import ErrorModel
 
-from seqsched.config import config_from_mapping  # noqa: E402
-from seqsched.engines.api import encode_chat  # noqa: E402
-from seqsched.length_files import read_lengths  # noqa: E402
-from seqsched.random_models import random_model  # noqa: E402
-from seqsched.requests import read_requests  # noqa: E402
-from seqsched.tables import table  # noqa: E402
-from seqsched_cli.recipe import apply_override, read_recipe  # noqa: E402
-from serving.autotune import Tuner  # noqa: E402
-from serving.bench import BenchConfig  # noqa: E402
-from serving.bench_rows import bench_rows  # noqa: E402
-from serving.bench_setup import Sizer, SizingInputs, simulated_seconds  # noqa: E402
-from serving.memory import KVBudget  # noqa: E402
-from serving.scheduler import Admission, Strategy  # noqa: E402
-from serving.stepcost import StepCost  # noqa: E402
-from serving.workload import ErrorModel  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 RECIPE = REPO / "recipes" / "vicuna-7b-replay" / "bench.yaml"
 

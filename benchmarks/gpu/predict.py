@@ -17,11 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from seqsched.files import write_json, write_jsonl
+from seqsched.requests import read_requests
 
-from seqsched.files import write_json, write_jsonl  # noqa: E402
-from seqsched.requests import read_requests  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SHARED = REPO.parent / "shared" / "data" / "sequence-scheduling"
 SAMPLES = ("L_t0.0", "L_t0.3", "L_t0.5", "L_t0.7")

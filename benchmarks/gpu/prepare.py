@@ -20,11 +20,10 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from seqsched.files import write_json, write_jsonl
+from seqsched.requests import read_requests
 
-from seqsched.files import write_json, write_jsonl  # noqa: E402
-from seqsched.requests import read_requests  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SHARED = REPO.parent / "shared" / "data" / "sequence-scheduling"
 LENGTH_FIELD = "L_t0.0"

@@ -14,10 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from seqsched.tables import table
 
-from seqsched.tables import table  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SAME_WORK = ("batches", "row_steps", "generated_tokens")
 

@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from seqsched.files import write_json, write_text
+from seqsched.tables import table
 
-from seqsched.files import write_json, write_text  # noqa: E402
-from seqsched.tables import table  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SHARED = REPO.parent / "shared" / "data" / "sequence-scheduling"
 
