@@ -26,7 +26,8 @@ from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = 12
 SLOW_SERVE = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background shell ignores it)\n"
     "from seqsched.engines.hf import HFEngine\n"
     "generate = HFEngine.generate\n"
     "def slow(self, *args, **kwargs):\n"
@@ -71,7 +72,9 @@ def wait_for_lines(path: Path, process: subprocess.Popen, count: int, timeout: f
     raise TimeoutError(f"{path} did not get {count} lines")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"]
+)
 def test_killed_serve_resumes_to_the_uninterrupted_output(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], signum: int
 ) -> None:
@@ -98,6 +101,9 @@ def test_killed_serve_resumes_to_the_uninterrupted_output(
     assert 1 <= kept < PROMPTS and not output.exists(), "finished requests kept, no output yet"
     if signum == signal.SIGTERM:
         assert process.returncode == 143 and "seqsched: terminated" in stderr and "Traceback" not in stderr
+        assert f"stopped: {kept} finished requests are kept in {working_dir(output)}" in stdout
+    elif signum == signal.SIGINT:  # Ctrl-C: the same clean stop
+        assert process.returncode == 130 and "seqsched: interrupted" in stderr and "Traceback" not in stderr
         assert f"stopped: {kept} finished requests are kept in {working_dir(output)}" in stdout
     else:  # killed outright: the lock file stays behind and must not block; a torn last line must not hurt
         assert process.returncode == -signal.SIGKILL and (working_dir(output) / LOCK_FILE).exists()
