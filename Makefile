@@ -35,7 +35,8 @@ demo: $(MODEL_STAMP)
 # The paper's table on CPU (see README "Results"): import SmolLM2's own greedy lengths (committed, lengths only;
 # prompts from ../shared), train the probe on the served model's own hidden states and register it @champion, then
 # run the strategies side by side (tuned on held-out own lengths, never on the served prompts). Two workloads: the
-# first 256 shared validation prompts, and 256 long-answer ones (bench-long). About 3 + 21 + 15 minutes on 2 cores (39 min measured, 2026-12-03).
+# first 256 shared validation prompts, and 256 long-answer ones (bench-long). About 3 + 21 + 15 minutes on 2 cores
+# (39 min in all, measured 2026-12-03).
 SHARED ?= ../shared/data/sequence-scheduling
 BENCH_DIR ?= outputs/bench
 PREDICTOR_RECIPE ?= recipes/probe/train.yaml

@@ -24,9 +24,14 @@ class Process:
         return self.index == 0
 
 
+def _launched() -> bool:
+    """True under a data-parallel launcher with more than one process (read from the environment, without torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def current_process() -> Process:
     """Rank and world size from `accelerate launch` (torchrun's environment); one process otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _launched():
         return Process()
     import torch
     from accelerate import PartialState
@@ -52,7 +57,7 @@ def finish() -> None:
     A process that leaves the interpreter with the gloo group still alive can abort in C++ ("terminate called
     without an active exception"), and torchrun then kills its peers mid-write; so every command ends here.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _launched():
         return
     import torch.distributed as dist
 

@@ -253,7 +253,7 @@ def tuner_for(
         config.limit,
         prompts,
         predictor,
-        progress=getattr(config, "progress", False),
+        progress=config.progress,
     )
 
 

@@ -35,10 +35,11 @@ def main() -> int:
 
     report = json.loads(args.report.read_text())
     true_lengths = report["vanilla_lengths"]
-    predicted = report["predicted"].get(args.predictions) or report["predicted"]["fcr"]
+    if args.predictions not in report["predicted"]:
+        parser.error(f"--predictions {args.predictions}: the report has {sorted(report['predicted'])}")
+    predicted = report["predicted"][args.predictions]
     cost = load_cost_file(args.cost)
     cfg = ScheduleConfig(limit=int(report["config"]["limit"]))
-    prompt_tokens = args.prompt_tokens
     rows = []
     for slots in (int(value) for value in args.slots.split(",")):
         figures = {}
@@ -47,8 +48,10 @@ def main() -> int:
             ("sjf", Admission.SJF, predicted),
             ("sjf-oracle", Admission.SJF, true_lengths),
         ):
-            sim = simulate_continuous(true_lengths, lengths, make_policy(admission), cfg, slots, cost, prompt_tokens)
-            figures[name] = sim.summary()
+            policy = make_policy(admission)
+            figures[name] = simulate_continuous(
+                true_lengths, lengths, policy, cfg, slots, cost, args.prompt_tokens
+            ).summary()
         fcfs = figures["fcfs"]
         rows.append(
             {

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from seqsched.tables import table
 
-REPO = Path(__file__).resolve().parents[2]
-
 SAME_WORK = ("batches", "row_steps", "generated_tokens")
 
 
