@@ -42,6 +42,10 @@ class Metrics:
     mean_predicted: float
     mean_true: float
 
+    def rounded(self, digits: int = 4, without: tuple[str, ...] = ("count",)) -> dict[str, float]:
+        """The metrics as a flat dict, each rounded (for sweep tables and JSON), less the fields named."""
+        return {key: round(value, digits) for key, value in asdict(self).items() if key not in without}
+
 
 def compute_metrics(predicted: Sequence[float], true: Sequence[float]) -> Metrics:
     """Metrics of predicted lengths against true lengths."""

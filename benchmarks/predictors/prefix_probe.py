@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -88,12 +87,12 @@ def run(args: argparse.Namespace) -> None:
         done = y <= k  # finished within the prefix: the length is known
         predicted[done] = y[done]
         predicted = np.maximum(predicted, np.minimum(k + 1, 256) * (~done))  # unfinished: longer than k
-        metrics = asdict(compute_metrics(predicted.tolist(), y.tolist()))
+        metrics = compute_metrics(predicted.tolist(), y.tolist()).rounded()
         record = {
             "prefix_tokens": k,
             "instructions": len(y),
             "finished_within_prefix": int(done.sum()),
-            **{key: round(value, 4) for key, value in metrics.items() if key != "count"},
+            **metrics,
             "read_s": round(read_s, 1),
         }
         print(json.dumps(record), flush=True)

@@ -134,12 +134,9 @@ def run_model(net, states, offsets, rows, size=64) -> np.ndarray:
 
 
 def score(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    from dataclasses import asdict
-
     from lengthpred.evaluate import compute_metrics
 
-    metrics = asdict(compute_metrics(predicted.tolist(), true.tolist()))
-    return {key: round(value, 4) for key, value in metrics.items() if key not in ("count", "mean_true")}
+    return compute_metrics(predicted.tolist(), true.tolist()).rounded(without=("count", "mean_true"))
 
 
 def fit(model, index, states, offsets, y, train_rows, args, log=print):

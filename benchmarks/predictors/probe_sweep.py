@@ -66,12 +66,9 @@ def select(features: np.ndarray, layers: list[int], pooling: str) -> np.ndarray:
 
 
 def score(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    from dataclasses import asdict
-
     from lengthpred.evaluate import compute_metrics
 
-    metrics = asdict(compute_metrics(predicted.tolist(), true.tolist()))
-    return {key: round(value, 4) for key, value in metrics.items() if key not in ("count", "mean_true")}
+    return compute_metrics(predicted.tolist(), true.tolist()).rounded(without=("count", "mean_true"))
 
 
 def fit_predict(x_train, y_train, x_test, variant: dict) -> np.ndarray:
