@@ -49,8 +49,9 @@ FILLER = (
 )
 """Text the measurement prompts are cut from: a continuation rarely ends at once, so batches run their steps."""
 
-CACHE_FORMAT = 1
-"""Bumped when the cache file's meaning changes (old files are then measured again)."""
+CACHE_FORMAT = 2
+"""Bumped when the cache file's meaning changes (old files are then measured again). 2: the HF engines write their
+KV cache in place (seqsched.engines.kv_cache), so steps cost less than the grids measured before."""
 REACH = 1.1
 """A cached grid serves contexts up to 10% beyond its longest (the table extrapolates that far); further, it is
 measured again."""

@@ -103,7 +103,11 @@ class SubmitStats:
     steps: int = 0
     """Decode forwards over the pool."""
     row_steps: int = 0
-    """Rows x decode forwards (each row's first token comes from its prefill, as in a static batch)."""
+    """Rows x decode forwards (each row's first token comes from its prefill, as in a static batch), rows that
+    finished but were still in the cache included."""
+    retired_row_steps: int = 0
+    """The part of row_steps spent on rows that had finished (an engine that removes rows in groups computes them
+    until the next removal)."""
     prefills: int = 0
     """Admissions: batched prefills of newcomers."""
     prefill_s: float = 0.0

@@ -22,6 +22,7 @@ from seqsched.engines.api import (
     model_stop_token_ids,
 )
 from seqsched.engines.config import EngineConfig
+from seqsched.engines.kv_cache import slack_cache
 from seqsched.model_specs import LoadedModel, ModelConfig, shared_model
 
 
@@ -189,16 +190,16 @@ class HFEngine:
         self.prefilled_bytes = 0
 
     def _from_prefilled(
-        self, prompt_ids: Sequence[Sequence[int]]
+        self, prompt_ids: Sequence[Sequence[int]], reserve: int
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """The batch's cache, first logits, attention mask and positions assembled from kept prefills (left
-        padded as a batch prefill would be), or None unless every prompt was prefilled."""
+        """The batch's cache (with `reserve` spare columns), first logits, attention mask and positions assembled
+        from kept prefills (left padded as a batch prefill would be), or None unless every prompt was prefilled."""
         kept = [self.prefilled.get(tuple(ids)) for ids in prompt_ids]
         if not kept or any(item is None for item in kept):
             return None
         _, attention_mask = self.left_pad(prompt_ids)
         width = attention_mask.shape[1]
-        cache = DynamicCache(config=self.model.config)
+        cache = slack_cache(self.model.config, reserve)
         for layer in range(len(kept[0].keys)):  # type: ignore[union-attr]
             first = kept[0].keys[layer]  # type: ignore[union-attr]
             shape = (len(kept), first.shape[0], width, first.shape[2])
@@ -243,14 +244,16 @@ class HFEngine:
             generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
         started = time.perf_counter()
-        reused = self._from_prefilled(prompt_ids)
+        # The cache holds the prompts and every step in place: no column is copied while the batch decodes.
+        reserve = max_new_tokens + 1
+        reused = self._from_prefilled(prompt_ids, reserve)
         if reused is not None:
             cache, logits, attention_mask, position_ids = reused
             padded_prompt_tokens = 0  # nothing computed here: the prefill ran ahead (see prefill())
         else:
             input_ids, attention_mask = self.left_pad(prompt_ids)
             position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-            cache = DynamicCache(config=self.model.config)
+            cache = slack_cache(self.model.config, reserve)
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

@@ -1,15 +1,18 @@
-"""Continuous batching over a Hugging Face causal LM (CPU or GPU): a pool of `slots` rows decoded together. At every
-step the rows that finished leave; once `admit_min` slots are free, waiting requests take them (lowest priority
+"""Continuous batching over a Hugging Face causal LM (CPU or GPU): a pool of `slots` rows decoded together. A row
+stops generating at its stop token or cap; once `admit_min` slots are free, waiting requests take them (lowest priority
 value first, ties in arrival order) after one batched prefill of the newcomers.
 
-KV layout: left-padding alignment on transformers' DynamicCache. Every row's tokens end at the cache's last column.
-The newcomers' prefilled cache is padded on the left to the pool's width (or the pool's to theirs) and joined along
-the batch; the attention mask hides the padding and positions are per row, so a row's keys carry the same rotary
-positions as in a batch of its own and greedy outputs equal a one-request run. When rows leave, the leading columns
-no remaining row uses are cut (compaction), so the width follows the longest running context rather than the
-longest the pool has seen. What the layout costs: each forward attends over rows x width instead of each row's own
-context (SubmitStats.padded_context_tokens vs context_tokens). A paged layout would not pay it: transformers' own
-paged `generate_batch` (sdpa) runs about as fast on this CPU once its cache is sized to the workload
+KV layout: left-padding alignment on a DynamicCache of seqsched.engines.kv_cache's SlackLayers (each step writes
+one column in place; transformers' own layer copied the whole cache at every step). Every row's tokens end at the
+cache's last column. The newcomers' prefilled cache is padded on the left to the pool's width (or the pool's to
+theirs) and joined along the batch in one copy; the attention mask hides the padding and positions are per row, so a
+row's keys carry the same rotary positions as in a batch of its own and greedy outputs equal a one-request run.
+Finished rows leave in groups, because each removal copies the cache: at the next admission, or once admit_min of
+them (or a fifth of the pool) have finished; until then they are computed and ignored. When rows leave, the leading
+columns no remaining row uses are cut (a view, no copy), so the width follows the longest running context rather
+than the longest the pool has seen. What the layout costs: each forward attends over rows x width instead of each
+row's own context (SubmitStats.padded_context_tokens vs context_tokens). A paged layout would not pay it: transformers'
+own paged `generate_batch` (sdpa) runs about as fast on this CPU once its cache is sized to the workload
 (benchmarks/continuous_engine.py), but it draws every sample from one generator (no per-request seeds, so no
 reproducible labels) and admits first in, first out; this pool keeps the static engine's sampling and order.
 """
@@ -39,6 +42,7 @@ from seqsched.engines.api import (
 )
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
+from seqsched.engines.kv_cache import join_left_padded, slack_cache, trim_front
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 
@@ -55,8 +59,10 @@ class _Row:
 
 
 class _Pool:
-    """Running rows and their joint state, all in cache order: KV cache, attention mask (1 = real token), each
-    row's next position and the token it feeds next (sampled, not yet in the cache)."""
+    """Rows in the cache and their joint state, all in cache order: KV cache, attention mask (1 = real token), each
+    row's next position and the token it feeds next (sampled, not yet in the cache). A row that finished stays in
+    the cache as a retired row (computed, its tokens ignored) until the next compaction: removing a row copies the
+    whole cache, so rows leave in groups (at the next admission, or once `admit_min` have retired)."""
 
     def __init__(
         self,
@@ -67,60 +73,81 @@ class _Pool:
         pending: torch.Tensor | None = None,
     ) -> None:
         self.rows = rows
+        self.alive = [True] * len(rows)
         self.cache = cache
         self.mask = mask
         self.positions = positions
         self.pending = pending
 
     def __len__(self) -> int:
+        """Rows in the cache, retired ones included."""
         return len(self.rows)
+
+    @property
+    def live(self) -> int:
+        """Rows still generating."""
+        return sum(self.alive)
 
     @property
     def width(self) -> int:
         """Cache columns (the longest running context plus alignment padding)."""
         return 0 if self.mask is None else int(self.mask.shape[1])
 
+    def retire(self, going: Sequence[bool]) -> None:
+        """Mark the live rows (in cache order) that did not go on as retired."""
+        live = [slot for slot, alive in enumerate(self.alive) if alive]
+        for slot, keep in zip(live, going, strict=True):
+            if not keep:
+                self.alive[slot] = False
+
+    def compact(self) -> None:
+        """Drop the retired rows, then cut leading columns that no remaining row uses."""
+        self.keep(self.alive)
+
     def keep(self, kept: Sequence[bool]) -> None:
         """Drop the rows not kept; then cut leading columns that no remaining row uses."""
         if all(kept):
             return
         if not any(kept):
-            self.rows, self.cache, self.mask, self.positions, self.pending = [], None, None, None, None
+            self.rows, self.alive = [], []
+            self.cache, self.mask, self.positions, self.pending = None, None, None, None
             return
         assert self.cache is not None and self.mask is not None
         assert self.positions is not None and self.pending is not None
         index = torch.tensor([slot for slot, keep in enumerate(kept) if keep], device=self.mask.device)
         self.rows = [row for row, keep in zip(self.rows, kept, strict=True) if keep]
+        self.alive = [alive for alive, keep in zip(self.alive, kept, strict=True) if keep]
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
         self.positions = self.positions[index]
         self.pending = self.pending[index]
         unused = int(self.mask.any(dim=0).int().argmax())  # the first column some row uses
         if unused:
-            for layer in self.cache.layers:
-                layer.keys = layer.keys[..., unused:, :]
-                layer.values = layer.values[..., unused:, :]
+            trim_front(self.cache, unused)
             self.mask = self.mask[:, unused:]
 
-    def join(self, other: _Pool) -> None:
-        """Add other's rows after these, both left-padded to the wider cache."""
+    def join(self, other: _Pool, reserve: int) -> None:
+        """Add other's rows after these, both left-padded to the wider cache (one copy into a buffer with
+        `reserve` spare columns)."""
         if not other.rows:
             return
         if not self.rows:
-            self.rows, self.cache, self.mask = other.rows, other.cache, other.mask
+            self.rows, self.alive, self.cache, self.mask = other.rows, other.alive, other.cache, other.mask
             self.positions, self.pending = other.positions, other.pending
             return
         assert self.cache is not None and other.cache is not None
         assert self.mask is not None and other.mask is not None
         width = max(self.width, other.width)
         mine, theirs = width - self.width, width - other.width
-        for layer, new in zip(self.cache.layers, other.cache.layers, strict=True):
-            layer.keys = torch.cat([_pad_left(layer.keys, mine), _pad_left(new.keys, theirs)], dim=0)
-            layer.values = torch.cat([_pad_left(layer.values, mine), _pad_left(new.values, theirs)], dim=0)
+        join_left_padded(self.cache, other.cache, reserve)
         self.mask = torch.cat([F.pad(self.mask, (mine, 0)), F.pad(other.mask, (theirs, 0))], dim=0)
         self.positions = torch.cat([self.positions, other.positions])  # type: ignore[list-item]
         self.pending = torch.cat([self.pending, other.pending])  # type: ignore[list-item]
         self.rows = self.rows + other.rows
+        self.alive = self.alive + other.alive
+
+
+RESERVE = 64
 
 
 def default_admit_min(slots: int) -> int:
@@ -129,11 +156,6 @@ def default_admit_min(slots: int) -> int:
     here; waiting for slots/8 leaves fewer than that idle while requests wait (serving.simulate_continuous models
     both)."""
     return max(1, slots // 8)
-
-
-def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
-    """KV states [batch, heads, seq, dim] with `columns` zero columns before the sequence."""
-    return F.pad(states, (0, 0, columns, 0)) if columns else states
 
 
 class HFContinuousEngine:
@@ -149,7 +171,10 @@ class HFContinuousEngine:
         self.static = static
         self.slots = slots
         self.admit_min = default_admit_min(slots) if admit_min is None else min(admit_min, slots)
-        """Waiting requests are admitted once this many slots are free (or fewer are waiting, or none runs)."""
+        """Waiting requests are admitted once this many slots are free (or fewer are waiting, or none runs); as many
+        finished rows are kept in the cache (retired) before they are dropped in one copy."""
+        self.reserve = RESERVE
+        """Spare cache columns allocated at each admission (the cache grows by doubling beyond them)."""
         self.model = static.model
         self.tokenizer = static.tokenizer
         self.last_stats: SubmitStats | None = None
@@ -215,10 +240,11 @@ class HFContinuousEngine:
         pool = _Pool([])
         while waiting or pool:
             # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
-            ready = not pool or self.slots - len(pool) >= min(self.admit_min, len(waiting))
-            while ready and waiting and len(pool) < self.slots:
-                newcomers = [waiting.popleft() for _ in range(min(self.slots - len(pool), len(waiting)))]
-                pool.join(run.prefill(newcomers))
+            ready = not pool.live or self.slots - pool.live >= min(self.admit_min, len(waiting))
+            while ready and waiting and pool.live < self.slots:
+                newcomers = [waiting.popleft() for _ in range(min(self.slots - pool.live, len(waiting)))]
+                pool.compact()
+                pool.join(run.prefill(newcomers), self.reserve)
             if pool:
                 run.decode(pool)
         self.last_stats = run.stats
@@ -294,7 +320,7 @@ class _Submission:
         ]
         input_ids, mask = self.static.left_pad([self.prompt_ids[index] for index in indices])
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
+        cache = slack_cache(model.config, self.engine.reserve)
         forward = time.perf_counter()
         out = model(
             input_ids=input_ids,
@@ -332,10 +358,15 @@ class _Submission:
         stats = self.stats
         stats.steps += 1
         stats.row_steps += len(pool)
+        stats.retired_row_steps += len(pool) - pool.live
         stats.max_rows = max(stats.max_rows, len(pool))
         stats.context_tokens += int(pool.mask.sum())
         stats.padded_context_tokens += pool.mask.numel()
-        going = self._take(pool.rows, tokens.tolist())
+        token_list = tokens.tolist()
+        live = [slot for slot, alive in enumerate(pool.alive) if alive]
+        pool.retire(self._take([pool.rows[slot] for slot in live], [token_list[slot] for slot in live]))
         pool.pending = tokens
-        pool.keep(going)
+        retired = len(pool) - pool.live
+        if not pool.live or retired >= self.engine.admit_min or 4 * retired > pool.live:
+            pool.compact()
         stats.decode_s += time.perf_counter() - began
