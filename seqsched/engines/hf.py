@@ -22,7 +22,7 @@ from seqsched.engines.api import (
     model_stop_token_ids,
 )
 from seqsched.engines.config import EngineConfig
-from seqsched.engines.kv_cache import slack_cache
+from seqsched.engines.kv_cache import DEFAULT_RESERVE, slack_cache
 from seqsched.model_specs import LoadedModel, ModelConfig, shared_model
 
 
@@ -244,8 +244,9 @@ class HFEngine:
             generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
         started = time.perf_counter()
-        # The cache holds the prompts and every step in place: no column is copied while the batch decodes.
-        reserve = max_new_tokens + 1
+        # The cache holds the prompts and every step in place: no column is copied while the batch decodes. An
+        # evicting engine copies the cache (spare columns included) whenever rows leave: it grows by doubling instead.
+        reserve = min(max_new_tokens + 1, DEFAULT_RESERVE) if self.config.evict_finished else max_new_tokens + 1
         reused = self._from_prefilled(prompt_ids, reserve)
         if reused is not None:
             cache, logits, attention_mask, position_ids = reused
