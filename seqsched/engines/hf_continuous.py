@@ -42,7 +42,7 @@ from seqsched.engines.api import (
 )
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
-from seqsched.engines.kv_cache import join_left_padded, slack_cache, trim_front
+from seqsched.engines.kv_cache import DEFAULT_RESERVE, join_left_padded, slack_cache, trim_front
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 
@@ -147,9 +147,6 @@ class _Pool:
         self.alive = self.alive + other.alive
 
 
-RESERVE = 64
-
-
 def default_admit_min(slots: int) -> int:
     """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
     or more beside its tokens, and admitting as soon as one slot freed made prefills over a third of a refill run
@@ -173,7 +170,7 @@ class HFContinuousEngine:
         self.admit_min = default_admit_min(slots) if admit_min is None else min(admit_min, slots)
         """Waiting requests are admitted once this many slots are free (or fewer are waiting, or none runs); as many
         finished rows are kept in the cache (retired) before they are dropped in one copy."""
-        self.reserve = RESERVE
+        self.reserve = DEFAULT_RESERVE
         """Spare cache columns allocated at each admission (the cache grows by doubling beyond them)."""
         self.model = static.model
         self.tokenizer = static.tokenizer
