@@ -35,6 +35,7 @@ from seqsched.errors import SeqschedError, require, require_at_least
 from seqsched.files import check_writable, write_json, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
+from serving.admission import policy_for
 from serving.autotune import Tuner, own_limits, prompt_lengths
 from serving.bench_report import command_line, describe_setup, markdown, plot, replay_info, report_dict
 from serving.bench_rows import (
@@ -57,6 +58,7 @@ from serving.costmodel import CostConfig, machine_name
 from serving.memory import MemoryConfig
 from serving.runner import RunOptions, RunResult, run
 from serving.scheduler import Admission, ScheduleConfig, Strategy
+from serving.simulate_continuous import simulate_continuous
 from serving.workload import TuneConfig
 
 log = logging.getLogger(__name__)
@@ -209,9 +211,10 @@ def run_bench(
             true = [record.num_tokens for record in vanilla.records]
             for item in runs:
                 if item.strategy.continuous:
-                    continue  # the simulator models static batches (a pool: serving.simulate_continuous)
-                simulated = tuner.simulate_run(item.predicted, true, prompts, limits, item.result.config)
-                item.simulated = {key: float(value) for key, value in simulated.summary().items() if key != "strategy"}
+                    summary = simulate_pool(true, item.predicted, item.result.config, pool, slots, tuner, prompts)
+                else:
+                    summary = tuner.simulate_run(item.predicted, true, prompts, limits, item.result.config).summary()
+                item.simulated = {key: float(value) for key, value in summary.items() if key != "strategy"}
         table_rows, time_rows = summarize(runs, rows)
         tuning: dict[str, Any] = dict(tuner.info) if tuner is not None else {}
         tuning["decisions"] = {strategy.value: decision.as_dict() for strategy, decision in policies.decisions.items()}
@@ -268,6 +271,33 @@ def run_bench(
             if on_run is not None:
                 on_run(result_so_far(complete=False))
     return result_so_far(complete=True)
+
+
+def simulate_pool(
+    true: Sequence[int],
+    predicted: Sequence[int] | None,
+    cfg: ScheduleConfig,
+    pool: Engine,
+    slots: dict[str, Any],
+    tuner: Tuner,
+    prompts: Sequence[int],
+) -> dict[str, float | int]:
+    """What serving.simulate_continuous predicts a continuous row costs: its policy, the pool's slots and admission
+    threshold, the step cost, the mean prompt. row_steps as the run's records count them: every token sampled, the
+    first of each admission (from its prefill) included, and no retired row."""
+    run = simulate_continuous(
+        true,
+        predicted,
+        policy_for(cfg),
+        cfg,
+        int(slots["slots"]),
+        tuner.cost,  # type: ignore[arg-type]
+        round(sum(prompts) / len(prompts)) if prompts else 64,
+        getattr(pool, "admit_min", None),
+    )
+    sim = run.summary()
+    sim["row_steps"] = run.row_steps - run.retired_row_steps + len(true) + len(run.failed)
+    return sim
 
 
 def _sized(

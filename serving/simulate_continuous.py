@@ -4,8 +4,10 @@ pool size + a step-cost model -> each request's completion time, samples/s, mean
 The simulated engine is seqsched.engines.hf_continuous: waiting requests take free slots in priority order (ties
 in arrival order) through one batched prefill of the newcomers (its logits give each newcomer's first token);
 then every decode step advances each running row by one token and costs StepCost.step_s(rows, width), the width
-being the longest running context (left-padding alignment with compaction). A row leaves when it emits its stop
-token (one step after its last token) or reaches its cap. With FCR caps the rows cut short run again afterwards.
+being the longest running context (left-padding alignment with compaction). A row is done when it emits its stop
+token (one step after its last token) or reaches its cap; like the engine's, it stays in the batch as a retired row
+(computed, ignored) until the pool compacts: at the next admission, once admit_min rows have retired, or once they
+outnumber a quarter of the live ones. With FCR caps the rows cut short run again afterwards.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ class ContinuousSim:
     time_s: float
     steps: int = 0
     row_steps: int = 0
+    """Rows computed per decode step, summed: retired rows included (as SubmitStats.row_steps)."""
     prefills: int = 0
     failed: list[int] = field(default_factory=list)
+    retired_row_steps: int = 0
+    """The part of row_steps spent on rows already done, waiting for the pool to compact."""
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
     def summary(self) -> dict[str, float | int]:
         """The figures a report shows."""
@@ -44,6 +51,9 @@ class ContinuousSim:
             "time_to_half_s": ordered[max(1, -(-count // 2)) - 1] if count else 0.0,
             "steps": self.steps,
             "row_steps": self.row_steps,
+            "retired_row_steps": self.retired_row_steps,
+            "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
             "failed": len(self.failed),
         }
 
@@ -59,7 +69,8 @@ def simulate_pass(
 ) -> tuple[ContinuousSim, list[int]]:
     """One submission: completion times (from start_s) and the requests whose cap cut them short (their true
     length reaches the cap: they emitted cap tokens without their stop token). Waiting requests are admitted once
-    admit_min slots are free (or fewer are waiting, or none runs)."""
+    admit_min slots are free (or fewer are waiting, or none runs); done rows are computed until the pool compacts
+    (see the module docstring)."""
     count = len(lengths)
     priorities = submission.priorities or [0] * count
     waiting = [(priorities[index], index) for index in range(count)]
@@ -70,6 +81,8 @@ def simulate_pass(
     completion = [0.0] * count
     cut: list[int] = []
     now, step, steps, row_steps, prefills = start_s, 0, 0, 0, 0
+    retired, retired_row_steps = 0, 0  # done rows still in the batch, and the row-steps spent on them
+    prefill_s = 0.0
 
     def finish_step(index: int) -> int:
         """Tokens sampled until the row leaves: its length plus the stop token, or its cap."""
@@ -82,7 +95,10 @@ def simulate_pass(
         while ready and waiting and len(running) + len(newcomers) < slots:
             newcomers.append(heapq.heappop(waiting)[1])
         if newcomers:
-            now += cost.prefill_s(len(newcomers), prompt_tokens)
+            retired = 0  # the engine compacts before newcomers join
+            prefill = cost.prefill_s(len(newcomers), prompt_tokens)
+            now += prefill
+            prefill_s += prefill
             prefills += 1
             for index in newcomers:
                 admitted_at[index] = step
@@ -98,16 +114,29 @@ def simulate_pass(
             continue
         # Every running row decodes; the cache width follows the oldest admitted running row (after compaction).
         width = prompt_tokens + max(step - admitted_at[index] for _, index in running) + 1
-        now += cost.step_s(len(running), width)
+        now += cost.step_s(len(running) + retired, width)
         step += 1
         steps += 1
-        row_steps += len(running)
+        row_steps += len(running) + retired
+        retired_row_steps += retired
         while running and running[0][0] <= step:
             _, index = heapq.heappop(running)
             completion[index] = now
+            retired += 1
             if lengths[index] >= submission.caps[index]:
                 cut.append(index)
-    sim = ContinuousSim(completion, now - start_s, steps, row_steps, prefills)
+        if not running or retired >= admit_min or 4 * retired > len(running):
+            retired = 0
+    sim = ContinuousSim(
+        completion,
+        now - start_s,
+        steps,
+        row_steps,
+        prefills,
+        retired_row_steps=retired_row_steps,
+        prefill_s=prefill_s,
+        decode_s=now - start_s - prefill_s,
+    )
     return sim, cut
 
 
@@ -146,6 +175,9 @@ def simulate_continuous(
         first.row_steps + second.row_steps,
         first.prefills + second.prefills,
         failed,
+        first.retired_row_steps + second.retired_row_steps,
+        first.prefill_s + second.prefill_s,
+        first.decode_s + second.decode_s,
     )
 
 

@@ -173,7 +173,7 @@ def test_bench_command_writes_json_markdown_png(tiny_model_dir: Path, noisy_orac
     assert set(report["completion_s"]) == set(names) and len(report["completion_s"]["cb-fcfs"]) == 10
     assert len(report["vanilla_lengths"]) == 10 and report["ids"][0] == "p0"
     assert "| fcr-oracle" in out.with_suffix(".md").read_text()
-    assert [row["strategy"] for row in report["simulated"]] == ["vanilla", "fcr", "fcr-oracle"]
+    assert [row["strategy"] for row in report["simulated"]] == names  # the continuous rows too
     assert "Simulated vs measured" in out.with_suffix(".md").read_text()
     assert report["tuning"]["step_cost"]["model"] in ("grid", "linear") and list((tmp_path / "cost").glob("*.json"))
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -210,9 +210,11 @@ def test_tuned_rows_report_their_decision_and_simulated_time(
     for item in result.runs:
         assert item.same_as_vanilla == len(requests), item.strategy.value
     simulated = {row["strategy"]: row for row in result.sim_rows}
-    assert set(simulated) == {s.value for s in BenchStrategy if not s.continuous}
+    assert set(simulated) == {item.strategy.value for item in result.runs}
+    assert any(item.strategy.continuous for item in result.runs)
     for name, row in simulated.items():
-        # The simulator replays the engine's static batches step for step: only the seconds are modelled.
+        # The simulators replay the engine's static batches and the continuous pool's admissions step for step:
+        # only the seconds are modelled.
         assert row["simulated_row_steps"] == row["measured_row_steps"], name
         assert row["simulated_s"] > 0 and row["error"] == pytest.approx(row["simulated_s"] / row["measured_s"] - 1)
 

@@ -172,3 +172,30 @@ def test_runner_policies_on_the_pool(tiny_engine: HFEngine) -> None:
         # The oracle run is SJF with the true lengths.
     oracle = run(pool, requests, true, ScheduleConfig(limit=40, policy=Admission.SJF))
     assert [r.token_ids for r in oracle.records] == [r.token_ids for r in vanilla.records]
+
+
+@pytest.mark.parametrize(("slots", "admit_min"), [(3, 1), (5, 2), (8, 4), (14, 8)])
+def test_the_simulator_counts_what_the_pool_computes(
+    tiny_engine: HFEngine, prompt_ids: list[list[int]], alone: list, slots: int, admit_min: int
+) -> None:
+    """serving.simulate_continuous replays the pool's admissions, decode steps and retired rows exactly, given each
+    request's true length (what the step-cost model prices is then the only approximation)."""
+    from serving.admission import Pass
+    from serving.simulate import StepCost
+    from serving.simulate_continuous import simulate_pass
+
+    caps = [40] * len(prompt_ids)
+    engine = HFContinuousEngine(tiny_engine, slots, admit_min)
+    engine.submit(prompt_ids, caps)
+    stats = engine.last_stats
+    assert stats is not None
+    lengths = [len(row.token_ids) for row in alone]
+    sim, _ = simulate_pass(lengths, Pass(None, caps), slots, StepCost(), admit_min=admit_min)
+    assert (sim.steps, sim.row_steps, sim.retired_row_steps, sim.prefills) == (
+        stats.steps,
+        stats.row_steps,
+        stats.retired_row_steps,
+        stats.prefills,
+    )
+    if slots == len(prompt_ids):
+        assert stats.retired_row_steps > 0, "with every request in the pool, done rows wait for a compaction"

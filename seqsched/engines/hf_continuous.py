@@ -62,7 +62,8 @@ class _Pool:
     """Rows in the cache and their joint state, all in cache order: KV cache, attention mask (1 = real token), each
     row's next position and the token it feeds next (sampled, not yet in the cache). A row that finished stays in
     the cache as a retired row (computed, its tokens ignored) until the next compaction: removing a row copies the
-    whole cache, so rows leave in groups (at the next admission, or once `admit_min` have retired)."""
+    whole cache, so rows leave in groups (at the next admission, once `admit_min` have retired, or once the retired
+    outnumber a quarter of the live rows)."""
 
     def __init__(
         self,
@@ -93,10 +94,13 @@ class _Pool:
         """Cache columns (the longest running context plus alignment padding)."""
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def retire(self, going: Sequence[bool]) -> None:
-        """Mark the live rows (in cache order) that did not go on as retired."""
-        live = [slot for slot, alive in enumerate(self.alive) if alive]
-        for slot, keep in zip(live, going, strict=True):
+    def live_slots(self) -> list[int]:
+        """Cache positions of the rows still generating, in cache order."""
+        return [slot for slot, alive in enumerate(self.alive) if alive]
+
+    def retire(self, slots: Sequence[int], going: Sequence[bool]) -> None:
+        """Mark the rows at these cache positions that did not go on as retired."""
+        for slot, keep in zip(slots, going, strict=True):
             if not keep:
                 self.alive[slot] = False
 
@@ -360,8 +364,8 @@ class _Submission:
         stats.context_tokens += int(pool.mask.sum())
         stats.padded_context_tokens += pool.mask.numel()
         token_list = tokens.tolist()
-        live = [slot for slot, alive in enumerate(pool.alive) if alive]
-        pool.retire(self._take([pool.rows[slot] for slot in live], [token_list[slot] for slot in live]))
+        live = pool.live_slots()
+        pool.retire(live, self._take([pool.rows[slot] for slot in live], [token_list[slot] for slot in live]))
         pool.pending = tokens
         retired = len(pool) - pool.live
         if not pool.live or retired >= self.engine.admit_min or 4 * retired > pool.live:
