@@ -16,6 +16,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from seqsched.engines.pool_rules import admits, compacts, default_admit_min
 from serving.admission import AdmissionPolicy, Pass
 from serving.scheduler import ScheduleConfig
 from serving.simulate import StepCost
@@ -90,8 +91,7 @@ def simulate_pass(
 
     while waiting or running:
         newcomers: list[int] = []
-        free = slots - len(running)
-        ready = free >= min(admit_min, len(waiting)) or not running
+        ready = admits(len(running), slots, len(waiting), admit_min)
         while ready and waiting and len(running) + len(newcomers) < slots:
             newcomers.append(heapq.heappop(waiting)[1])
         if newcomers:
@@ -125,7 +125,7 @@ def simulate_pass(
             retired += 1
             if lengths[index] >= submission.caps[index]:
                 cut.append(index)
-        if not running or retired >= admit_min or 4 * retired > len(running):
+        if compacts(len(running), retired, admit_min):
             retired = 0
     sim = ContinuousSim(
         completion,
@@ -152,7 +152,7 @@ def simulate_continuous(
 ) -> ContinuousSim:
     """The policy's first pass over every request, then its recompute pass over those cut short (from scratch).
     admit_min: newcomers wait until this many slots are free (default: the engine's, slots // 8)."""
-    admit_min = max(1, slots // 8) if admit_min is None else admit_min  # as seqsched.engines.hf_continuous
+    admit_min = default_admit_min(slots) if admit_min is None else admit_min
     cost = cost or StepCost()
     budgets = [cfg.limit] * len(true_lengths)
     lengths = [min(length, cfg.limit) for length in true_lengths]

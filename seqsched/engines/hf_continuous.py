@@ -43,6 +43,7 @@ from seqsched.engines.api import (
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
 from seqsched.engines.kv_cache import DEFAULT_RESERVE, join_left_padded, slack_cache, trim_front
+from seqsched.engines.pool_rules import admits, compacts, default_admit_min
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 
@@ -151,14 +152,6 @@ class _Pool:
         self.alive = self.alive + other.alive
 
 
-def default_admit_min(slots: int) -> int:
-    """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
-    or more beside its tokens, and admitting as soon as one slot freed made prefills over a third of a refill run
-    here; waiting for slots/8 leaves fewer than that idle while requests wait (serving.simulate_continuous models
-    both)."""
-    return max(1, slots // 8)
-
-
 class HFContinuousEngine:
     """Continuous batching with a pool of `slots` rows over an HFEngine's model; `generate` runs a static batch."""
 
@@ -241,7 +234,7 @@ class HFContinuousEngine:
         pool = _Pool([])
         while waiting or pool:
             # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
-            ready = not pool.live or self.slots - pool.live >= min(self.admit_min, len(waiting))
+            ready = admits(pool.live, self.slots, len(waiting), self.admit_min)
             while ready and waiting and pool.live < self.slots:
                 newcomers = [waiting.popleft() for _ in range(min(self.slots - pool.live, len(waiting)))]
                 pool.compact()
@@ -367,7 +360,6 @@ class _Submission:
         live = pool.live_slots()
         pool.retire(live, self._take([pool.rows[slot] for slot in live], [token_list[slot] for slot in live]))
         pool.pending = tokens
-        retired = len(pool) - pool.live
-        if not pool.live or retired >= self.engine.admit_min or 4 * retired > pool.live:
+        if compacts(pool.live, len(pool) - pool.live, self.engine.admit_min):
             pool.compact()
         stats.decode_s += time.perf_counter() - began
