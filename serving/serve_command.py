@@ -77,8 +77,8 @@ class ServeConfig(ScheduleConfig):
     """MLflow tracking URI for models:/ and runs:/ predictors (default: MLFLOW_TRACKING_URI or ./mlflow.db)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    """`--engine.kind hf` with static batches (the paper's VBS and FCR) or `--engine.batching continuous
-    --engine.slots N` (a pool of N rows refilled at every step), or `vllm` (continuous, CUDA and `.[gpu]`). On a
+    """`--engine.kind auto` (vLLM where installed, else hf), `vllm`, or `hf` with static batches (the paper's VBS
+    and FCR) or `--engine.batching continuous --engine.slots N` (a pool of N rows refilled at every step). On a
     continuous engine `--policy` picks the admission order (fcfs, sjf, sjf-fcr; auto: from --strategy)."""
     temperature: float = 0.0
     """Default temperature for requests that do not set one (0: greedy)."""
@@ -222,7 +222,7 @@ def serve_settings(config: ServeConfig, batch: BatchInput) -> dict[str, Any]:
         "model": config.model.spec,
         "device": config.model.device.value,
         "dtype": config.model.dtype.value,
-        "engine": config.engine.kind.value,
+        "engine": config.engine.resolved_kind(config.model.random_init is not None).value,
         "system_prompt": config.engine.system_prompt,
         "stop_token_ids": list(config.engine.stop_token_ids),
         "limit": config.limit,

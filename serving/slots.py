@@ -80,6 +80,7 @@ def serving_engine(config: EngineConfig, model: ModelConfig, requests: Sequence[
 
     from seqsched.engines.selection import build_engine, with_batching
 
+    config = config.resolved(random_init=model.random_init is not None)
     if config.kind is EngineKind.HF and config.batching is Batching.CONTINUOUS and config.slots is None:
         static = build_engine(replace(config, batching=Batching.STATIC), model, requests)
         slots, info = slots_for(static, requests, limit)

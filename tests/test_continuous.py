@@ -100,11 +100,13 @@ def test_policy_objects_decide_the_fake_vllm_order(fake_engine: VLLMEngine, requ
     predicted = [1 + (7 * index) % 11 for index in range(len(requests))]
     sjf = ScheduleConfig(strategy=Strategy.VANILLA, limit=40, policy=Admission.SJF)
     run(fake_engine, requests, predicted, sjf)
-    admitted = [int(request_id) for request_id in fake_engine.llm.llm_engine.admitted]
+    admitted = [fake_engine.request_keys[request_id] for request_id in fake_engine.llm.llm_engine.admitted]
     assert admitted == sorted(range(len(requests)), key=lambda index: (predicted[index], index))
     fcfs = ScheduleConfig(strategy=Strategy.FCR, limit=40, policy=Admission.FCFS)
     result = run(fake_engine, requests, predicted, fcfs)
-    admitted = [int(request_id) for request_id in fake_engine.llm.llm_engine.admitted[len(requests) :]]
+    admitted = [
+        fake_engine.request_keys[request_id] for request_id in fake_engine.llm.llm_engine.admitted[len(requests) :]
+    ]
     assert admitted == list(range(len(requests)))
     assert result.metrics.failed == 0 and result.metrics.admission == "fcfs"
 

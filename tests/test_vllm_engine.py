@@ -31,7 +31,7 @@ def test_priorities_order_admission_and_caps_apply(tiny_engine: HFEngine, fake_e
     priorities = [50, 10, 40, 0, 30, 20]
     caps = [3, 30, 30, 30, 30, 2]
     timed = fake_engine.submit(ids, caps, priorities)
-    admitted = [int(request_id) for request_id in fake_engine.llm.llm_engine.admitted]
+    admitted = [fake_engine.request_keys[request_id] for request_id in fake_engine.llm.llm_engine.admitted]
     assert admitted == sorted(range(6), key=lambda index: priorities[index])
     for index, item in enumerate(timed):
         assert item.row.num_tokens <= caps[index]

@@ -61,6 +61,10 @@ class RowOutput:
     finish_reason: FinishReason
     finish_step: int
     """Decode step (1-based) at which the row finished; equals num_tokens + 1 for a stop, num_tokens at the cap."""
+    error: str | None = None
+    """Why the engine could not serve the request (vLLM aborted or refused it): an error line, not an FCR failure."""
+    error_code: str | None = None
+    """The error's code in an OpenAI error line (e.g. invalid_request, engine_error)."""
 
     @property
     def num_tokens(self) -> int:

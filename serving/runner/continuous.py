@@ -35,7 +35,10 @@ class ContinuousRun(RunState):
         offset = self.elapsed()
         started = time.perf_counter()
         seeds = [self.seed(index) for index in ids]
-        timed = self.engine.submit(prompts, submission.caps, submission.priorities, sampling, seeds)
+        extra = {}
+        if self.predicted is not None and getattr(self.engine, "takes_predictions", False):
+            extra["predicted"] = [self.predicted[index] for index in ids]  # for a length-aware admission
+        timed = self.engine.submit(prompts, submission.caps, submission.priorities, sampling, seeds, **extra)
         wall_s = time.perf_counter() - started
         rows = [item.row for item in timed]
         stats = getattr(self.engine, "last_stats", None)
@@ -57,11 +60,12 @@ class ContinuousRun(RunState):
                 decode_s=wall_s - prefill_s,
             )
         )
-        failed = [
-            index
-            for index, budget, item in zip(ids, budgets, timed, strict=True)
-            if not self.finish(index, item.row, budget, phase, offset + item.finished_s)
-        ]
+        failed = []
+        for index, budget, item in zip(ids, budgets, timed, strict=True):
+            if item.row.error is not None:  # the engine refused or aborted it: an error line, not an FCR failure
+                self.fail(index, item.row.error, item.row.error_code or "engine_error", offset + item.finished_s)
+            elif not self.finish(index, item.row, budget, phase, offset + item.finished_s):
+                failed.append(index)
         self.on_progress(len(ids) - len(failed))
         return failed
 
