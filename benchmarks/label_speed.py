@@ -8,8 +8,10 @@ time with the static engine. Both use the same per-sample seeds, so they draw th
         --out benchmarks/label/speed
 
 `--sides builder,pool,naive` adds the label builder on a continuous pool of --batch_size slots
-(`seqsched label --engine.batching continuous`); `--naive_count K` times the naive loop on the first K
-instructions only (its tokens/s is steady, and at limit 256 the full loop takes hours).
+(`seqsched label --engine.batching continuous`); `vllm` adds it on the real vLLM (`seqsched label --engine.kind
+vllm`: each temperature's generations submitted at once; run last, since vLLM started in this process slows torch's
+own forwards); `--naive_count K` times the naive loop on the first K instructions only (its tokens/s is steady,
+and at limit 256 the full loop takes hours).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
-    parser.add_argument("--sides", default="builder,naive", help="any of builder, pool, naive")
+    parser.add_argument("--sides", default="builder,naive", help="any of builder, pool, naive, vllm")
+    parser.add_argument("--vllm_max_num_seqs", type=int, default=None, help="vLLM's max_num_seqs (default: its own)")
     parser.add_argument("--naive_count", type=int, default=None, help="naive loop on the first K instructions")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "label" / "speed"))
     args = parser.parse_args()
@@ -127,6 +130,14 @@ def main() -> int:
         )
     if "naive" in sides:
         results["naive loop"] = run_naive(naive_engine, requests[: args.naive_count], config)
+    if "vllm" in sides:
+        from seqsched.engines.config import EngineKind, VLLMConfig
+        from seqsched.engines.vllm import VLLMEngine
+
+        vllm_config = EngineConfig(kind=EngineKind.VLLM, vllm=VLLMConfig(max_num_seqs=args.vllm_max_num_seqs))
+        vllm_engine = VLLMEngine.from_spec(args.model, vllm_config)
+        side = f"label builder, vLLM (max_num_seqs {vllm_engine.max_num_seqs})"
+        results[side] = run_fast(vllm_engine, requests, config)
     settings = {
         "data": Path(args.data).name,
         "instructions": len(requests),
@@ -141,9 +152,12 @@ def main() -> int:
         "torch": torch.__version__,
     }
     naive = results.get("naive loop")
+    pool = next((measured for side, measured in results.items() if "continuous pool" in side), None)
     rows = []
     for side, measured in results.items():
         row = {"side": side, **{key: measured[key] for key in ("wall_s", "generated_tokens", "tokens_per_s")}}
+        if pool is not None:
+            row["vs_pool_tokens_per_s"] = measured["tokens_per_s"] / pool["tokens_per_s"]
         if naive is not None:
             row["vs_naive_tokens_per_s"] = measured["tokens_per_s"] / naive["tokens_per_s"]
             common = [key for key in measured["lengths"] if key in naive["lengths"]]

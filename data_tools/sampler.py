@@ -21,6 +21,7 @@ from data_tools.checkpoint import Checkpoint, Sample
 from data_tools.labels import bucket_up, max_length
 from data_tools.schema import LengthRecord
 from seqsched.engines.api import Batching, ContinuousEngine, Engine, FinishReason, RowOutput, SamplingParams, TimedRow
+from seqsched.errors import SeqschedError
 from seqsched.requests import Request
 
 
@@ -204,7 +205,12 @@ class LengthSampler:
         sampling = SamplingParams(temperature=temperature, top_p=self.config.top_p)
         seeds = [sample_seed(self.config.seed, requests[job.request].id, temperature, job.index) for job in jobs]
 
+        refused: list[str] = []
+
         def finished(position: int, timed: TimedRow) -> None:
+            if timed.row.error is not None:  # the engine refused it: no length to record
+                refused.append(f"instruction {requests[jobs[position].request].id}: {timed.row.error}")
+                return
             sample = self._sample(jobs[position], requests, timed.row)
             if self.checkpoint is not None:
                 self.checkpoint.append([sample])
@@ -225,6 +231,11 @@ class LengthSampler:
         run.batches += 1
         if self.on_batch is not None:
             self.on_batch(run.batches)
+        if refused:
+            raise SeqschedError(
+                f"{len(refused)} generations could not be sampled ({refused[0]}); the {run.generations} that finished "
+                "are checkpointed: drop or shorten those instructions and run the same command again"
+            )
 
     def _report(self, run: SamplingRun, bar: object, started: float, count: int) -> None:
         elapsed = time.perf_counter() - started

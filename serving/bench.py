@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from seqsched.engines.api import Batching, Engine
-from seqsched.engines.config import EngineConfig
+from seqsched.engines.config import EngineConfig, EngineKind
 from seqsched.engines.selection import build_engine, set_torch_threads, with_batching
 from seqsched.errors import SeqschedError, require, require_at_least
 from seqsched.files import check_writable, write_json, write_text
@@ -40,6 +40,7 @@ from serving.autotune import Tuner, own_limits, prompt_lengths
 from serving.bench_report import command_line, describe_setup, markdown, plot, replay_info, report_dict
 from serving.bench_rows import (
     ALL_STRATEGIES,
+    HF_STRATEGIES,
     BenchResult,
     BenchRow,
     BenchStrategy,
@@ -82,6 +83,11 @@ __all__ = [
 ]
 
 
+def default_strategies() -> tuple[BenchStrategy, ...]:
+    """Every row; vLLM's only where `--engine.kind auto` means vLLM (installed, and not overridden)."""
+    return ALL_STRATEGIES if EngineConfig().resolved_kind() is EngineKind.VLLM else HF_STRATEGIES
+
+
 @dataclass(frozen=True)
 class BenchConfig(ScheduleConfig):
     """Strategies side by side on the same prompts: the scheduling fields are the policy of the scheduled rows
@@ -97,10 +103,12 @@ class BenchConfig(ScheduleConfig):
     predictor: str = "none"
     """The predictor of seqsch, vbs and fcr: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/..., oracle:FILE."""
     tracking_uri: str | None = None
-    strategies: tuple[BenchStrategy, ...] = ALL_STRATEGIES
-    """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (static batches; vanilla always runs: it
-    is the base), cb-fcfs, cb-sjf, cb-sjf-oracle, cb-sjf-fcr (continuous batching with `--engine.slots` rows, or as
-    many as the measured step cost suggests: see serving.slots)."""
+    strategies: tuple[BenchStrategy, ...] = field(default_factory=default_strategies)
+    """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (static batches on our engine; vanilla always
+    runs: it is the base), cb-fcfs, cb-sjf, cb-sjf-oracle, cb-sjf-fcr (our continuous pool of `--engine.slots` rows,
+    or as many as the measured step cost suggests: see serving.slots), vllm-fcfs, vllm-sjf, vllm-sjf-oracle,
+    vllm-fcr (the real vLLM with `--engine.vllm` settings; vllm-fcfs runs with any of them: their base). Default: all
+    (the vllm-* rows where vLLM is installed)."""
     repeats: int = 1
     """Rounds over all strategies; each round rotates their order. The table shows each strategy's median round."""
     vanilla_batch_size: int = 16
@@ -165,12 +173,14 @@ def run_bench(
     *,
     started: float | None = None,
     on_run: Callable[[BenchResult], None] | None = None,
+    vllm: Callable[[], Engine] | None = None,
 ) -> BenchResult:
     """Run every row `repeats` times, interleaved, and summarize. tuner: the step cost (for the simulated times and
     budget sizing), KV budget and held-out errors (for tuning on these requests); None runs the configured policy.
     predictions: the predictor sources, when already loaded (bench_tuner loads the predictor first). started: when
     the bench began (perf_counter; --budget_s counts from it); on_run: called with the result so far after every
-    run (the bench rewrites its files, so a cut-short run keeps what finished)."""
+    run (the bench rewrites its files, so a cut-short run keeps what finished); vllm: builds the engine of the
+    vllm-* rows (called once, when the first of them is due: after our engine's rows of the first round)."""
     if not requests:
         raise SeqschedError("no prompts to benchmark")
     if config.repeats < 1:
@@ -180,7 +190,12 @@ def run_bench(
     started = time.perf_counter() if started is None else started
     rows = bench_rows(config.strategies, config.paper_rows)
     static = with_batching(engine, Batching.STATIC)
-    continuous = any(row.strategy.continuous for row in rows)
+    if static.batching is not Batching.STATIC:
+        raise SeqschedError("bench: the base engine must run static batches (our HF engine); vLLM serves vllm-* rows")
+    continuous = any(row.strategy.pool for row in rows)
+    if any(row.strategy.vllm for row in rows) and vllm is None:
+        raise SeqschedError("bench: vllm-* rows need the vLLM engine (install it: make install)")
+    vllm_engine: Engine | None = None
     predictions = predictions or Predictions(static, config, requests)
     policy = replace(config.schedule(), strategy=Strategy.FCR, policy=Admission.AUTO)
     if tuner is not None:
@@ -203,6 +218,7 @@ def run_bench(
     options = RunOptions(progress=config.progress)
     runs: list[StrategyRun] = []
     vanilla: RunResult | None = None
+    vllm_base: RunResult | None = None
     paper_policy = policy if any(row.paper for row in rows) else None
 
     def result_so_far(complete: bool) -> BenchResult:
@@ -210,6 +226,8 @@ def run_bench(
         if complete and tuner is not None and config.simulate:
             true = [record.num_tokens for record in vanilla.records]
             for item in runs:
+                if item.strategy.vllm:
+                    continue  # the simulator models our engines' steps, not vLLM's
                 if item.strategy.continuous:
                     summary = simulate_pool(true, item.predicted, item.result.config, pool, slots, tuner, prompts)
                 else:
@@ -218,7 +236,8 @@ def run_bench(
         table_rows, time_rows = summarize(runs, rows)
         tuning: dict[str, Any] = dict(tuner.info) if tuner is not None else {}
         tuning["decisions"] = {strategy.value: decision.as_dict() for strategy, decision in policies.decisions.items()}
-        pool_rows = continuous_rows(runs, rows, slots.get("slots")) if continuous else []
+        vllm_slots = getattr(vllm_engine, "max_num_seqs", None)
+        pool_rows = continuous_rows(runs, rows, slots.get("slots"), vllm_slots)
         return BenchResult(
             runs,
             table_rows,
@@ -237,16 +256,22 @@ def run_bench(
     for index in range(config.repeats):
         for row in round_order(rows, index):
             strategy = row.strategy
+            if strategy.vllm and vllm_engine is None:
+                assert vllm is not None
+                print("starting vLLM for the vllm-* rows", flush=True)
+                vllm_engine = vllm()
             predicted, predictor_s, shared_prefill_s = predictions.get(
-                strategy.source, share_prefill=not strategy.continuous
+                strategy.source, share_prefill=not strategy.continuous, vllm=strategy.vllm
             )
             cfg, decision = policies.for_row(row, predicted)
             quantile = decision.details.get("quantile") if decision is not None else None
             if quantile is not None:  # risk-aware caps: lengths at the quantile the tuner chose
                 predicted = predictions.quantile_lengths[quantile]
             tuning_s = decision.tuning_s if decision is not None else 0.0
+            serving = vllm_engine if strategy.vllm else (pool if strategy.continuous else static)
+            assert serving is not None
             result = run(
-                pool if strategy.continuous else static,
+                serving,
                 requests,
                 predicted,
                 cfg,
@@ -259,13 +284,20 @@ def run_bench(
             if vanilla is None:
                 vanilla = result
                 predictions.oracle = [record.num_tokens for record in result.records]
+            if strategy is BenchStrategy.VLLM_FCFS and vllm_base is None:
+                vllm_base = result
+                predictions.vllm_oracle = [record.num_tokens for record in result.records]
             same = same_as_vanilla(result, vanilla, by_length)
-            runs.append(StrategyRun(strategy, index, result, predicted, same, decision, paper=row.paper))
+            same_base = same_as_vanilla(result, vllm_base) if strategy.vllm and vllm_base is not None else None
+            runs.append(
+                StrategyRun(strategy, index, result, predicted, same, decision, paper=row.paper, same_as_base=same_base)
+            )
             metrics = result.metrics
             print(
                 f"round {index + 1}/{config.repeats} {row.name}: {metrics.samples_per_s:.3f} samples/s, "
                 f"mean latency {metrics.latency_mean_s:.1f} s, {metrics.total_s:.1f} s, outputs "
-                f"{'as long as' if by_length else 'equal to'} vanilla's {same}/{metrics.requests}",
+                f"{'as long as' if by_length else 'equal to'} vanilla's {same}/{metrics.requests}"
+                + (f", vllm-fcfs's {same_base}/{metrics.requests}" if same_base is not None else ""),
                 flush=True,
             )
             if on_run is not None:
@@ -361,8 +393,15 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     set_torch_threads(config.torch_threads)
     requests = bench_requests(config)
     print(f"{len(requests)} prompts from {config.input}; strategies: {', '.join(s.value for s in config.strategies)}")
-    # The static rows need static batches; the cb-* rows get a pool over the same model (run_bench).
-    engine = engine or build_engine(replace(config.engine, batching=Batching.STATIC), config.model, requests)
+    # The static rows need static batches on our engine; the cb-* rows get a pool over the same model, the vllm-* rows
+    # the real vLLM, started when their turn comes (run_bench).
+    engine = engine or build_engine(
+        replace(config.engine, kind=EngineKind.HF, batching=Batching.STATIC), config.model, requests
+    )
+
+    def start_vllm() -> Engine:
+        return build_engine(replace(config.engine, kind=EngineKind.VLLM), config.model)
+
     replay = replay_info(engine, config)
     predictions = Predictions(engine, config, requests)
     tuner = bench_tuner(config, engine, predictions)
@@ -376,7 +415,7 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
         "machine": device,
         "torch_threads": torch.get_num_threads(),
         "model": config.model.spec,
-        "engine": config.engine.kind.value,
+        "engine": "hf" + (" + vllm" if any(s.vllm for s in config.strategies) else ""),
         "replay": replay,
     }
 
@@ -389,7 +428,7 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
             [
                 f"`{command}`",
                 f"{extra['date']}, {device}, torch threads {extra['torch_threads']}; model {model_text} "
-                f"({config.engine.kind.value} engine); {len(served)} prompts, limit {config.limit}, greedy; "
+                f"({extra['engine']} engine); {len(served)} prompts, limit {config.limit}, greedy; "
                 f"{config.repeats} round(s), median shown; bench wall time {extra['wall_s']:.0f} s"
                 + ("" if result.complete else " (incomplete: rows still running)"),
                 *describe_setup(result, replay),
@@ -399,7 +438,7 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
         write_text(out.with_suffix(".md"), text)
         return text
 
-    result = run_bench(engine, requests, config, tuner, predictions, started=started, on_run=write)
+    result = run_bench(engine, requests, config, tuner, predictions, started=started, on_run=write, vllm=start_vllm)
     text = write(result)
     title = f"{config.model.random_init} (length replay, random weights)" if replay else config.model.spec
     png = plot(result, out.with_suffix(".png"), f"{title}, {len(result.requests)} prompts, {device}")

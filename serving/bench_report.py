@@ -36,6 +36,8 @@ TABLE_COLUMNS = (
 )
 VS_CB_FCFS_COLUMNS = ("speed_vs_cb_fcfs", "latency_vs_cb_fcfs")
 """Columns added to the table when cb-fcfs ran: samples/s and mean latency as ratios to cb-fcfs's."""
+VS_VLLM_FCFS_COLUMNS = ("speed_vs_vllm_fcfs", "latency_vs_vllm_fcfs", "same_as_vllm_fcfs")
+"""Columns added when vllm-fcfs ran: ratios to vLLM as users run it, and (vLLM rows) outputs equal to its."""
 CONTINUOUS_COLUMNS = (
     "strategy",
     "slots",
@@ -125,7 +127,9 @@ def markdown(result: BenchResult, header: str) -> str:
     measured time as markdown."""
     columns = TABLE_COLUMNS
     if any("speed_vs_cb_fcfs" in row for row in result.rows):
-        columns = (*TABLE_COLUMNS, *VS_CB_FCFS_COLUMNS)
+        columns = (*columns, *VS_CB_FCFS_COLUMNS)
+    if any("speed_vs_vllm_fcfs" in row for row in result.rows):
+        columns = (*columns, *VS_VLLM_FCFS_COLUMNS)
     text = (
         f"{header}\n\n{table(result.rows, columns)}\n\nWhere the time goes (seconds of the median round; "
         "wasted_share = 1 - effective token ratio: padding, finished rows and recomputed attempts):\n\n"
@@ -133,8 +137,9 @@ def markdown(result: BenchResult, header: str) -> str:
     )
     if result.continuous_rows:
         text += (
-            f"\nContinuous batching ({result.slots.get('slots')} slots: {result.slots.get('rule')}; every request "
-            "submitted at t=0; padding_share = the share of attended context that was left-padding alignment):\n\n"
+            f"\nContinuous batching (our pool: {result.slots.get('slots')} slots, {result.slots.get('rule')}; vLLM: "
+            "its max_num_seqs; every request submitted at t=0; padding_share = the share of attended context that was "
+            "left-padding alignment):\n\n"
             f"{table(result.continuous_rows, CONTINUOUS_COLUMNS)}\n"
         )
     decisions = result.tuning.get("decisions") or {}
@@ -182,7 +187,8 @@ def describe_setup(result: BenchResult, replay: dict[str, Any] | None) -> list[s
 
 
 def plot(result: BenchResult, path: Path, title: str) -> Path | None:
-    """Charts: samples/s (with speedup) and effective token ratio per row (static rows blue, continuous orange),
+    """Charts: samples/s (with speedup) and effective token ratio per row (static rows blue, our pool orange, vLLM
+    purple),
     mean latency and time to half, and the share of requests complete over time (None without matplotlib: the GPU
     machine has none)."""
     try:
@@ -194,7 +200,10 @@ def plot(result: BenchResult, path: Path, title: str) -> Path | None:
 
     names = [row["strategy"] for row in result.rows]
     shown, _ = median_runs(result.runs, names)
-    colors = ["#ee7733" if shown[name].strategy.continuous else "#4477aa" for name in names]
+    palette = {"static": "#4477aa", "pool": "#ee7733", "vllm": "#aa3377"}
+    strategies = {name: item.strategy for name, item in shown.items()}
+    kinds = {name: "vllm" if row.vllm else "pool" if row.pool else "static" for name, row in strategies.items()}
+    colors = [palette[kinds[name]] for name in names]
     figure, ((left, right), (latency, done)) = plt.subplots(2, 2, figsize=(12, 8))
     bars = left.bar(names, [row["samples_per_s"] for row in result.rows], color=colors)
     for bar, row in zip(bars, result.rows, strict=True):

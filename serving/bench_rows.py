@@ -26,8 +26,8 @@ class Source(enum.Enum):
 
 
 class BenchStrategy(enum.Enum):
-    """The table's rows: the paper's ablation plus perception-only and oracle predictions (static batches), and
-    continuous batching with each admission policy (cb-*)."""
+    """The table's rows: the paper's ablation plus perception-only and oracle predictions (static batches), continuous
+    batching with each admission policy on our pool (cb-*), and the real vLLM with the same policies (vllm-*)."""
 
     VANILLA = "vanilla"
     SEQSCH = "seqsch"
@@ -39,24 +39,48 @@ class BenchStrategy(enum.Enum):
     CB_SJF = "cb-sjf"
     CB_SJF_ORACLE = "cb-sjf-oracle"
     CB_SJF_FCR = "cb-sjf-fcr"
+    VLLM_FCFS = "vllm-fcfs"
+    """vLLM as a user runs it: every request at once, its own scheduler, its defaults."""
+    VLLM_SJF = "vllm-sjf"
+    """vLLM with each request's priority = its predicted length (shortest first)."""
+    VLLM_SJF_ORACLE = "vllm-sjf-oracle"
+    """vLLM with priority = the length vLLM itself gave in vllm-fcfs (the ceiling of ordering)."""
+    VLLM_FCR = "vllm-fcr"
+    """vLLM, SJF with FCR caps: each request capped at its predicted bin, the cut-short ones recomputed."""
 
     @property
-    def continuous(self) -> bool:
-        """True for the rows served by the continuous-batching pool."""
+    def pool(self) -> bool:
+        """True for the rows served by our continuous-batching pool (cb-*)."""
         return self.value.startswith("cb-")
 
     @property
+    def vllm(self) -> bool:
+        """True for the rows served by vLLM (vllm-*)."""
+        return self.value.startswith("vllm-")
+
+    @property
+    def continuous(self) -> bool:
+        """True for the rows served by a continuous-batching engine (our pool or vLLM)."""
+        return self.pool or self.vllm
+
+    @property
+    def base(self) -> BenchStrategy:
+        """The row whose outputs this row's are checked against and whose lengths its oracle takes: the same engine's
+        plain run (vanilla on our engine, vllm-fcfs on vLLM: kernels differ between engines)."""
+        return BenchStrategy.VLLM_FCFS if self.vllm else BenchStrategy.VANILLA
+
+    @property
     def admission(self) -> Admission:
-        """The admission policy of a cb-* row (auto for the static rows)."""
+        """The admission policy of a continuous row (auto for the static rows)."""
         if not self.continuous:
             return Admission.AUTO
-        if self is BenchStrategy.CB_FCFS:
+        if self in (BenchStrategy.CB_FCFS, BenchStrategy.VLLM_FCFS):
             return Admission.FCFS
-        return Admission.SJF_FCR if self is BenchStrategy.CB_SJF_FCR else Admission.SJF
+        return Admission.SJF_FCR if self in (BenchStrategy.CB_SJF_FCR, BenchStrategy.VLLM_FCR) else Admission.SJF
 
     @property
     def strategy(self) -> Strategy:
-        """The scheduler strategy this row runs (a cb-* row: its policy's static counterpart)."""
+        """The scheduler strategy this row runs (a continuous row: its policy's static counterpart)."""
         if self.continuous:
             return {Admission.FCFS: Strategy.VANILLA, Admission.SJF: Strategy.SEQSCH}.get(self.admission, Strategy.FCR)
         return Strategy(self.value.split("-")[0])
@@ -64,11 +88,11 @@ class BenchStrategy(enum.Enum):
     @property
     def source(self) -> Source:
         """Where its predictions come from."""
-        if self in (BenchStrategy.VANILLA, BenchStrategy.CB_FCFS):
+        if self in (BenchStrategy.VANILLA, BenchStrategy.CB_FCFS, BenchStrategy.VLLM_FCFS):
             return Source.NONE
         if self is BenchStrategy.FCR_PERCEPTION:
             return Source.PERCEPTION
-        if self in (BenchStrategy.FCR_ORACLE, BenchStrategy.CB_SJF_ORACLE):
+        if self in (BenchStrategy.FCR_ORACLE, BenchStrategy.CB_SJF_ORACLE, BenchStrategy.VLLM_SJF_ORACLE):
             return Source.ORACLE
         return Source.PREDICTOR
 
@@ -80,6 +104,7 @@ class BenchStrategy(enum.Enum):
 
 
 ALL_STRATEGIES = tuple(BenchStrategy)
+HF_STRATEGIES = tuple(strategy for strategy in BenchStrategy if not strategy.vllm)
 
 PAPER_SUFFIX = "@paper"
 
@@ -99,8 +124,11 @@ class BenchRow:
 
 
 def bench_rows(strategies: Sequence[BenchStrategy], paper_rows: Sequence[BenchStrategy] = ()) -> list[BenchRow]:
-    """The rows in run order: vanilla, then each strategy followed by its @paper twin when asked for."""
+    """The rows in run order: vanilla (and vllm-fcfs with any vLLM row), then each strategy followed by its @paper
+    twin when asked for."""
     rows = [BenchRow(BenchStrategy.VANILLA)]
+    if any(strategy.vllm for strategy in strategies) and BenchStrategy.VLLM_FCFS not in strategies:
+        rows.append(BenchRow(BenchStrategy.VLLM_FCFS))  # vLLM's base: its outputs and oracle lengths
     for strategy in strategies:
         if strategy is BenchStrategy.VANILLA:
             continue
@@ -120,6 +148,9 @@ class StrategyRun:
     predicted: list[int] | None
     same_as_vanilla: int
     decision: Decision | None = None
+    same_as_base: int | None = None
+    """A vLLM row: requests whose output equals vllm-fcfs's (the same engine's; None for our engine's rows, whose
+    base is vanilla)."""
     """The tuning decision this row served (None: the configured policy)."""
     simulated: dict[str, float] | None = None
     """What the cost model predicts this run cost (the same plan on the true lengths)."""
@@ -177,11 +208,18 @@ def row_name(item: BenchStrategy | BenchRow | str) -> str:
 
 
 def round_order(items: Sequence[RowItem], index: int) -> list[RowItem]:
-    """The order of round `index`: vanilla first in round 0 (the oracle needs its lengths), then everything
-    rotated by one per round so no row always runs first or last."""
+    """The order of round `index`: vanilla first in round 0 (the oracle needs its lengths), then our engine's rows,
+    then vllm-fcfs (vLLM's oracle) and vLLM's rows; later rounds rotate that by one per round so no row always runs
+    first or last."""
+    bases = (BenchStrategy.VANILLA, BenchStrategy.VLLM_FCFS)
     vanilla = [item for item in items if _strategy_of(item) is BenchStrategy.VANILLA]
-    others = [item for item in items if _strategy_of(item) is not BenchStrategy.VANILLA]
-    ordered = [*(vanilla[:1] or [BenchStrategy.VANILLA]), *others]
+    vllm_base = [item for item in items if _strategy_of(item) is BenchStrategy.VLLM_FCFS]
+    others = [item for item in items if _strategy_of(item) not in bases]
+    # Every row of our engine first, then vLLM's (its base first): vLLM started in this process slows torch's own
+    # forwards by ~5% (measured), so our rows run before it starts.
+    ours = [item for item in others if not _strategy_of(item).vllm]
+    theirs = [item for item in others if _strategy_of(item).vllm]
+    ordered = [*(vanilla[:1] or [BenchStrategy.VANILLA]), *ours, *vllm_base[:1], *theirs]
     if index == 0:
         return ordered  # type: ignore[return-value]
     shift = index % len(ordered)
@@ -231,10 +269,11 @@ def summarize(
 ) -> tuple[list[dict], list[dict]]:
     """One row per table row (its median round by samples/s) with speedup vs vanilla and share of the oracle (the
     oracle under the same policy: fcr-oracle@paper for @paper rows), and samples/s and mean latency as ratios to
-    cb-fcfs when it ran."""
+    cb-fcfs and to vllm-fcfs when they ran (vLLM rows: outputs also compared with vllm-fcfs's)."""
     chosen, spread = median_runs(runs, rows)
     base = chosen["vanilla"].result.metrics.samples_per_s
     cb_fcfs = chosen.get(BenchStrategy.CB_FCFS.value)
+    vllm_fcfs = chosen.get(BenchStrategy.VLLM_FCFS.value)
     table_rows, time_rows = [], []
     for name, item in chosen.items():
         metrics = item.result.metrics
@@ -243,12 +282,13 @@ def summarize(
         oracle_sps = oracle.result.metrics.samples_per_s if oracle else None
         values = spread[name]
         versus = {}
-        if cb_fcfs is not None:
-            reference = cb_fcfs.result.metrics
-            versus = {
-                "speed_vs_cb_fcfs": metrics.samples_per_s / reference.samples_per_s,
-                "latency_vs_cb_fcfs": metrics.latency_mean_s / reference.latency_mean_s,
-            }
+        for key, reference_run in (("cb_fcfs", cb_fcfs), ("vllm_fcfs", vllm_fcfs)):
+            if reference_run is not None:
+                reference = reference_run.result.metrics
+                versus[f"speed_vs_{key}"] = metrics.samples_per_s / reference.samples_per_s
+                versus[f"latency_vs_{key}"] = metrics.latency_mean_s / reference.latency_mean_s
+        if item.same_as_base is not None:
+            versus["same_as_vllm_fcfs"] = f"{item.same_as_base}/{metrics.requests}"
         table_rows.append(
             {
                 **metrics.row(),
@@ -287,10 +327,14 @@ def summarize(
 
 
 def continuous_rows(
-    runs: Sequence[StrategyRun], rows: Sequence[BenchStrategy | BenchRow | str], slots: int | None
+    runs: Sequence[StrategyRun],
+    rows: Sequence[BenchStrategy | BenchRow | str],
+    slots: int | None,
+    vllm_slots: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The cb-* rows' engine counters (of the round the table shows): decode steps, mean rows per step, ms per
-    step, the share of attended context that was alignment padding, prefills."""
+    """The continuous rows' engine counters (of the round the table shows): engine steps, mean rows per step, ms
+    per step, the share of attended context that was alignment padding, prefills (our pool's; vLLM mixes prefill
+    chunks into its steps). slots: our pool's; vllm_slots: vLLM's max_num_seqs."""
     out = []
     for name, item in median_runs(runs, rows)[0].items():
         if not item.strategy.continuous:
@@ -305,7 +349,7 @@ def continuous_rows(
         out.append(
             {
                 "strategy": name,
-                "slots": slots,
+                "slots": vllm_slots if item.strategy.vllm else slots,
                 "samples_per_s": metrics.samples_per_s,
                 "latency_mean_s": metrics.latency_mean_s,
                 "time_to_half_s": metrics.time_to_half_s,
@@ -350,6 +394,7 @@ def simulation_rows(
 
 __all__ = [
     "ALL_STRATEGIES",
+    "HF_STRATEGIES",
     "BenchResult",
     "BenchRow",
     "BenchStrategy",

@@ -39,6 +39,9 @@ class Predictions:
     def __init__(self, engine: Engine, config: BenchConfig, requests: Sequence[Request]) -> None:
         self.engine, self.config, self.requests = engine, config, requests
         self.oracle: list[int] | None = None
+        """The true lengths on our engine (vanilla's)."""
+        self.vllm_oracle: list[int] | None = None
+        """The true lengths on vLLM (vllm-fcfs's: its kernels give other greedy outputs than ours)."""
         self._predictor: RequestPredictor | None = None
         self._perception: RequestPredictor | None = None
         self.last: RequestPredictor | None = None
@@ -68,16 +71,21 @@ class Predictions:
             self._predictor = loaded
         return self._predictor
 
-    def get(self, source: Source, share_prefill: bool = True) -> tuple[list[int] | None, float, float]:
+    def get(
+        self, source: Source, share_prefill: bool = True, vllm: bool = False
+    ) -> tuple[list[int] | None, float, float]:
         """Predicted lengths, seconds the prediction took, and the part of them that prefilled prompts for the
-        run (a probe sharing the serving prefill; release() frees those prefills after the run)."""
+        run (a probe sharing the serving prefill; release() frees those prefills after the run). vllm: the oracle
+        is vLLM's own lengths."""
         self.last = None
         if source is Source.NONE:
             return None, 0.0, 0.0
         if source is Source.ORACLE:
-            if self.oracle is None:
-                raise RuntimeError("the oracle's lengths come from vanilla's run, which has not run yet")
-            return list(self.oracle), 0.0, 0.0
+            oracle = self.vllm_oracle if vllm else self.oracle
+            if oracle is None:
+                base = "vllm-fcfs" if vllm else "vanilla"
+                raise RuntimeError(f"the oracle's lengths come from {base}'s run, which has not run yet")
+            return list(oracle), 0.0, 0.0
         if source is Source.PERCEPTION:
             if self._perception is None:
                 self._perception = resolve_predictor("perception", self.engine)

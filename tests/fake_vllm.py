@@ -74,6 +74,13 @@ class FakeLLMEngine:
         self.kv_cache_tokens = kv_cache_tokens
         self.max_model_len = max_model_len
         self.model_config = types.SimpleNamespace(max_model_len=max_model_len)
+        block = 16
+        self.vllm_config = types.SimpleNamespace(
+            scheduler_config=types.SimpleNamespace(max_num_seqs=max_num_seqs),
+            cache_config=types.SimpleNamespace(
+                block_size=block, num_gpu_blocks=None if kv_cache_tokens is None else kv_cache_tokens // block
+            ),
+        )
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
         self.arrivals = itertools.count()

@@ -11,11 +11,13 @@ import pytest
 
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
+from seqsched.errors import SeqschedError
 from seqsched.files import write_jsonl
 from seqsched.requests import Request
 from seqsched_cli.main import main
 from serving.autotune import Tuner
 from serving.bench import (
+    HF_STRATEGIES,
     BenchConfig,
     BenchStrategy,
     markdown,
@@ -71,9 +73,10 @@ def test_round_order_starts_with_vanilla_then_rotates() -> None:
 
 def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path) -> None:
     config = BenchConfig(predictor=f"oracle:{noisy_oracle}", repeats=2, vanilla_batch_size=6, progress=False, **POLICY)
+    assert config.strategies == HF_STRATEGIES, "vLLM's rows by default only where auto means vLLM (tests: hf)"
     result = run_bench(tiny_engine, requests, config)
-    assert len(result.runs) == 2 * len(BenchStrategy)
-    assert [row["strategy"] for row in result.rows] == [s.value for s in BenchStrategy]
+    assert len(result.runs) == 2 * len(HF_STRATEGIES)
+    assert [row["strategy"] for row in result.rows] == [s.value for s in HF_STRATEGIES]
     for item in result.runs:
         assert item.same_as_vanilla == len(requests), f"{item.strategy.value} round {item.round}"
     fcr = result.row(BenchStrategy.FCR)
@@ -85,7 +88,7 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
     assert oracle["failed"] == 0, "the oracle's lengths are exact"
     assert oracle["effective_token_ratio"] > vanilla["effective_token_ratio"]
     # The table is built from the median round of each strategy.
-    again, _ = summarize(result.runs, list(BenchStrategy))
+    again, _ = summarize(result.runs, list(HF_STRATEGIES))
     assert again == result.rows
     # wasted_share is everything but the output tokens: padding, finished rows and FCR's thrown-away attempts.
     times = {row["strategy"]: row for row in result.time_rows}
@@ -97,7 +100,7 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
 def test_continuous_rows_share_the_model_and_equal_vanilla(
     tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
 ) -> None:
-    strategies = (BenchStrategy.VANILLA, BenchStrategy.FCR, *(s for s in BenchStrategy if s.continuous))
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.FCR, *(s for s in BenchStrategy if s.pool))
     config = BenchConfig(
         predictor=f"oracle:{noisy_oracle}",
         strategies=strategies,
@@ -124,7 +127,47 @@ def test_continuous_rows_share_the_model_and_equal_vanilla(
     own_steps = sum(r.num_tokens + (r.finish_reason.value == "stop") for r in vanilla.records)
     assert result.row(BenchStrategy.CB_FCFS)["row_steps"] == own_steps
     text = markdown(result, "tiny")
-    assert "Continuous batching (3 slots" in text and "| cb-sjf-oracle" in text and "latency_vs_cb_fcfs" in text
+    assert (
+        "Continuous batching (our pool: 3 slots" in text and "| cb-sjf-oracle" in text and "latency_vs_cb_fcfs" in text
+    )
+
+
+def test_vllm_rows_run_on_the_vllm_engine_after_ours(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    """vllm-* rows run on the engine the factory builds (the fake vLLM here), after our rows; vllm-fcfs is added as
+    their base; the oracle row takes vLLM's own lengths; outputs are compared with vllm-fcfs's and with vanilla's."""
+    from seqsched.engines.vllm import VLLMEngine
+    from tests.fake_vllm import LLM, fake_vllm_module
+
+    started: list[VLLMEngine] = []
+
+    def start() -> VLLMEngine:
+        engine = VLLMEngine(LLM(tiny_engine, max_num_seqs=4), tiny_engine.tokenizer, fake_vllm_module())
+        started.append(engine)
+        return engine
+
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.VLLM_SJF_ORACLE, BenchStrategy.VLLM_SJF, BenchStrategy.VLLM_FCR)
+    config = BenchConfig(
+        predictor=f"oracle:{noisy_oracle}", strategies=strategies, vanilla_batch_size=6, progress=False, **POLICY
+    )
+    result = run_bench(tiny_engine, requests, config, vllm=start)
+    assert len(started) == 1
+    names = [item.name for item in result.runs]
+    assert names == ["vanilla", "vllm-fcfs", "vllm-sjf-oracle", "vllm-sjf", "vllm-fcr"]
+    base = next(item for item in result.runs if item.strategy is BenchStrategy.VLLM_FCFS)
+    oracle = next(item for item in result.runs if item.strategy is BenchStrategy.VLLM_SJF_ORACLE)
+    assert oracle.predicted == [record.num_tokens for record in base.result.records]
+    for item in result.runs[1:]:
+        assert item.same_as_base == len(requests), item.name
+        assert item.result.metrics.admission == item.strategy.admission.value
+    fcr = result.row(BenchStrategy.VLLM_FCR)
+    assert fcr["failed"] > 0 and fcr["same_as_vllm_fcfs"] == f"{len(requests)}/{len(requests)}"
+    assert result.row(BenchStrategy.VLLM_FCFS)["speed_vs_vllm_fcfs"] == pytest.approx(1.0)
+    assert [row["slots"] for row in result.continuous_rows] == [4, 4, 4, 4]
+    assert "speed_vs_vllm_fcfs" in markdown(result, "tiny")
+    with pytest.raises(SeqschedError, match="vLLM engine"):
+        run_bench(tiny_engine, requests, config)
 
 
 def test_rows_map_to_strategies_and_policies() -> None:

@@ -40,6 +40,77 @@ def test_priorities_order_admission_and_caps_apply(tiny_engine: HFEngine, fake_e
         assert item.finished_s >= 0
 
 
+def test_refused_and_aborted_requests_are_error_rows(tiny_engine: HFEngine, fake_engine: VLLMEngine) -> None:
+    """A request vLLM refuses at add (too long) or ends with `abort` is an error row, never an FCR failure; the other
+    requests are served."""
+    fake = fake_engine.llm.llm_engine
+    ids = [tiny_engine.encode(prompt) for prompt in synthetic_prompts(3, seed=2)]
+    fake.max_model_len = 12  # shorter than these prompts: vLLM refuses them at add
+    try:
+        rows = [item.row for item in fake_engine.submit([ids[0], [1, 2, 3]], [4, 4])]
+    finally:
+        fake.max_model_len = 2048
+    assert rows[0].error is not None and rows[0].error_code == "invalid_request" and "longer" in rows[0].error
+    assert rows[1].error is None and rows[1].num_tokens >= 1
+    aborted = fake_engine.row(fake_abort_output(), 8)
+    assert aborted.error_code == "engine_error" and "abort" in aborted.error
+
+
+def fake_abort_output():
+    from tests.fake_vllm import CompletionOutput, RequestOutput
+
+    return RequestOutput("0", [CompletionOutput([5, 6], "abort")], True)
+
+
+def test_a_context_stop_before_the_cap_is_an_error_row(fake_engine: VLLMEngine) -> None:
+    from tests.fake_vllm import CompletionOutput, RequestOutput
+
+    output = RequestOutput("0", [CompletionOutput([5, 6, 7], "length")], True)
+    assert fake_engine.row(output, 3).error is None and fake_engine.row(output, 3).num_tokens == 3
+    stopped = fake_engine.row(output, 10)
+    assert stopped.error_code == "context_length_exceeded"
+    eos = next(iter(fake_engine.stop_token_ids))
+    repeated = fake_engine.row(RequestOutput("0", [CompletionOutput([5, eos], "repetition")], True), 10)
+    assert repeated.finish_reason is FinishReason.STOP and repeated.token_ids == [5]
+
+
+def test_a_failing_step_aborts_what_was_added(tiny_engine: HFEngine, fake_engine: VLLMEngine) -> None:
+    fake = fake_engine.llm.llm_engine
+    ids = [tiny_engine.encode(prompt) for prompt in synthetic_prompts(6, seed=5)]
+    real_step = fake.step
+    calls = []
+
+    def failing_step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("engine died")
+        return real_step()
+
+    fake.step = failing_step
+    try:
+        with pytest.raises(RuntimeError, match="engine died"):
+            fake_engine.submit(ids, [30] * 6)
+    finally:
+        del fake.step
+    assert not fake_engine.has_unfinished() and not fake.waiting and not fake.running, "everything was aborted"
+    fake.step()  # the aborted requests' final outputs
+    assert fake_engine.submit(ids[:1], [4])[0].row.error is None, "the engine serves again"
+
+
+def test_kv_limited_admission_preempts_and_outputs_stay_equal(tiny_engine: HFEngine) -> None:
+    """The fake admits while prompts fit the KV cache and preempts the newest when it fills, as vLLM does; the
+    outputs are the same as with room to spare."""
+    ids = [tiny_engine.encode(prompt) for prompt in synthetic_prompts(8, seed=6)]
+    roomy = VLLMEngine(LLM(tiny_engine, max_num_seqs=8), tiny_engine.tokenizer, fake_vllm_module())
+    tight_llm = LLM(tiny_engine, max_num_seqs=8, kv_cache_tokens=3 * max(len(i) for i in ids) + 40)
+    tight = VLLMEngine(tight_llm, tiny_engine.tokenizer, fake_vllm_module())
+    expected = [item.row.token_ids for item in roomy.submit(ids, [30] * 8)]
+    got = [item.row.token_ids for item in tight.submit(ids, [30] * 8)]
+    assert got == expected
+    assert tight_llm.llm_engine.preempted, "the small cache forced preemptions"
+    assert tight.kv_cache_tokens is not None and tight.kv_cache_tokens <= 3 * max(len(i) for i in ids) + 40
+
+
 def test_submit_checks_lengths(fake_engine: VLLMEngine) -> None:
     with pytest.raises(ValueError):
         fake_engine.submit([[1, 2]], [4, 4])

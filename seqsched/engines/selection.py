@@ -1,5 +1,6 @@
 """Build the engine a command asked for: vLLM (where installed, the default), or the Hugging Face engine (static
-batches or a continuous slot pool, CPU/GPU); and views of a loaded HF model with the other batching (one model in memory)."""
+batches or a continuous slot pool, CPU/GPU); and views of a loaded HF model with the other batching (one model in
+memory)."""
 
 from __future__ import annotations
 

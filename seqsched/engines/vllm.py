@@ -418,15 +418,13 @@ class VLLMEngine:
             self.abort()
             raise
         # vLLM mixes prefills and decodes in its steps: the time is all counted as decode.
-        self.last_stats = SubmitStats(steps=steps, decode_s=time.perf_counter() - started, **self.scheduler_counters())
+        # Each step samples one token per running request: the tokens kept are the row-steps (preempted work aside).
+        tokens = sum(item.row.num_tokens + (item.row.finish_reason is FinishReason.STOP) for item in finished.values())
+        self.last_stats = SubmitStats(steps=steps, row_steps=tokens, decode_s=time.perf_counter() - started)
         missing = set(range(count)) - set(finished)
         if missing:
             raise RuntimeError(f"vLLM returned no output for requests {sorted(missing)[:5]}")
         return [finished[index] for index in range(count)]
-
-    def scheduler_counters(self) -> dict[str, int]:
-        """Counters of vLLM's scheduler that SubmitStats carries (none here; see vllm_scheduler for preemptions)."""
-        return {}
 
     def generate(
         self,
