@@ -87,6 +87,12 @@ COMMANDS: tuple[Command, ...] = (
         "serving.serve_command:serve",
     ),
     Command(
+        "server",
+        "an OpenAI-compatible API (chat, completions, files, batches) with one length-aware queue",
+        "serving.server.config:ServerConfig",
+        "serving.server.command:server",
+    ),
+    Command(
         "generate",
         "the engine alone over a file of prompts (vanilla batches)",
         "serving.generate_command:GenerateConfig",

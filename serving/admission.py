@@ -8,23 +8,37 @@ priorities)` calls, and the engine admits lower priority values first, ties in a
   true lengths as predictions). Works since 2023 use predicted lengths this way (vLLM-LTR, TRAIL).
 - SJF + FCR: SJF, and each request capped at its predicted bin's edge by the static batches' rule
   (serving.scheduler.request_cap); the requests cut short go again after the rest, shortest budget first.
+- LPT: longest predicted first.
+
+With a bounded KV cache, cfg.kv_admission adds each request's KV reservation to the pass (`reservations`): none
+(greedy, vLLM's rule), its budget (reserve-max) or its margin-adjusted prediction (predicted).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from serving.scheduler import Admission, ScheduleConfig, Strategy, adjusted_length, bin_cap, request_cap
+from serving.scheduler import (
+    Admission,
+    KVAdmission,
+    ScheduleConfig,
+    Strategy,
+    adjusted_length,
+    bin_cap,
+    request_cap,
+)
 
 
 @dataclass(frozen=True)
 class Pass:
-    """One submission to the engine: per request, its priority (lower first; None: arrival order) and cap."""
+    """One submission to the engine: per request, its priority (lower first; None: arrival order), cap and KV
+    reservation (generated tokens the engine keeps room for before admitting it; None: admit when the prompt fits)."""
 
     priorities: list[int] | None
     caps: list[int]
+    reserves: list[int] | None = None
 
 
 class AdmissionPolicy(abc.ABC):
@@ -83,6 +97,44 @@ class ShortestPredictedFirst(AdmissionPolicy):
         return Pass(priorities, caps)
 
 
+@dataclass(frozen=True)
+class LongestPredictedFirst(AdmissionPolicy):
+    """Longest predicted length first: on a job that must finish as a whole, the long requests start early and the
+    short ones fill in around them (LPT, the classic makespan rule)."""
+
+    @property
+    def name(self) -> Admission:
+        """lpt."""
+        return Admission.LPT
+
+    def first(self, predicted: Sequence[int] | None, budgets: Sequence[int], cfg: ScheduleConfig) -> Pass:
+        """Priorities: the negated margin-adjusted predictions; each request with its whole budget."""
+        if predicted is None or len(predicted) != len(budgets):
+            raise ValueError("lpt needs one predicted length per request")
+        return Pass([-adjusted_length(int(value), cfg) for value in predicted], list(budgets))
+
+
+def reservations(
+    kv_admission: KVAdmission, predicted: Sequence[int] | None, caps: Sequence[int], cfg: ScheduleConfig
+) -> list[int] | None:
+    """The generated tokens each request reserves KV for: none (greedy), its cap (reserve-max), or its
+    margin-adjusted prediction, at most its cap (predicted)."""
+    if kv_admission is KVAdmission.AUTO:
+        raise ValueError("kv_admission auto is decided before the run (serving.kv_tuning)")
+    if kv_admission is KVAdmission.GREEDY:
+        return None
+    if kv_admission is KVAdmission.RESERVE_MAX:
+        return [int(cap) for cap in caps]
+    if predicted is None or len(predicted) != len(caps):
+        raise ValueError("predicted KV admission needs one predicted length per request")
+    return [max(1, min(int(cap), adjusted_length(int(value), cfg))) for value, cap in zip(predicted, caps, strict=True)]
+
+
+def with_reservations(submission: Pass, predicted: Sequence[int] | None, cfg: ScheduleConfig) -> Pass:
+    """The pass with the KV reservations cfg.kv_admission asks for."""
+    return replace(submission, reserves=reservations(cfg.kv_admission, predicted, submission.caps, cfg))
+
+
 def make_policy(admission: Admission, strategy: Strategy = Strategy.VANILLA) -> AdmissionPolicy:
     """The policy object for a name; auto takes the strategy's continuous counterpart (vanilla -> FCFS, seqsch and
     vbs -> SJF, fcr -> SJF with FCR caps)."""
@@ -93,6 +145,8 @@ def make_policy(admission: Admission, strategy: Strategy = Strategy.VANILLA) -> 
             admission = Admission.SJF_FCR if strategy is Strategy.FCR else Admission.SJF
     if admission is Admission.FCFS:
         return FirstComeFirstServed()
+    if admission is Admission.LPT:
+        return LongestPredictedFirst()
     return ShortestPredictedFirst(capped=admission is Admission.SJF_FCR)
 
 
@@ -101,4 +155,14 @@ def policy_for(cfg: ScheduleConfig) -> AdmissionPolicy:
     return make_policy(cfg.policy, cfg.strategy)
 
 
-__all__ = ["AdmissionPolicy", "FirstComeFirstServed", "Pass", "ShortestPredictedFirst", "make_policy", "policy_for"]
+__all__ = [
+    "AdmissionPolicy",
+    "FirstComeFirstServed",
+    "LongestPredictedFirst",
+    "Pass",
+    "ShortestPredictedFirst",
+    "make_policy",
+    "policy_for",
+    "reservations",
+    "with_reservations",
+]

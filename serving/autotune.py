@@ -20,6 +20,7 @@ from serving.memory import KVBudget, MemoryConfig, kv_budget
 from serving.predictors import RequestPredictor
 from serving.scheduler import ScheduleConfig
 from serving.simulate import SimResult, simulate
+from serving.simulate_kv import KVEngine
 from serving.stepcost import CostModel, StepCost
 from serving.workload import Decision, ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
 
@@ -244,7 +245,7 @@ def tuner_for(
     return prepare_tuner(
         engine,
         config.model,
-        config.engine.kind.value,
+        getattr(engine, "engine_kind", "hf"),
         config.engine.evict_finished,
         config.cost,
         config.memory,
@@ -275,3 +276,37 @@ __all__ = [
     "supports_quantiles",
     "tuner_for",
 ]
+
+
+def kv_model(engine: Engine) -> KVEngine | None:
+    """What the KV simulator assumes of a continuous engine with a bounded KV cache: vLLM (paged, chunked prefill,
+    recompute on resume) or our pool with a KV budget (by the token, whole prefills, restart on resume); None for
+    an engine without a KV bound."""
+    from serving.simulate_kv import KVEngine, Resume
+
+    tokens = getattr(engine, "kv_cache_tokens", None)
+    if tokens is not None:  # vLLM
+        config = engine.llm.llm_engine.vllm_config  # type: ignore[attr-defined]
+        return KVEngine(
+            kv_tokens=int(tokens),
+            max_seqs=int(config.scheduler_config.max_num_seqs),
+            block_size=int(config.cache_config.block_size),
+            max_batched_tokens=int(config.scheduler_config.max_num_batched_tokens),
+        )
+    budget = getattr(engine, "kv_budget_tokens", None)
+    if budget is not None:  # our pool
+        slots = int(engine.slots)  # type: ignore[attr-defined]
+        return KVEngine(
+            kv_tokens=int(budget), max_seqs=slots, block_size=1, max_batched_tokens=None, resume=Resume.SCRATCH
+        )
+    return None
+
+
+def cost_engine(engine: Engine) -> Engine:
+    """The engine whose step cost the simulator needs, as a static engine the cost grid can time: vLLM through its
+    step timer, our pool through its static view."""
+    if getattr(engine, "engine_kind", "hf") == "vllm":
+        from seqsched.engines.vllm import VLLMStepTimer
+
+        return VLLMStepTimer(engine)  # type: ignore[arg-type]
+    return getattr(engine, "static", engine)

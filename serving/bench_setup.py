@@ -189,7 +189,9 @@ def continuous_pool(
         slots, info = config.engine.slots, {"slots": config.engine.slots, "rule": "--engine.slots"}
     else:
         slots, info = slots_for(static, requests, config.limit, cost)
-    return with_batching(static, Batching.CONTINUOUS, slots, config.engine.admit_min), info
+    return with_batching(
+        static, Batching.CONTINUOUS, slots, config.engine.admit_min, config.engine.kv_budget_tokens
+    ), info
 
 
 def bench_tuner(config: BenchConfig, engine: Engine, predictions: Predictions) -> Tuner | None:

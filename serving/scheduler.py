@@ -46,6 +46,26 @@ class Admission(enum.Enum):
     """Shortest predicted length first (an oracle predictor makes it SJF by the true lengths)."""
     SJF_FCR = "sjf-fcr"
     """SJF, each request capped at its predicted bin's edge; the ones cut short are recomputed after the rest."""
+    LPT = "lpt"
+    """Longest predicted first (the long requests start early: a shorter makespan for an offline job)."""
+
+
+class KVAdmission(enum.Enum):
+    """Continuous engines with a bounded KV cache: when a waiting request may start."""
+
+    GREEDY = "greedy"
+    """When its prompt fits the free KV cache; a full cache preempts a running request, recomputed later (vLLM's
+    own rule)."""
+    RESERVE_MAX = "reserve-max"
+    """When its prompt plus its whole budget (max_tokens) fits beside what the running requests reserved: never
+    preempts, few run at once."""
+    PREDICTED = "predicted"
+    """When its prompt plus its predicted length (with the margin: margin_ratio, margin_tokens; at most its budget)
+    fits beside the running requests' reservations; one that outgrows its reservation runs on while the cache allows,
+    else is preempted as with greedy."""
+    AUTO = "auto"
+    """Chosen per served workload by simulation (serving.kv_tuning: rule, order and margin from the predictor's
+    held-out errors, --tune.data); greedy when nothing is predicted to win, or without a predictor."""
 
 
 class Phase(enum.Enum):
@@ -89,7 +109,12 @@ class ScheduleConfig:
     """FCR's second pass: scratch (the paper) or continue from the generated prefix."""
     policy: Admission = Admission.AUTO
     """Continuous batching (--engine.batching continuous, or vLLM): admission order fcfs, sjf (shortest predicted
-    first) or sjf-fcr (plus FCR caps and recompute); auto follows --strategy. Static batches ignore it."""
+    first), lpt (longest predicted first) or sjf-fcr (plus FCR caps and recompute); auto follows --strategy. Static
+    batches ignore it."""
+    kv_admission: KVAdmission = KVAdmission.GREEDY
+    """Continuous batching with a bounded KV cache (vLLM, or our pool with --engine.kv_budget_tokens): greedy
+    (vLLM's rule), reserve-max or predicted (see KVAdmission). On vLLM, reserve-max and predicted run seqsched's
+    scheduler class (seqsched.engines.vllm_scheduler)."""
 
     def __post_init__(self) -> None:
         # YAML/JSON may spell the table's keys as strings; the policy works on integers.
@@ -119,6 +144,8 @@ class ScheduleConfig:
     def needs_predictions(self) -> bool:
         """Every strategy but vanilla orders requests by predicted length; so does every admission policy but
         FCFS (an explicit policy decides; auto follows the strategy)."""
+        if self.kv_admission in (KVAdmission.PREDICTED, KVAdmission.AUTO):
+            return True
         if self.policy is Admission.AUTO:
             return self.strategy is not Strategy.VANILLA
         return self.policy is not Admission.FCFS

@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from seqsched.files import check_writable, exclusive_lock, write_json
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
-from serving.autotune import Tuner, budget_only, own_limits, prompt_lengths, tuner_for
+from serving.autotune import Tuner, budget_only, cost_engine, kv_model, own_limits, prompt_lengths, tuner_for
 from serving.batch_io import BatchInput, OutputFormat, read_batch_input, write_batch_output
 from serving.checkpoint import LOCK_FILE, ServeCheckpoint, working_dir
 from serving.costmodel import CostConfig
+from serving.kv_tuning import decide_kv
 from serving.memory import MemoryConfig
 from serving.predictors import (
     PredictorSource,
@@ -40,7 +41,7 @@ from serving.predictors import (
 )
 from serving.prompt_checks import Rejection, rejections
 from serving.runner import RequestRecord, RunOptions, RunResult, run
-from serving.scheduler import Admission, ScheduleConfig
+from serving.scheduler import Admission, KVAdmission, ScheduleConfig
 from serving.workload import TuneConfig
 
 SUMMARY_COLUMNS = (
@@ -136,7 +137,7 @@ def predict_and_run(
     by_quantile: dict[float, list[int]] = {}
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
-        if tuner is not None and tuner.errors_by_quantile and cfg.binned:
+        if tuner is not None and tuner.errors_by_quantile and cfg.binned and cfg.kv_admission is not KVAdmission.AUTO:
             # Risk-aware caps: every quantile's lengths from one prediction; the tuner picks one below.
             by_quantile = predictor.predict_quantiles(requests, list(tuner.errors_by_quantile))  # type: ignore[attr-defined]
             predicted = predictor.predict_requests(requests) if not by_quantile else None
@@ -146,7 +147,21 @@ def predict_and_run(
     shared = getattr(predictor, "prefill_s", 0.0) if predictor is not None and cfg.needs_predictions else 0.0
     tuning_s = 0.0
     extra: dict[str, Any] = {}
-    if tuner is not None:
+    if cfg.kv_admission is KVAdmission.AUTO:
+        model = kv_model(engine)
+        if tuner is None or predicted is None or model is None:
+            print("--kv_admission auto: no held-out errors (--tune.data) or no KV bound: vLLM's greedy rule serves")
+            cfg = replace(cfg, kv_admission=KVAdmission.GREEDY)
+        else:
+            prompts = prompt_lengths(engine, requests)
+            kv_decision = decide_kv(
+                predicted, prompts, own_limits(requests, cfg.limit), tuner.errors, model, tuner.cost, cfg
+            )
+            print(kv_decision.describe(), flush=True)
+            tuning_s = kv_decision.tuning_s
+            extra["kv_admission"] = kv_decision.as_dict()
+            cfg = kv_decision.policy.config(cfg)
+    elif tuner is not None:
         cfg = tuner.apply_budget(cfg)
         if by_quantile:
             prompts = prompt_lengths(engine, requests)
@@ -193,6 +208,12 @@ def serve_tuner(
     --tune.lengths) is set for a binned strategy (a continuous engine schedules its own memory and has no batches to
     tune)."""
     if engine.batching is not Batching.STATIC:
+        if config.kv_admission is KVAdmission.AUTO and config.tune.held_out and predictor is not None:
+            if kv_model(engine) is None:
+                raise SeqschedError(
+                    "--kv_admission auto needs a KV-bounded engine (vLLM, or --engine.kv_budget_tokens)"
+                )
+            return tuner_for(config, cost_engine(engine), prompt_lengths(engine, requests), predictor)
         if config.tune.held_out:
             print("--tune: a continuous-batching engine has no static batches to tune; serving as configured")
         return None
@@ -259,6 +280,11 @@ def serve(config: ServeConfig, engine: Engine | None = None) -> ServeOutcome:
         raise SeqschedError(
             f"--policy {config.policy.value} orders admission on a continuous engine: add --engine.batching "
             "continuous (or --engine.kind vllm), or leave --policy auto"
+        )
+    if config.kv_admission is not KVAdmission.GREEDY and not config.engine.continuous:
+        raise SeqschedError(
+            f"--kv_admission {config.kv_admission.value} admits by KV reservations on a continuous engine: use vLLM "
+            "(--engine.kind vllm) or our pool (--engine.batching continuous --engine.kv_budget_tokens N)"
         )
     if spec.kind is PredictorSource.NONE and config.needs_predictions:
         what = f"--strategy {config.strategy.value}"
@@ -340,7 +366,8 @@ def _serve_pending(
         from serving.slots import serving_engine
 
         pin_device(process)
-        engine = serving_engine(config.engine, config.model, [requests[index] for index in pending], config.limit)
+        engine_config = config.engine if config.kv_admission is KVAdmission.GREEDY else config.engine.reserving()
+        engine = serving_engine(engine_config, config.model, [requests[index] for index in pending], config.limit)
     turned_away = rejections(engine, [requests[index] for index in pending], config.limit, config.max_prompt_tokens)
     rejected = {pending[local]: why for local, why in turned_away.items()}
     if process.main:

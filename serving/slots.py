@@ -85,7 +85,7 @@ def serving_engine(config: EngineConfig, model: ModelConfig, requests: Sequence[
         static = build_engine(replace(config, batching=Batching.STATIC), model, requests)
         slots, info = slots_for(static, requests, limit)
         print(f"continuous engine: {slots} slots ({info['rule']}; mean context {info['mean_context']:.0f} tokens)")
-        return with_batching(static, Batching.CONTINUOUS, slots, config.admit_min)
+        return with_batching(static, Batching.CONTINUOUS, slots, config.admit_min, config.kv_budget_tokens)
     return build_engine(config, model, requests)
 
 

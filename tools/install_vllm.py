@@ -33,7 +33,7 @@ def pip(*args: str) -> None:
 
 
 def kept_requirements(distribution: str) -> list[str]:
-    """The distribution's requirements that apply here (no extras), torch and its vision/audio/codec packages left out."""
+    """The distribution's requirements that apply here (no extras), less torch and its vision/audio/codec packages."""
     kept = []
     for line in importlib.metadata.requires(distribution) or []:
         requirement = Requirement(line)

@@ -125,6 +125,10 @@ class SubmitStats:
     """The same with the alignment padding the engine computes (0 when it computes none)."""
     max_rows: int = 0
     """The most rows decoded at once."""
+    preemptions: int = 0
+    """Running requests sent back to wait because the KV cache was full (their work recomputed later)."""
+    recomputed_tokens: int = 0
+    """Tokens whose KV those preemptions threw away (computed again when the request resumes)."""
 
 
 @dataclass

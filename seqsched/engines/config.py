@@ -28,6 +28,12 @@ class EngineKind(enum.Enum):
     continuous batching with per-request priorities and caps."""
 
 
+RESERVING_SCHEDULER = "seqsched.engines.vllm_scheduler.LengthAwareScheduler"
+"""vLLM scheduler class that admits by each request's KV reservation (--kv_admission reserve-max or predicted)."""
+COUNTING_SCHEDULER = "seqsched.engines.vllm_scheduler.CountingScheduler"
+"""vLLM's own scheduler, counting preemptions (what `seqsched bench` runs its vLLM baselines on)."""
+
+
 def vllm_installed() -> bool:
     """True when the vllm package can be imported here (found without importing it)."""
     return importlib.util.find_spec("vllm") is not None
@@ -103,6 +109,9 @@ class EngineConfig:
     admit_min: int | None = None
     """Continuous HF engine: admit waiting requests once this many slots are free (or none is running), so that
     newcomers share one prefill (a prefill call has a fixed cost). None: slots // 8, at least 1."""
+    kv_budget_tokens: int | None = None
+    """Continuous HF engine: KV tokens the running requests may hold (prompt + generated, counted as a paged cache
+    would; None: no bound). Admission follows --kv_admission; a full budget preempts (see HFContinuousEngine)."""
     evict_finished: bool = False
     """HF engine: drop finished rows from the KV cache as they finish (the paper's engine keeps them)."""
     stop_token_ids: tuple[int, ...] = ()
@@ -123,6 +132,8 @@ class EngineConfig:
         require(self.slots is None or self.slots >= 1, "engine.slots", f"must be >= 1, got {self.slots}")
         admit_min = self.admit_min
         require(admit_min is None or admit_min >= 1, "engine.admit_min", f"must be >= 1, got {admit_min}")
+        budget = self.kv_budget_tokens
+        require(budget is None or budget >= 2, "engine.kv_budget_tokens", f"must be >= 2, got {budget}")
         require(
             self.replay is None or not self.continuous,
             "engine.replay",
@@ -145,6 +156,12 @@ class EngineConfig:
             return EngineKind(chosen)
         ours_only = self.replay is not None or random_init or self.batching is Batching.CONTINUOUS
         return EngineKind.VLLM if not ours_only and vllm_installed() else EngineKind.HF
+
+    def reserving(self) -> EngineConfig:
+        """This config with vLLM's scheduler class set to the one that honours KV reservations (unless one is set)."""
+        if self.vllm.scheduler_cls is not None:
+            return self
+        return replace(self, vllm=replace(self.vllm, scheduler_cls=RESERVING_SCHEDULER))
 
     def resolved(self, random_init: bool = False) -> EngineConfig:
         """This config with `auto` replaced by the engine it stands for here."""

@@ -60,6 +60,7 @@ class HFEngine:
     """
 
     batching = Batching.STATIC
+    engine_kind = "hf"
 
     def __init__(
         self,

@@ -19,8 +19,8 @@ reproducible labels) and admits first in, first out; this pool keeps the static 
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,7 +43,7 @@ from seqsched.engines.api import (
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
 from seqsched.engines.kv_cache import DEFAULT_RESERVE, join_left_padded, slack_cache, trim_front
-from seqsched.engines.pool_rules import admits, compacts, default_admit_min
+from seqsched.engines.pool_rules import admits, compacts, default_admit_min, kv_admits, kv_held, kv_need
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 
@@ -156,10 +156,19 @@ class HFContinuousEngine:
     """Continuous batching with a pool of `slots` rows over an HFEngine's model; `generate` runs a static batch."""
 
     batching = Batching.CONTINUOUS
+    engine_kind = "hf"
 
-    def __init__(self, static: HFEngine, slots: int, admit_min: int | None = None) -> None:
+    def __init__(
+        self, static: HFEngine, slots: int, admit_min: int | None = None, kv_budget_tokens: int | None = None
+    ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if kv_budget_tokens is not None and kv_budget_tokens < 2:
+            raise ValueError(f"kv_budget_tokens must be >= 2, got {kv_budget_tokens}")
+        self.kv_budget_tokens = kv_budget_tokens
+        """KV tokens the running requests may hold (prompt + generated, as a paged cache counts them; None: no bound).
+        Admission keeps within it (each request's reservation, see submit); a step that would exceed it preempts the
+        lowest-priority running request, which starts again from its prompt later (greedy: the same output)."""
         if admit_min is not None and admit_min < 1:
             raise ValueError(f"admit_min must be >= 1, got {admit_min}")
         self.static = static
@@ -185,7 +194,12 @@ class HFContinuousEngine:
         """Load a model spec with `config.slots` rows (which must be set)."""
         if config.slots is None:
             raise SeqschedError("--engine.slots is required to build a continuous HF engine here")
-        return cls(HFEngine.from_spec(model, config), config.slots, config.admit_min)
+        return cls(HFEngine.from_spec(model, config), config.slots, config.admit_min, config.kv_budget_tokens)
+
+    @property
+    def takes_reservations(self) -> bool:
+        """True when the pool has a KV budget (submit then takes each request's reservation)."""
+        return self.kv_budget_tokens is not None
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """Token ids of a prompt with the chat template applied (generation prompt added)."""
@@ -214,13 +228,17 @@ class HFContinuousEngine:
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
         on_finished: Callable[[int, TimedRow], None] | None = None,
+        reserves: Sequence[int] | None = None,
     ) -> list[TimedRow]:
         """Serve every request through the pool (lower priority value first, ties in input order); outputs in
         input order, each with the seconds from this call until it finished. on_finished(index, row) is called as
-        each request finishes."""
+        each request finishes. With a KV budget, reserves: the generated tokens each request reserves room for
+        (None: admitted when its prompt fits, the greedy rule); requests start in order while they fit."""
         count = len(prompt_ids)
         if len(max_tokens) != count or (priorities is not None and len(priorities) != count):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
+        if reserves is not None and (self.kv_budget_tokens is None or len(reserves) != count):
+            raise ValueError("reserves need a KV budget (kv_budget_tokens) and one entry per request")
         if seeds is not None and len(seeds) != count:
             raise ValueError("seeds must have one entry per request")
         if any(cap < 1 for cap in max_tokens):
@@ -228,23 +246,85 @@ class HFContinuousEngine:
         if any(not ids for ids in prompt_ids):
             raise ValueError("every prompt needs at least one token")
         started = time.perf_counter()
-        order = sorted(range(count), key=lambda index: (0 if priorities is None else int(priorities[index]), index))
-        waiting = deque(order)
+        rank = [(0 if priorities is None else int(priorities[index]), index) for index in range(count)]
+        waiting = sorted(rank)  # a heap of (priority, index): preempted requests go back in their place
         run = _Submission(self, prompt_ids, max_tokens, sampling, seeds, started, on_finished)
         pool = _Pool([])
+        budget = _Budget(self.kv_budget_tokens, prompt_ids, reserves)
         while waiting or pool:
             # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
             ready = admits(pool.live, self.slots, len(waiting), self.admit_min)
-            while ready and waiting and pool.live < self.slots:
-                newcomers = [waiting.popleft() for _ in range(min(self.slots - pool.live, len(waiting)))]
-                pool.compact()
-                pool.join(run.prefill(newcomers), self.reserve)
+            if ready and waiting and pool.live < self.slots:
+                newcomers = budget.admit(waiting, pool, self.slots - pool.live)
+                if newcomers:
+                    pool.compact()
+                    pool.join(run.prefill(newcomers), self.reserve)
+            if pool:
+                budget.preempt_to_fit(pool, waiting, rank, run.stats)
             if pool:
                 run.decode(pool)
         self.last_stats = run.stats
         missing = [index for index in range(count) if index not in run.finished]
         assert not missing, f"requests {missing[:5]} never finished"
         return [run.finished[index] for index in range(count)]
+
+
+class _Budget:
+    """The pool's KV budget during one submit(): which waiting requests may start, and which running one leaves
+    when the next step would not fit (no budget: every request fits)."""
+
+    def __init__(self, tokens: int | None, prompt_ids: Sequence[Sequence[int]], reserves: Sequence[int] | None):
+        self.tokens = tokens
+        self.prompts = [len(ids) for ids in prompt_ids]
+        self.reserves = reserves
+
+    def _reserve(self, index: int) -> int | None:
+        return None if self.reserves is None else int(self.reserves[index])
+
+    def held(self, pool: _Pool) -> int:
+        """KV tokens the pool's live rows hold room for."""
+        total = 0
+        for slot in pool.live_slots():
+            row = pool.rows[slot]
+            prompt = self.prompts[row.index]
+            total += kv_held(prompt + len(row.tokens), prompt, self._reserve(row.index))
+        return total
+
+    def admit(self, waiting: list[tuple[int, int]], pool: _Pool, free_slots: int) -> list[int]:
+        """Pop the waiting requests that start now, in order, while they fit (all of them without a budget)."""
+        if self.tokens is None:
+            return [heapq.heappop(waiting)[1] for _ in range(min(free_slots, len(waiting)))]
+        free = self.tokens - self.held(pool)
+        running = pool.live
+        chosen: list[int] = []
+        while waiting and len(chosen) < free_slots:
+            index = waiting[0][1]
+            need = kv_need(self.prompts[index], self._reserve(index))
+            if not kv_admits(need, free, running + len(chosen)):
+                break
+            heapq.heappop(waiting)
+            chosen.append(index)
+            free -= need
+        return chosen
+
+    def preempt_to_fit(
+        self, pool: _Pool, waiting: list[tuple[int, int]], rank: list[tuple[int, int]], stats: SubmitStats
+    ) -> None:
+        """Before a decode step: while the live rows' contexts plus one token each exceed the budget, the running
+        request of the lowest priority (latest on ties) leaves the pool and waits again (its work is recomputed)."""
+        if self.tokens is None:
+            return
+        while pool.live > 1:
+            live = pool.live_slots()
+            used = sum(self.prompts[pool.rows[slot].index] + len(pool.rows[slot].tokens) + 1 for slot in live)
+            if used <= self.tokens:
+                return
+            victim = max(live, key=lambda slot: rank[pool.rows[slot].index])
+            row = pool.rows[victim]
+            stats.preemptions += 1
+            stats.recomputed_tokens += self.prompts[row.index] + len(row.tokens)
+            pool.keep([slot != victim for slot in range(len(pool))])
+            heapq.heappush(waiting, rank[row.index])
 
 
 class _Submission:

@@ -1,6 +1,6 @@
-"""The continuous pool's two rules, pure (no torch), shared by the engine (seqsched.engines.hf_continuous) and its
-simulator (serving.simulate_continuous) so that the two cannot drift apart: when waiting requests are admitted, and
-when finished rows are dropped from the cache."""
+"""The continuous pool's rules, pure (no torch), shared by the engine (seqsched.engines.hf_continuous) and its
+simulators (serving.simulate_continuous, serving.simulate_kv) so that they cannot drift apart: when waiting requests
+are admitted, when finished rows are dropped from the cache, and, with a KV budget, what each request holds."""
 
 from __future__ import annotations
 
@@ -26,4 +26,21 @@ def compacts(live: int, retired: int, admit_min: int) -> bool:
     return not live or retired >= admit_min or 4 * retired > live
 
 
-__all__ = ["admits", "compacts", "default_admit_min"]
+def kv_need(prompt: int, reserve: int | None) -> int:
+    """KV tokens a waiting request needs free to be admitted: its prompt and first token, or (with a reservation)
+    its prompt plus the generated tokens reserved for it."""
+    return prompt + 1 if reserve is None else prompt + max(1, reserve)
+
+
+def kv_held(context: int, prompt: int, reserve: int | None) -> int:
+    """KV tokens a running request holds room for: its context and next token, or its reservation while larger."""
+    return context + 1 if reserve is None else max(context + 1, prompt + max(1, reserve))
+
+
+def kv_admits(need: int, free: int, running: int) -> bool:
+    """True when a waiting request with this need may start: it fits the free KV, or nothing runs (alone it starts
+    whatever it needs, else it would wait forever)."""
+    return need <= free or running == 0
+
+
+__all__ = ["admits", "compacts", "default_admit_min", "kv_admits", "kv_held", "kv_need"]

@@ -47,23 +47,30 @@ def build_engine(config: EngineConfig, model: ModelConfig, requests: Sequence[Re
     return ReplayEngine(HFEngine.from_spec(model, config), by_chat, config.replay)
 
 
-def with_batching(engine: Engine, batching: Batching, slots: int | None = None, admit_min: int | None = None) -> Engine:
+def with_batching(
+    engine: Engine,
+    batching: Batching,
+    slots: int | None = None,
+    admit_min: int | None = None,
+    kv_budget_tokens: int | None = None,
+) -> Engine:
     """The same loaded HF model served with the other batching (static <-> a continuous pool of `slots` rows,
-    admitting once `admit_min` are free); engines that cannot switch (vLLM batches continuously) come back as
-    they are."""
+    admitting once `admit_min` are free, within `kv_budget_tokens` of KV); engines that cannot switch (vLLM batches
+    continuously) come back as they are."""
     from seqsched.engines.hf import HFEngine
     from seqsched.engines.hf_continuous import HFContinuousEngine
 
     if batching is Batching.STATIC:
         return engine.static if isinstance(engine, HFContinuousEngine) else engine
     if isinstance(engine, HFContinuousEngine):
-        if (slots is None or slots == engine.slots) and (admit_min is None or admit_min == engine.admit_min):
+        same = (slots is None or slots == engine.slots) and (admit_min is None or admit_min == engine.admit_min)
+        if same and kv_budget_tokens == engine.kv_budget_tokens:
             return engine
-        return HFContinuousEngine(engine.static, slots or engine.slots, admit_min)
+        return HFContinuousEngine(engine.static, slots or engine.slots, admit_min, kv_budget_tokens)
     if isinstance(engine, HFEngine):
         if slots is None:
             raise OptionError("engine.slots", "give the pool size of the continuous HF engine")
-        return HFContinuousEngine(engine, slots, admit_min)
+        return HFContinuousEngine(engine, slots, admit_min, kv_budget_tokens)
     return engine
 
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from seqsched.engines.api import (
@@ -43,7 +44,7 @@ from seqsched.engines.api import (
     encode_chat,
     model_stop_token_ids,
 )
-from seqsched.engines.config import EngineConfig, VLLMConfig
+from seqsched.engines.config import RESERVING_SCHEDULER, EngineConfig, VLLMConfig
 from seqsched.errors import OptionError, SeqschedError
 from seqsched.model_specs import DType, ModelConfig, load_tokenizer, resolve_model_path
 
@@ -55,8 +56,11 @@ CPU_KV_CACHE_BYTES = 4 * 2**30
 ENGINE_ERROR = "engine_error"
 """Error code of a request vLLM aborted or failed (OpenAI's error line carries it)."""
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
-PREDICTED_LENGTH = "seqsched_predicted_length"
-"""Key of a request's predicted length in vLLM's SamplingParams.extra_args (read by seqsched's scheduler class)."""
+RESERVE_KEY = "seqsched_reserve_tokens"
+"""SamplingParams.extra_args key of a request's KV reservation (seqsched.engines.vllm_scheduler reads it; kept equal
+to its RESERVE_KEY, which this module does not import: that module imports vLLM)."""
+RESERVING_SCHEDULERS = (RESERVING_SCHEDULER,)
+"""Scheduler classes that honour KV reservations."""
 
 
 def import_vllm() -> Any:
@@ -79,6 +83,24 @@ def refusal_errors(vllm_module: Any) -> tuple[type[BaseException], ...]:
             exceptions = importlib.import_module(f"{vllm_module.__name__}.exceptions")
     client = getattr(exceptions, "VLLMClientError", None)
     return (ValueError, TypeError, *([client] if isinstance(client, type) else []))
+
+
+def _output_kinds(vllm_module: Any) -> Any:
+    """vLLM's RequestOutputKind (a stand-in module carries its own)."""
+    if not hasattr(vllm_module, "__path__"):
+        return vllm_module.RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind
+
+    return RequestOutputKind
+
+
+def _parse_model_prompt(vllm_module: Any) -> Callable[[Any, Any], Any] | None:
+    """vLLM's prompt parser (None for a stand-in module without one: its renderer takes the raw dict)."""
+    if not hasattr(vllm_module, "__path__"):
+        return getattr(vllm_module, "parse_model_prompt", None)
+    from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+    return parse_model_prompt
 
 
 def on_cuda(model: ModelConfig) -> bool:
@@ -194,15 +216,34 @@ class Submitted:
     max_tokens: int
     added_s: float
     """perf_counter() when it was added."""
+    stream: bool = False
+    tokens: list[int] = field(default_factory=list)
+    """A streamed request's tokens so far (vLLM sends deltas)."""
+
+
+@dataclass
+class StepEvent:
+    """What one engine step did for a request: new tokens (a streamed request) and, once it finished, its row."""
+
+    key: int
+    """The key the request was added with."""
+    token_ids: list[int]
+    """Tokens since the request's last event (a request not streamed: all of them, in its final event)."""
+    row: RowOutput | None
+    """The finished request's row (None while it runs)."""
 
 
 class VLLMEngine:
     """Generation through a vLLM `LLM` (priority scheduling policy), speaking the Engine contract."""
 
     batching = Batching.CONTINUOUS
+    engine_kind = "vllm"
     text_faithful = True
-    takes_predictions = True
-    """submit() takes each request's predicted length (passed on to a length-aware scheduler class)."""
+
+    @property
+    def takes_reservations(self) -> bool:
+        """True when vLLM runs a scheduler class that admits by each request's KV reservation."""
+        return self.config.vllm.scheduler_cls in RESERVING_SCHEDULERS
 
     def __init__(
         self,
@@ -215,6 +256,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.vllm = vllm_module or import_vllm()
         self.refusals = refusal_errors(self.vllm)
+        self.output_kinds = _output_kinds(self.vllm)
         self.config = config or EngineConfig()
         self.stop_token_ids = frozenset(model_stop_token_ids(tokenizer)) | frozenset(self.config.stop_token_ids)
         if not self.stop_token_ids:
@@ -222,6 +264,7 @@ class VLLMEngine:
         self.last_stats: SubmitStats | None = None
         self.inflight: dict[str, Submitted] = {}
         """Requests added and not finished, by vLLM's external request id."""
+        self._ids = itertools.count()
         self.request_keys: dict[str, int] = {}
         """vLLM's request id -> the caller's key, for every request of the latest submit() (and add() since)."""
 
@@ -277,14 +320,17 @@ class VLLMEngine:
         """Text of generated token ids, special tokens dropped."""
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
-    def sampling_params(self, sampling: SamplingParams, max_tokens: int, seed: int | None) -> Any:
-        """vLLM's SamplingParams for one request (greedy ignores the seed)."""
+    def sampling_params(
+        self, sampling: SamplingParams, max_tokens: int, seed: int | None, ignore_eos: bool = False
+    ) -> Any:
+        """vLLM's SamplingParams for one request (greedy ignores the seed; ignore_eos: run to max_tokens)."""
         return self.vllm.SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=max_tokens,
             seed=None if sampling.greedy else seed,
-            stop_token_ids=sorted(self.stop_token_ids),
+            stop_token_ids=[] if ignore_eos else sorted(self.stop_token_ids),
+            ignore_eos=ignore_eos,
         )
 
     # The stepping interface: a service adds requests as they arrive and steps the engine.
@@ -297,34 +343,53 @@ class VLLMEngine:
         sampling: SamplingParams = GREEDY,
         seed: int | None = None,
         priority: int = 0,
-        predicted: int | None = None,
+        reserve: int | None = None,
+        stream: bool = False,
     ) -> str:
-        """Add one request (its key comes back with its output from step()); vLLM's request id. A request vLLM
-        refuses (bad sampling values, too long) raises ValueError with vLLM's reason, nothing added.
-        predicted: its predicted length, for a length-aware scheduler class (seqsched.engines.vllm_scheduler)."""
-        prompt = {"prompt_token_ids": list(prompt_ids)}
+        """Add one request; its key comes back in the StepEvents of step(). Returns vLLM's request id. A request vLLM
+        refuses (bad sampling values, too long a prompt) raises ValueError with vLLM's reason, nothing added.
+        reserve: generated tokens to keep KV room for before admitting it (a reservation-aware scheduler class,
+        seqsched.engines.vllm_scheduler); stream: step() reports its new tokens as they come (else once it finishes)."""
+        request_id = f"seqsched-{next(self._ids)}"
         try:
             params = self.sampling_params(sampling, max_tokens, seed)
-            if predicted is not None:
-                params.extra_args = {**(params.extra_args or {}), PREDICTED_LENGTH: int(predicted)}
-            (request_id,) = self.llm.enqueue([prompt], params, priority=[int(priority)], use_tqdm=False)
+            if reserve is not None:
+                params.extra_args = {**(params.extra_args or {}), RESERVE_KEY: int(reserve)}
+            params.output_kind = self.output_kinds.DELTA if stream else self.output_kinds.FINAL_ONLY
+            self.llm.llm_engine.add_request(request_id, self._engine_input(prompt_ids), params, priority=int(priority))
         except self.refusals as error:
             raise ValueError(str(error).replace("\n", " ")) from error
-        external = str(request_id).split("-")[0]
-        self.inflight[external] = Submitted(key, max_tokens, time.perf_counter())
-        self.request_keys[external] = key
-        return external
+        self.inflight[request_id] = Submitted(key, max_tokens, time.perf_counter(), stream)
+        self.request_keys[request_id] = key
+        return request_id
 
-    def step(self) -> list[tuple[int, RowOutput]]:
-        """One engine step; the requests it finished, as (key, row)."""
-        finished = []
+    def _engine_input(self, prompt_ids: Sequence[int]) -> Any:
+        """The prompt as vLLM's renderer makes it (what LLM.generate passes on: raw prompts are deprecated)."""
+        prompt = {"prompt_token_ids": list(prompt_ids)}
+        parse = _parse_model_prompt(self.vllm)
+        parsed = parse(self.llm.llm_engine.model_config, prompt) if parse is not None else prompt
+        (engine_input,) = self.llm.llm_engine.renderer.render_cmpl([parsed])
+        return engine_input
+
+    def step(self) -> list[StepEvent]:
+        """One engine step: an event per finished request (its row) and per streamed request with new tokens."""
+        events = []
         for output in self.llm.llm_engine.step():
-            if not output.finished:
+            submitted = self.inflight.get(str(output.request_id))
+            if submitted is None:
                 continue
-            submitted = self.inflight.pop(str(output.request_id).split("-")[0], None)
-            if submitted is not None:
-                finished.append((submitted.key, self.row(output, submitted.max_tokens)))
-        return finished
+            new = list(output.outputs[0].token_ids) if output.outputs else []
+            if submitted.stream:
+                submitted.tokens.extend(new)
+            if not output.finished:
+                if submitted.stream and new:
+                    events.append(StepEvent(submitted.key, new, None))
+                continue
+            del self.inflight[str(output.request_id)]
+            tokens = submitted.tokens if submitted.stream else new
+            row = self.row(output, submitted.max_tokens, tokens)
+            events.append(StepEvent(submitted.key, new if submitted.stream else row.token_ids, row))
+        return events
 
     def has_unfinished(self) -> bool:
         """True while requests added here are still running or waiting."""
@@ -338,11 +403,14 @@ class VLLMEngine:
         for request_id in ids:
             self.inflight.pop(request_id, None)
 
-    def row(self, output: Any, max_tokens: int) -> RowOutput:
-        """Our row for vLLM's finished output; abort, error and a context stop become error rows."""
-        completion = output.outputs[0]
-        token_ids = list(completion.token_ids)
-        reason = str(completion.finish_reason)
+    def row(self, output: Any, max_tokens: int, token_ids: Sequence[int] | None = None) -> RowOutput:
+        """Our row for vLLM's finished output (token_ids: a streamed request's gathered tokens); abort, error and a
+        context stop become error rows."""
+        completion = output.outputs[0] if output.outputs else None
+        token_ids = (
+            list(completion.token_ids if completion is not None else []) if token_ids is None else list(token_ids)
+        )
+        reason = str(completion.finish_reason) if completion is not None else "abort"
         if token_ids and token_ids[-1] in self.stop_token_ids and reason in ("stop", "repetition"):
             token_ids = token_ids[:-1]  # vLLM keeps the stop id in token_ids; the HF engines do not
         if reason in ("stop", "repetition"):
@@ -369,16 +437,22 @@ class VLLMEngine:
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
         on_finished: Callable[[int, TimedRow], None] | None = None,
-        predicted: Sequence[int] | None = None,
+        reserves: Sequence[int] | None = None,
     ) -> list[TimedRow]:
         """Submit a whole set at once (lower priority value runs first, ties in input order); outputs in input
         order with the seconds from this call until each finished. on_finished(index, row) is called as each
-        request finishes. A request vLLM refuses gets an error row; if the loop fails, what it added is aborted."""
+        request finishes. reserves: each request's KV reservation (a reservation-aware scheduler class only). A request
+        vLLM refuses gets an error row; if the loop fails, what it added is aborted."""
         count = len(prompt_ids)
         if len(max_tokens) != count or (priorities is not None and len(priorities) != count):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
-        if (seeds is not None and len(seeds) != count) or (predicted is not None and len(predicted) != count):
-            raise ValueError("seeds and predicted must have one entry per request")
+        if (seeds is not None and len(seeds) != count) or (reserves is not None and len(reserves) != count):
+            raise ValueError("seeds and reserves must have one entry per request")
+        if reserves is not None and not self.takes_reservations:
+            raise SeqschedError(
+                "KV reservations need seqsched's scheduler class in vLLM: --engine.vllm.scheduler_cls "
+                f"{RESERVING_SCHEDULERS[0]}"
+            )
         if self.inflight:
             raise RuntimeError("submit() while requests added with add() are still running")
         if self.config.vllm.prefix_caching:
@@ -393,6 +467,7 @@ class VLLMEngine:
                 on_finished(index, finished[index])
 
         steps = 0
+        before = self.scheduler_counters()
         try:
             # In priority order: vLLM breaks priority ties by arrival, so ties keep input order.
             order = sorted(range(count), key=lambda index: (0 if priorities is None else int(priorities[index]), index))
@@ -405,26 +480,46 @@ class VLLMEngine:
                         sampling,
                         None if seeds is None else int(seeds[index]),
                         0 if priorities is None else int(priorities[index]),
-                        None if predicted is None else int(predicted[index]),
+                        None if reserves is None else int(reserves[index]),
                     )
                 except ValueError as error:
                     problem = f"vLLM refused the request: {error}"
                     done(index, RowOutput([], "", FinishReason.LENGTH, 0, problem, "invalid_request"))
             while self.inflight:
                 steps += 1
-                for index, row in self.step():
-                    done(index, row)
+                for event in self.step():
+                    if event.row is not None:
+                        done(event.key, event.row)
         except BaseException:
             self.abort()
             raise
         # vLLM mixes prefills and decodes in its steps: the time is all counted as decode.
         # Each step samples one token per running request: the tokens kept are the row-steps (preempted work aside).
         tokens = sum(item.row.num_tokens + (item.row.finish_reason is FinishReason.STOP) for item in finished.values())
-        self.last_stats = SubmitStats(steps=steps, row_steps=tokens, decode_s=time.perf_counter() - started)
+        after = self.scheduler_counters()
+        self.last_stats = SubmitStats(
+            steps=steps,
+            row_steps=tokens,
+            decode_s=time.perf_counter() - started,
+            max_rows=after.get("max_rows", 0),
+            preemptions=after.get("preemptions", 0) - before.get("preemptions", 0),
+            recomputed_tokens=after.get("recomputed_tokens", 0) - before.get("recomputed_tokens", 0),
+        )
         missing = set(range(count)) - set(finished)
         if missing:
             raise RuntimeError(f"vLLM returned no output for requests {sorted(missing)[:5]}")
         return [finished[index] for index in range(count)]
+
+    def scheduler(self) -> Any | None:
+        """vLLM's scheduler object, when its engine core runs in this process (None otherwise)."""
+        core = getattr(getattr(self.llm.llm_engine, "engine_core", None), "engine_core", None)
+        return getattr(core, "scheduler", None)
+
+    def scheduler_counters(self) -> dict[str, int]:
+        """Preemptions, recomputed tokens and the most sequences at once, from seqsched's scheduler classes (counted
+        since the engine started; empty for vLLM's own class or an engine core in another process)."""
+        counters = getattr(self.scheduler(), "seqsched_counters", None)
+        return dict(counters()) if counters is not None else {}
 
     def generate(
         self,
@@ -450,4 +545,56 @@ class VLLMEngine:
             row_steps=sum(row.finish_step for row in rows),
             prefill_s=0.0,
             decode_s=time.perf_counter() - started,
+        )
+
+
+class VLLMStepTimer:
+    """vLLM seen as a static engine for the step-cost grid (serving.costmodel): `generate` runs a batch twice with
+    EOS ignored, to one token (the prefill) and to max_new_tokens, and reports the difference as the decode time,
+    so the grid holds vLLM's own decode step per batch size x context (the KV simulator's cost model)."""
+
+    batching = Batching.STATIC
+    engine_kind = "vllm"
+
+    def __init__(self, engine: VLLMEngine) -> None:
+        self.engine = engine
+
+    def encode(self, prompt: str | Sequence[Message]) -> list[int]:
+        """The engine's encoding."""
+        return self.engine.encode(prompt)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The engine's decoding."""
+        return self.engine.decode(token_ids)
+
+    def _run(self, prompt_ids: Sequence[Sequence[int]], tokens: int) -> float:
+        started = time.perf_counter()
+        for index, ids in enumerate(prompt_ids):
+            params = self.engine.sampling_params(GREEDY, tokens, None, ignore_eos=True)
+            params.output_kind = self.engine.output_kinds.FINAL_ONLY
+            self.engine.llm.llm_engine.add_request(f"timer-{index}", self.engine._engine_input(ids), params)
+        while self.engine.llm.llm_engine.has_unfinished_requests():
+            self.engine.llm.llm_engine.step()
+        return time.perf_counter() - started
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingParams = GREEDY,
+        seeds: Sequence[int] | None = None,
+    ) -> BatchOutput:
+        """Prefill and decode seconds of one batch (every row generates max_new_tokens)."""
+        prefill_s = self._run(prompt_ids, 1)
+        total_s = self._run(prompt_ids, max_new_tokens) if max_new_tokens > 1 else prefill_s
+        rows = [RowOutput([0] * max_new_tokens, "", FinishReason.LENGTH, max_new_tokens) for _ in prompt_ids]
+        tokens = sum(len(ids) for ids in prompt_ids)
+        return BatchOutput(
+            rows=rows,
+            prompt_tokens=tokens,
+            padded_prompt_tokens=tokens,
+            decode_steps=max_new_tokens,
+            row_steps=max_new_tokens * len(prompt_ids),
+            prefill_s=prefill_s,
+            decode_s=max(0.0, total_s - prefill_s),
         )

@@ -10,13 +10,14 @@ counterpart (vanilla -> FCFS, seqsch and vbs -> SJF, fcr -> SJF with FCR caps an
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from seqsched.engines.api import ContinuousEngine, SamplingParams
-from serving.admission import Pass, policy_for
+from seqsched.errors import SeqschedError
+from serving.admission import Pass, policy_for, with_reservations
 from serving.runner.base import RunState
 from serving.runner.records import BatchRecord
-from serving.scheduler import Phase
+from serving.scheduler import KVAdmission, Phase
 
 
 class ContinuousRun(RunState):
@@ -36,8 +37,13 @@ class ContinuousRun(RunState):
         started = time.perf_counter()
         seeds = [self.seed(index) for index in ids]
         extra = {}
-        if self.predicted is not None and getattr(self.engine, "takes_predictions", False):
-            extra["predicted"] = [self.predicted[index] for index in ids]  # for a length-aware admission
+        if submission.reserves is not None:
+            if not getattr(self.engine, "takes_reservations", False):
+                raise SeqschedError(
+                    f"--kv_admission {self.cfg.kv_admission.value} needs an engine that admits by KV reservations: "
+                    "vLLM (seqsched's scheduler class) or our pool with --engine.kv_budget_tokens"
+                )
+            extra["reserves"] = submission.reserves
         timed = self.engine.submit(prompts, submission.caps, submission.priorities, sampling, seeds, **extra)
         wall_s = time.perf_counter() - started
         rows = [item.row for item in timed]
@@ -73,12 +79,15 @@ class ContinuousRun(RunState):
         """All members at once (in the policy's order, with its caps), then the failures with their whole budget."""
         policy = policy_for(self.cfg)
         predicted = None
-        if policy.needs_predictions:
+        if policy.needs_predictions or self.cfg.kv_admission is KVAdmission.PREDICTED:
             assert self.predicted is not None, "check_predictions guarantees predictions for this policy"
             predicted = [self.predicted[index] for index in members]
         budgets = [self.budget(index) for index in members]
-        failed = self.submit(members, policy.first(predicted, budgets, self.cfg), Phase.INITIAL, sampling)
+        first = with_reservations(policy.first(predicted, budgets, self.cfg), predicted, self.cfg)
+        failed = self.submit(members, first, Phase.INITIAL, sampling)
         if failed:
             again = policy.recompute([self.budget(index) for index in failed])
+            # The requests cut short outgrew their prediction: they reserve their whole budget (unless greedy).
+            again = replace(again, reserves=None if first.reserves is None else list(again.caps))
             left = self.submit(failed, again, Phase.RECOMPUTE, sampling)
             assert not left, "recompute caps cover every budget"

@@ -1,0 +1,121 @@
+"""Scheduler classes for vLLM's engine core (`--engine.vllm.scheduler_cls`): vLLM's own v1 scheduler with counters,
+and a length-aware one that admits by each request's reserved KV.
+
+vLLM admits a waiting request as soon as its prompt fits the free KV blocks ("greedy"); when running sequences then
+outgrow the cache it preempts one (the lowest priority, or the newest) and recomputes it later from scratch. With
+predicted lengths a scheduler can instead admit a request only when its whole expected footprint fits: its prompt plus
+the tokens reserved for it, and no more requests than the cache holds at their reservations. The reservation comes
+with each request (SamplingParams.extra_args[RESERVE_KEY], tokens to generate), set by the caller from the policy
+(serving.kv_admission): the predicted length at a quantile plus a margin, or max_tokens ("reserve-max"). A request that
+outgrows its reservation keeps running while the cache allows; past that, vLLM's own preemption applies. Requests
+without a reservation are admitted as vLLM would.
+
+The rule is the one our pool applies (seqsched.engines.pool_rules: kv_need, kv_held, kv_admits), counted in whole KV
+blocks, around vLLM's schedule(): waiting requests whose reservation does not fit are taken out of the waiting queue
+for that step and put back after it, so vLLM's own scheduling (chunked prefill, token budget, priorities, preemption)
+is untouched otherwise. Requests without a reservation are admitted as vLLM admits them (but not ahead of one held
+back: the order the caller chose holds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from seqsched.engines.config import COUNTING_SCHEDULER, RESERVING_SCHEDULER
+from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
+
+RESERVE_KEY = "seqsched_reserve_tokens"
+"""SamplingParams.extra_args key: the generated tokens the length-aware scheduler reserves KV for."""
+COUNTING = COUNTING_SCHEDULER
+LENGTH_AWARE = RESERVING_SCHEDULER
+
+
+class CountingScheduler(Scheduler):
+    """vLLM's own scheduler, unchanged, counting preemptions and the computed tokens they throw away."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seqsched_preemptions = 0
+        self.seqsched_recomputed_tokens = 0
+        self.seqsched_max_running = 0
+        self.seqsched_running_steps = 0
+        """Sum over steps of the sequences scheduled (mean batch = this / steps)."""
+        self.seqsched_steps = 0
+
+    def _preempt_request(self, request: Any, timestamp: float, *args: Any, **kwargs: Any) -> None:
+        self.seqsched_preemptions += 1
+        self.seqsched_recomputed_tokens += int(request.num_computed_tokens)
+        super()._preempt_request(request, timestamp, *args, **kwargs)
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().schedule(*args, **kwargs)
+        scheduled = len(output.num_scheduled_tokens)
+        if scheduled:
+            self.seqsched_steps += 1
+            self.seqsched_running_steps += scheduled
+            self.seqsched_max_running = max(self.seqsched_max_running, scheduled)
+        return output
+
+    def seqsched_counters(self) -> dict[str, int]:
+        """The counters, for SubmitStats."""
+        return {
+            "preemptions": self.seqsched_preemptions,
+            "recomputed_tokens": self.seqsched_recomputed_tokens,
+            "max_rows": self.seqsched_max_running,
+            "scheduled_steps": self.seqsched_steps,
+            "scheduled_rows": self.seqsched_running_steps,
+        }
+
+
+def reservation(request: Any) -> int | None:
+    """The generated tokens a request asked to have KV reserved for (None: it carries no reservation)."""
+    extra = getattr(request.sampling_params, "extra_args", None) or {}
+    reserve = extra.get(RESERVE_KEY)
+    return None if reserve is None else int(reserve)
+
+
+class LengthAwareScheduler(CountingScheduler):
+    """Admits a waiting request only when its reservation fits the KV blocks the running requests leave, in the
+    waiting queue's order (priority, then arrival); never skips ahead (a request that does not fit blocks those
+    behind it, so the order the caller chose holds)."""
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        held = self._hold_back()
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            for request in held:
+                self.waiting.add_request(request)
+
+    def _blocks(self, tokens: int) -> int:
+        return math.ceil(tokens / self.block_size)
+
+    def _hold_back(self) -> list[Any]:
+        """Take out of the waiting queue the requests this step must not admit (by the pool's rules,
+        seqsched.engines.pool_rules, in whole KV blocks); return them."""
+        if not self.waiting:
+            return []
+        used = 0
+        for request in self.running:
+            held = kv_held(int(request.num_tokens), int(request.num_prompt_tokens), reservation(request))
+            used += self._blocks(held)
+        free = int(self.cache_config.num_gpu_blocks) - used
+        slots = self.max_num_running_reqs - len(self.running)
+        running = len(self.running)
+        held_back: list[Any] = []
+        for request in list(self.waiting):
+            reserve = reservation(request)
+            # A preempted request comes back with its generated tokens: it needs at least its whole context.
+            need = self._blocks(max(int(request.num_tokens) + 1, kv_need(int(request.num_prompt_tokens), reserve)))
+            if held_back or slots <= 0 or (reserve is not None and not kv_admits(need, free, running)):
+                held_back.append(request)
+                continue
+            free -= need
+            slots -= 1
+            running += 1
+        if held_back:
+            self.waiting.remove_requests(held_back)
+        return held_back

@@ -1,0 +1,251 @@
+"""What a continuous engine with a bounded KV cache does with a set of requests (pure, no torch): vLLM's paged cache,
+or our pool with --engine.kv_budget_tokens, step by step.
+
+The model (stated so the bench can check it, simulated beside measured):
+- Every request is submitted at t=0 and waits in (priority, arrival) order. Each step, waiting requests start in that
+  order while the engine has a free sequence slot and, by the admission rule, KV room: greedy (vLLM's rule) needs
+  the prompt (a resumed request: its whole context) to fit what the running requests use now; a reservation rule
+  (reserve-max, predicted) needs the prompt plus the reservation to fit beside what the running requests reserved
+  (seqsched.engines.pool_rules, in whole blocks). No request skips one that waits before it.
+- A step decodes one token for every running request whose prefill is done and prefills the newcomers, at most
+  `max_batched_tokens` tokens in all (vLLM's chunked prefill; decodes first). Its time is the measured decode step
+  of that many rows at their mean context plus the prefill of the tokens prefilled.
+- Before a step, a running request that needs a new KV block gets one; when none is free, the running request of
+  the lowest priority (latest arrival on ties) is preempted: its blocks are freed and it waits again, to resume by
+  prefilling its prompt and the tokens it had generated (vLLM's recompute) or, `scratch`, from its prompt (our pool).
+- A request finishes after its true length plus the stop token, or at its cap.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
+from serving.stepcost import CostModel
+
+
+class Resume(enum.Enum):
+    """How a preempted request comes back."""
+
+    RECOMPUTE = "recompute"
+    """Prefill its prompt and the tokens it had generated, then go on (vLLM)."""
+    SCRATCH = "scratch"
+    """Start again from its prompt (our pool; greedy outputs are the same)."""
+
+
+@dataclass(frozen=True)
+class KVEngine:
+    """The engine the simulator assumes."""
+
+    kv_tokens: int
+    """KV cache size in tokens."""
+    max_seqs: int = 256
+    """Most requests running at once."""
+    block_size: int = 16
+    """KV is held in whole blocks of this many tokens (1: by the token)."""
+    max_batched_tokens: int | None = 4096
+    """Tokens one step may compute (decodes plus prefill chunks); None: no bound (a step prefills all newcomers)."""
+    resume: Resume = Resume.RECOMPUTE
+
+    def blocks(self, tokens: int) -> int:
+        """Whole blocks holding `tokens`."""
+        return math.ceil(tokens / self.block_size)
+
+    @property
+    def total_blocks(self) -> int:
+        """Blocks in the cache."""
+        return self.kv_tokens // self.block_size
+
+
+@dataclass
+class _Request:
+    index: int
+    rank: tuple[int, int]
+    prompt: int
+    steps: int
+    """Tokens it generates before it finishes (its true length plus the stop token, or its cap)."""
+    reserve: int | None
+    generated: int = 0
+    prefilled: int = 0
+    """Tokens of its current prefill computed so far."""
+    prefill_target: int = 0
+
+    @property
+    def context(self) -> int:
+        return self.prompt + self.generated
+
+
+@dataclass
+class KVRun:
+    """A simulated run."""
+
+    time_s: float = 0.0
+    steps: int = 0
+    completion_s: list[float] = field(default_factory=list)
+    preemptions: int = 0
+    recomputed_tokens: int = 0
+    max_running: int = 0
+    running_steps: int = 0
+    """Sum over steps of the requests running (mean batch = this / steps)."""
+
+    @property
+    def requests(self) -> int:
+        """Requests served."""
+        return len(self.completion_s)
+
+    @property
+    def samples_per_s(self) -> float:
+        """Requests per second of the whole run."""
+        return self.requests / self.time_s if self.time_s else 0.0
+
+    @property
+    def latency_mean_s(self) -> float:
+        """Mean completion time from t=0."""
+        return statistics.fmean(self.completion_s) if self.completion_s else 0.0
+
+    @property
+    def latency_p99_s(self) -> float:
+        """99th percentile completion time."""
+        if not self.completion_s:
+            return 0.0
+        ordered = sorted(self.completion_s)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+    def summary(self) -> dict[str, float]:
+        """The figures the bench and the tuner compare."""
+        return {
+            "time_s": self.time_s,
+            "samples_per_s": self.samples_per_s,
+            "latency_mean_s": self.latency_mean_s,
+            "latency_p99_s": self.latency_p99_s,
+            "steps": float(self.steps),
+            "preemptions": float(self.preemptions),
+            "recomputed_tokens": float(self.recomputed_tokens),
+            "max_running": float(self.max_running),
+            "mean_running": self.running_steps / self.steps if self.steps else 0.0,
+        }
+
+
+def simulate_kv(
+    true: Sequence[int],
+    prompts: Sequence[int],
+    caps: Sequence[int],
+    engine: KVEngine,
+    cost: CostModel,
+    priorities: Sequence[int] | None = None,
+    reserves: Sequence[int] | None = None,
+) -> KVRun:
+    """Simulate serving every request at once on a KV-bounded continuous engine (see the module docstring).
+    priorities: lower first (None: arrival order); reserves: each request's reservation (None: greedy)."""
+    count = len(true)
+    if not (len(prompts) == len(caps) == count) or (priorities is not None and len(priorities) != count):
+        raise ValueError("true, prompts, caps and priorities need one entry per request")
+    if reserves is not None and len(reserves) != count:
+        raise ValueError("reserves need one entry per request")
+    requests = [
+        _Request(
+            index,
+            (0 if priorities is None else int(priorities[index]), index),
+            int(prompts[index]),
+            int(caps[index]) if int(true[index]) >= int(caps[index]) else int(true[index]) + 1,
+            None if reserves is None else int(reserves[index]),
+        )
+        for index in range(count)
+    ]
+    waiting = [(request.rank, request.index) for request in requests]
+    heapq.heapify(waiting)
+    running: list[_Request] = []
+    run = KVRun(completion_s=[0.0] * count)
+    clock = 0.0
+    finished = 0
+    while finished < count:
+        _admit(waiting, running, requests, engine)
+        _make_room(running, waiting, engine, run)
+        step_s, done = _step(running, engine, cost)
+        clock += step_s
+        run.steps += 1
+        run.running_steps += len(running)
+        run.max_running = max(run.max_running, len(running))
+        for request in done:
+            run.completion_s[request.index] = clock
+            running.remove(request)
+            finished += 1
+    run.time_s = clock
+    return run
+
+
+def _used_blocks(running: Sequence[_Request], engine: KVEngine) -> int:
+    return sum(engine.blocks(request.context + 1) for request in running)
+
+
+def _held_blocks(running: Sequence[_Request], engine: KVEngine) -> int:
+    return sum(engine.blocks(kv_held(request.context, request.prompt, request.reserve)) for request in running)
+
+
+def _admit(waiting: list, running: list[_Request], requests: Sequence[_Request], engine: KVEngine) -> None:
+    """Start waiting requests in order while there is a slot and, by the rule, KV room."""
+    reserving = any(request.reserve is not None for request in requests)
+    free = engine.total_blocks - (_held_blocks(running, engine) if reserving else _used_blocks(running, engine))
+    while waiting and len(running) < engine.max_seqs:
+        request = requests[waiting[0][1]]
+        if request.reserve is None:
+            need = engine.blocks(request.context + 1)
+            if need > free and running:
+                return
+        else:
+            need = engine.blocks(max(request.context + 1, kv_need(request.prompt, request.reserve)))
+            if not kv_admits(need, free, len(running)):
+                return
+        heapq.heappop(waiting)
+        free -= need
+        request.prefilled, request.prefill_target = 0, request.context
+        running.append(request)
+
+
+def _make_room(running: list[_Request], waiting: list, engine: KVEngine, run: KVRun) -> None:
+    """Preempt the lowest-priority running requests until every running request's next token fits."""
+    while len(running) > 1 and _used_blocks(running, engine) > engine.total_blocks:
+        victim = max(running, key=lambda request: request.rank)
+        running.remove(victim)
+        run.preemptions += 1
+        run.recomputed_tokens += victim.context
+        if engine.resume is Resume.SCRATCH:
+            victim.generated = 0
+        heapq.heappush(waiting, (victim.rank, victim.index))
+
+
+def _step(running: Sequence[_Request], engine: KVEngine, cost: CostModel) -> tuple[float, list[_Request]]:
+    """One engine step: decodes first, then prefill chunks within the token budget; its seconds and who finished."""
+    decoding = [request for request in running if request.prefilled >= request.prefill_target]
+    pending = [request for request in running if request.prefilled < request.prefill_target]
+    budget = None if engine.max_batched_tokens is None else max(0, engine.max_batched_tokens - len(decoding))
+    context = statistics.fmean(request.context for request in decoding) if decoding else 0.0
+    prefill_tokens = 0
+    done: list[_Request] = []
+    for request in decoding:
+        request.generated += 1
+        if request.generated >= request.steps:
+            done.append(request)
+    for request in pending:
+        left = request.prefill_target - request.prefilled
+        chunk = left if budget is None else min(left, budget - prefill_tokens)
+        if chunk <= 0:
+            break
+        request.prefilled += chunk
+        prefill_tokens += chunk
+        if request.prefilled >= request.prefill_target:  # the prefill samples the first new token
+            request.generated += 1
+            if request.generated >= request.steps:
+                done.append(request)
+    seconds = cost.step_s(len(decoding), context) if decoding else 0.0
+    if prefill_tokens:
+        seconds += cost.prefill_s(1, prefill_tokens)
+    return seconds, done
+
+
+__all__ = ["KVEngine", "KVRun", "Resume", "simulate_kv"]
