@@ -56,10 +56,13 @@ class KVEngine:
         """Whole blocks holding `tokens`."""
         return math.ceil(tokens / self.block_size)
 
+    null_blocks: int = 1
+    """Blocks the engine keeps out of use (vLLM's null block)."""
+
     @property
     def total_blocks(self) -> int:
-        """Blocks in the cache."""
-        return self.kv_tokens // self.block_size
+        """Blocks requests can hold."""
+        return self.kv_tokens // self.block_size - self.null_blocks
 
 
 @dataclass

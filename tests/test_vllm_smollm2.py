@@ -179,7 +179,8 @@ def test_sampling_is_seeded_per_request(vllm_engine) -> None:
 
 @pytest.fixture(scope="module")
 def tight_vllm_engine():
-    """vLLM with seqsched's length-aware scheduler class and a KV cache of 1,024 tokens (about 9 requests of 110)."""
+    """vLLM with seqsched's length-aware scheduler class and a KV cache of 1,024 tokens (8 blocks of 128 on CPU, one
+    of them vLLM's null block)."""
     pytest.importorskip("vllm")
     from seqsched.engines.config import RESERVING_SCHEDULER
     from seqsched.engines.vllm import VLLMEngine
@@ -196,9 +197,10 @@ def tight_vllm_engine():
 def test_reservations_inside_vllm_admit_what_fits_and_never_preempt(tight_vllm_engine) -> None:
     """Without reservations the class admits as vLLM does (greedy) and preempts when the cache fills; with each
     request's true length reserved it runs as many as fit and preempts none; outputs are the same (greedy)."""
-    prompts = [f"Write a long story about a {animal} in the forest." for animal in ("cat", "dog", "fox", "owl")] * 4
+    prompts = [f"Write a long story about a {animal} in the forest." for animal in ("cat", "dog", "fox", "owl")] * 2
     ids = [tight_vllm_engine.encode(prompt) for prompt in prompts]
-    caps = [80] * len(ids)
+    # vLLM's CPU blocks hold 128 tokens: answers past ~90 tokens need a second block while running.
+    caps = [160] * len(ids)
     greedy = tight_vllm_engine.submit(ids, caps)
     greedy_stats = tight_vllm_engine.last_stats
     lengths = [item.row.num_tokens for item in greedy]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import platform
 import statistics
 import sys
@@ -136,12 +137,13 @@ def main() -> int:
     from seqsched.engines.vllm_scheduler import COUNTING, LENGTH_AWARE
     from seqsched.files import write_json
     from seqsched.model_specs import Device, DType, ModelConfig
+    from serving.autotune import kv_model
     from serving.costmodel import CostConfig, load_or_measure, machine_name
     from serving.kv_tuning import KVPolicy, KVTuneConfig, Objective, decide_kv, simulate_policy
     from serving.predictors import resolve_predictor
     from serving.runner import RunOptions, run
     from serving.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
-    from serving.simulate_kv import KVEngine, Resume
+    from serving.simulate_kv import Resume
 
     started = time.perf_counter()
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
@@ -153,10 +155,6 @@ def main() -> int:
     hf = HFEngine.from_spec(model)
     prompts = [len(hf.encode(request.chat())) for request in requests]
     full_length = round(statistics.fmean(prompts)) + args.limit
-    budgets: list[tuple[str, int | None]] = []
-    for value in args.budgets.split(","):
-        value = value.strip()
-        budgets.append((value, None if value == "roomy" else int(value) * full_length))
     pool_budgets = {value.strip() for value in args.pool_budgets.split(",") if value.strip()}
 
     predictor = resolve_predictor(args.predictor, hf, args.tracking_uri)
@@ -192,8 +190,18 @@ def main() -> int:
     base_run = run(roomy, requests, None, base, options)
     oracle = [record.num_tokens for record in base_run.records]
     report["oracle_from"] = "vllm-default at the roomy budget"
-    del roomy
+    roomy_model = kv_model(roomy)
+    assert roomy_model is not None
+    del roomy, timer
     gc.collect()
+    # A budget of N holds N full-length sequences in whole blocks, plus vLLM's null block.
+    block = roomy_model.block_size
+    per_sequence = math.ceil(full_length / block) * block
+    report.update(block_size=block, sequence_tokens=per_sequence)
+    budgets: list[tuple[str, int | None]] = []
+    for value in args.budgets.split(","):
+        value = value.strip()
+        budgets.append((value, None if value == "roomy" else int(value) * per_sequence + block))
 
     def policy_row(name: str) -> tuple[KVPolicy, list[int] | None]:
         if name == "vllm-default" or name == "cb-greedy":
@@ -205,8 +213,8 @@ def main() -> int:
         return KVPolicy(KVAdmission.PREDICTED, order, tuned.policy.margin_ratio if "predicted" in name else 0.0), source
 
     for label, tokens in budgets:
-        capacity = tokens if tokens is not None else 93184
-        kv_engine = KVEngine(kv_tokens=capacity, max_seqs=256, block_size=16, max_batched_tokens=4096)
+        capacity = tokens if tokens is not None else roomy_model.kv_tokens
+        kv_engine = replace(roomy_model, kv_tokens=capacity)
         tuned = decide_kv(predicted, prompts, caps, errors, kv_engine, cost, base, KVTuneConfig(objective=objective))
         print(f"budget {label} ({capacity} tokens): {tuned.describe()}", flush=True)
         engines: dict[str, Any] = {}
@@ -232,17 +240,15 @@ def main() -> int:
             row = measured_row(name, label, tokens, result, time.perf_counter() - began)
             row["policy"] = policy.name
             row["same_as_oracle"] = sum(r.num_tokens == o for r, o in zip(result.records, oracle, strict=True))
-            sim_engine = (
-                kv_engine
-                if name.startswith("vllm-")
-                else replace(
-                    kv_engine, block_size=1, max_batched_tokens=None, max_seqs=args.pool_slots, resume=Resume.SCRATCH
-                )
-            )
+            if name.startswith("vllm-"):
+                sim_engine = kv_engine
+            else:  # our pool: KV by the token, whole prefills, a preempted request restarts
+                scratch = Resume.SCRATCH
+                sim_engine = replace(kv_engine, block_size=1, max_batched_tokens=None, null_blocks=0, resume=scratch)
+                sim_engine = replace(sim_engine, max_seqs=args.pool_slots)
             simulated = simulate_policy(policy, oracle, source, prompts, caps, sim_engine, cost, base)
-            row.update(
-                {f"simulated_{key}": value for key, value in simulated.items() if key in ("time_s", "preemptions")}
-            )
+            row["simulated_time_s"] = simulated["time_s"]
+            row["simulated_preemptions"] = simulated["preemptions"]
             if name == "vllm-tuned":
                 row["decision"] = tuned.as_dict()
             report["rows"].append(row)
@@ -279,7 +285,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     text = (
         f"# KV-bound admission, {report['workload']} workload\n\n`{report['command']}`\n\n{report['date']}, "
         f"{report['machine']}; {report['prompts']} prompts, limit {report['limit']}, greedy, every request at t=0; "
-        f"a budget of N holds N x {report['full_length_tokens']} tokens (mean prompt + limit); predictor "
+        f"a budget of N holds N x {report['sequence_tokens']} tokens (mean prompt + limit in whole blocks of "
+        f"{report['block_size']}) plus vLLM's null block; predictor "
         f"{report['predictor']} ({report['predictor_s']:.1f} s, counted in the predicted rows).\n\n"
         f"{table(rows, columns)}\n"
     )

@@ -93,6 +93,12 @@ class LengthAwareScheduler(CountingScheduler):
     def _blocks(self, tokens: int) -> int:
         return math.ceil(tokens / self.block_size)
 
+    def _usable_blocks(self) -> int:
+        """Blocks requests can hold: the pool's, less the null block vLLM keeps out of it."""
+        pool = getattr(self.kv_cache_manager, "block_pool", None)
+        total = int(getattr(pool, "num_gpu_blocks", self.cache_config.num_gpu_blocks))
+        return total - 1
+
     def _hold_back(self) -> list[Any]:
         """Take out of the waiting queue the requests this step must not admit (by the pool's rules,
         seqsched.engines.pool_rules, in whole KV blocks); return them."""
@@ -102,7 +108,7 @@ class LengthAwareScheduler(CountingScheduler):
         for request in self.running:
             held = kv_held(int(request.num_tokens), int(request.num_prompt_tokens), reservation(request))
             used += self._blocks(held)
-        free = int(self.cache_config.num_gpu_blocks) - used
+        free = self._usable_blocks() - used
         slots = self.max_num_running_reqs - len(self.running)
         running = len(self.running)
         held_back: list[Any] = []
