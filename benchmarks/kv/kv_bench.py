@@ -36,8 +36,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data" / "sequence-scheduling"
 VLLM_ROWS = (
     "vllm-default",
     "vllm-reserve-max",
@@ -54,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=["usual", "long"], default="usual")
+    parser.add_argument("--shared", default="../shared/data/sequence-scheduling", help="the shared data folder")
     parser.add_argument("--count", type=int, default=256)
     parser.add_argument("--limit", type=int, default=256)
     parser.add_argument("--budgets", default="8,16,32,roomy", help="full-length sequences the KV cache holds")
@@ -69,15 +68,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def workload(name: str, count: int) -> list[Any]:
+def workload(name: str, count: int, shared: Path) -> list[Any]:
     """The bench's two workloads: the first shared validation prompts, or long-answer ones (paper label >= 250,
     from 2,000 on) — the same selections as recipes/smollm2-cpu/bench*.yaml."""
     from seqsched.requests import read_requests
     from serving.bench import select_by_label
 
-    requests = read_requests(str(SHARED / "alpaca-val-10k.json")).requests
+    requests = read_requests(str(shared / "alpaca-val-10k.json")).requests
     if name == "long":
-        requests = select_by_label(requests[2000:], str(SHARED / "alpaca-val-10k-length.json"), 250)
+        requests = select_by_label(requests[2000:], str(shared / "alpaca-val-10k-length.json"), 250)
     return requests[:count]
 
 
@@ -150,7 +149,7 @@ def main() -> int:
     unknown = [row for row in rows if row not in VLLM_ROWS + POOL_ROWS]
     if unknown:
         raise SystemExit(f"--rows: unknown {unknown}; choose from {VLLM_ROWS + POOL_ROWS}")
-    requests = workload(args.workload, args.count)
+    requests = workload(args.workload, args.count, Path(args.shared))
     model = ModelConfig(spec="smollm2", device=Device.CPU, dtype=DType.FLOAT32)
     hf = HFEngine.from_spec(model)
     prompts = [len(hf.encode(request.chat())) for request in requests]
