@@ -30,7 +30,7 @@ DATA = REPO.parent / "shared" / "data" / "sequence-scheduling" / "alpaca-val-10k
 
 def full_pool(engine, pool_cls, batch: int, steps: int) -> dict:
     """One static batch vs a pool of `batch` slots over the same rows (costmodel's filler prompts)."""
-    from serving.costmodel import FILLER
+    from serving.measure.costmodel import FILLER
 
     text = engine.encode(FILLER * 8)
     prompts = [text[row % 7 : row % 7 + 40] for row in range(batch)]
@@ -54,7 +54,7 @@ def full_pool(engine, pool_cls, batch: int, steps: int) -> dict:
 
 def refill(engine, pool_cls, count: int, slots: int, steps: int) -> dict:
     """Many admissions: prompts of varied length with caps from 4 to `steps` through `slots` slots."""
-    from serving.costmodel import FILLER
+    from serving.measure.costmodel import FILLER
 
     text = engine.encode(FILLER * 8)
     prompts = [text[index % 11 : index % 11 + 20 + (index * 7) % 41] for index in range(count)]

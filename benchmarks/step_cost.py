@@ -1,4 +1,4 @@
-"""Measure a model's step cost over batch sizes x context lengths (serving.costmodel's grid), check both fits
+"""Measure a model's step cost over batch sizes x context lengths (serving.measure.costmodel's grid), check both fits
 leave-one-out, and cache the measurement where `seqsched serve` and `seqsched bench` look for it.
 
     python benchmarks/step_cost.py --model smollm2 --threads 2 --limit 256 \
@@ -46,7 +46,7 @@ def main() -> None:
 
     from seqsched.engines.hf import HFEngine
     from seqsched.model_specs import Device, DType, ModelConfig
-    from serving.costmodel import CostConfig, StepSample, load_or_measure, report
+    from serving.measure.costmodel import CostConfig, StepSample, load_or_measure, report
 
     if args.threads:
         torch.set_num_threads(args.threads)

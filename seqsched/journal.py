@@ -3,7 +3,7 @@
 Every append is flushed and fsynced (seqsched.files.append_lines), so a killed run loses at most the line being
 written: a torn last line is dropped when the journal is read back. A resumed run compares its settings with the
 saved ones and stops on any difference instead of mixing results made two ways. `seqsched label`
-(data_tools.checkpoint) and `seqsched serve` (serving.checkpoint) keep their runs this way.
+(data_tools.checkpoint) and `seqsched serve` (serving.runner.checkpoint) keep their runs this way.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request, read_requests
 from seqsched.tables import table
 from serving.generate_command import generate_in_order
-from serving.scheduler import Strategy
+from serving.policy.scheduler import Strategy
+from serving.policy.workload import Decision, TuneConfig
 from serving.serve_command import ServeConfig, metrics_path, serve
-from serving.workload import Decision, TuneConfig
 
 
 def builtin_instructions() -> list[Request]:
@@ -343,7 +343,7 @@ def _lengths_by_id(path: Path) -> dict[str, int]:
 def oracle_gain(engine: Engine, config: ServeConfig, requests: Sequence[Request], true: dict[str, int]) -> Decision:
     """The schedule search run on the true lengths (vanilla's own greedy lengths): how fast the oracle's schedule
     is predicted to be against vanilla with this machine's measured step cost (read from the cache)."""
-    from serving.autotune import own_limits, prompt_lengths, tuner_for
+    from serving.measure.autotune import own_limits, prompt_lengths, tuner_for
 
     prompts = prompt_lengths(engine, requests)
     tuner = tuner_for(config, engine, prompts, tune=TuneConfig())

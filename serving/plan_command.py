@@ -18,7 +18,7 @@ from seqsched.errors import InputError, SeqschedError, require, require_at_least
 from seqsched.files import check_writable, write_json
 from seqsched.requests import read_utf8
 from seqsched.tables import table
-from serving.scheduler import (
+from serving.policy.scheduler import (
     Batch,
     RecomputeMode,
     ScheduleConfig,
@@ -26,12 +26,12 @@ from serving.scheduler import (
     failed_requests,
     recompute_plan,
 )
-from serving.scheduler import (
+from serving.policy.scheduler import (
     plan as plan_batches,
 )
-from serving.simulate import simulate, simulate_batches
-from serving.stepcost import CostModel, StepCost, cost_from_dict
-from serving.workload import ErrorModel, decide, draw_workload, vanilla_config
+from serving.policy.simulate import simulate, simulate_batches
+from serving.policy.stepcost import CostModel, StepCost, cost_from_dict
+from serving.policy.workload import ErrorModel, decide, draw_workload, vanilla_config
 
 PLAN_TOKEN_BUDGET = 12800
 """`seqsched plan`'s default: len(ids) x max_new_tokens <= 12800 for every batch of more than one request."""
@@ -223,7 +223,7 @@ def tune_plan(trace: Trace, config: PlanConfig, cost: CostModel) -> ScheduleConf
 def estimate(
     trace: Trace, cfg: ScheduleConfig, initial: list[Batch], recompute: list[Batch], cost: CostModel, prompt_tokens: int
 ) -> dict[str, float]:
-    """Predicted cost of the plan on the trace's true lengths (serving.simulate's engine model)."""
+    """Predicted cost of the plan on the trace's true lengths (serving.policy.simulate's engine model)."""
     assert trace.true is not None
     if cfg.recompute is RecomputeMode.CONTINUE:
         summary = simulate(trace.predicted, trace.true, cfg, cost, prompt_tokens=prompt_tokens).summary()

@@ -1,7 +1,7 @@
 """`seqsched serve`: scheduled batch inference over a request file with a chosen length predictor.
 
 A serve run never loses finished work: each request's result goes to a checkpoint beside the output as soon as
-it is known (serving.checkpoint), a killed run resumes with the same command, and the output (one line per input
+it is known (serving.runner.checkpoint), a killed run resumes with the same command, and the output (one line per input
 record, in input order) is written atomically at the end. A request that cannot be served (unreadable, too long
 for the model, out of memory even alone) gets an error line; the rest are served.
 """
@@ -26,12 +26,13 @@ from seqsched.files import check_writable, exclusive_lock, write_json
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
-from serving.autotune import Tuner, budget_only, cost_engine, kv_model, own_limits, prompt_lengths, tuner_for
 from serving.batch_io import BatchInput, OutputFormat, read_batch_input, write_batch_output
-from serving.checkpoint import LOCK_FILE, ServeCheckpoint, working_dir
-from serving.costmodel import CostConfig
-from serving.kv_tuning import decide_kv
-from serving.memory import MemoryConfig
+from serving.measure.autotune import Tuner, budget_only, cost_engine, kv_model, own_limits, prompt_lengths, tuner_for
+from serving.measure.costmodel import CostConfig
+from serving.measure.memory import MemoryConfig
+from serving.policy.kv_tuning import decide_kv
+from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig
+from serving.policy.workload import TuneConfig
 from serving.predictors import (
     PredictorSource,
     PredictorSpec,
@@ -39,10 +40,9 @@ from serving.predictors import (
     parse_predictor,
     resolve_predictor,
 )
-from serving.prompt_checks import Rejection, rejections
 from serving.runner import RequestRecord, RunOptions, RunResult, run
-from serving.scheduler import Admission, KVAdmission, ScheduleConfig
-from serving.workload import TuneConfig
+from serving.runner.checkpoint import LOCK_FILE, ServeCheckpoint, working_dir
+from serving.runner.prompt_checks import Rejection, rejections
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -363,7 +363,7 @@ def _serve_pending(
     if not pending:
         return None, {}
     if engine is None:
-        from serving.slots import serving_engine
+        from serving.measure.slots import serving_engine
 
         pin_device(process)
         engine_config = config.engine if config.kv_admission is KVAdmission.GREEDY else config.engine.reserving()

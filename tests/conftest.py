@@ -16,7 +16,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # `--engine.kind auto` means vLLM where it is installed; tests on tiny models run our HF engine unless they ask for
 # vLLM by name (the `vllm` tests).
 os.environ.setdefault("SEQSCHED_ENGINE", "hf")
-# Step-cost measurements of test runs never land in the user's cache (serving.costmodel.CACHE_ENV).
+# Step-cost measurements of test runs never land in the user's cache (serving.measure.costmodel.CACHE_ENV).
 os.environ.setdefault("SEQSCHED_STEP_COST_CACHE", tempfile.mkdtemp(prefix="seqsched-step-cost-"))
 
 REPO = Path(__file__).resolve().parent.parent

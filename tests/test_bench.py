@@ -15,7 +15,6 @@ from seqsched.errors import SeqschedError
 from seqsched.files import write_jsonl
 from seqsched.requests import Request
 from seqsched_cli.main import main
-from serving.autotune import Tuner
 from serving.bench import (
     HF_STRATEGIES,
     BenchConfig,
@@ -27,11 +26,12 @@ from serving.bench import (
     strategy_config,
     summarize,
 )
-from serving.memory import KVBudget
+from serving.measure.autotune import Tuner
+from serving.measure.memory import KVBudget
+from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
+from serving.policy.stepcost import StepCost
+from serving.policy.workload import ErrorModel, TuneConfig
 from serving.runner import run
-from serving.scheduler import Admission, ScheduleConfig, Strategy
-from serving.stepcost import StepCost
-from serving.workload import ErrorModel, TuneConfig
 from tests.tiny_model import synthetic_prompts
 
 POLICY = {"limit": 40, "bin_width": 5, "batch_size": 6, "vbs": {5: 12, 10: 8, 15: 6, 20: 5}}
@@ -305,7 +305,7 @@ def test_select_by_label_keeps_long_answers(tmp_path: Path) -> None:
 def test_the_fcr_row_serves_the_quantile_the_tuner_chose(
     tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
 ) -> None:
-    from serving.bench_setup import Predictions
+    from serving.bench.setup import Predictions
     from serving.predictors import read_oracle
 
     oracle = read_oracle(noisy_oracle)

@@ -13,9 +13,9 @@ from seqsched.engines.hf import HFEngine
 from seqsched.engines.vllm import VLLMEngine
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
-from serving.admission import FirstComeFirstServed, ShortestPredictedFirst, make_policy, policy_for
+from serving.policy.admission import FirstComeFirstServed, ShortestPredictedFirst, make_policy, policy_for
+from serving.policy.scheduler import Admission, Phase, RecomputeMode, ScheduleConfig, Strategy
 from serving.runner import RunOptions, run
-from serving.scheduler import Admission, Phase, RecomputeMode, ScheduleConfig, Strategy
 from tests.fake_vllm import LLM, fake_vllm_module
 from tests.tiny_model import synthetic_prompts
 

@@ -12,7 +12,7 @@ import pytest
 from seqsched.engines.hf import HFEngine
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import DType, ModelConfig
-from serving.costmodel import (
+from serving.measure.costmodel import (
     CostConfig,
     StepSample,
     fit_grid,
@@ -24,8 +24,8 @@ from serving.costmodel import (
     load_cost_file,
     load_or_measure,
 )
-from serving.memory import GIB, MemoryConfig, kv_budget, kv_bytes_per_token
-from serving.stepcost import GridStepCost, StepCost
+from serving.measure.memory import GIB, MemoryConfig, kv_budget, kv_bytes_per_token
+from serving.policy.stepcost import GridStepCost, StepCost
 
 SMOLLM2_CONFIG = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
 
@@ -124,8 +124,8 @@ def test_kv_budget_from_model_size_and_memory(tiny_model_dir: Path) -> None:
 def test_the_tuner_stays_where_the_cost_was_measured(
     tiny_engine: HFEngine, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from serving.autotune import prepare_tuner
-    from serving.workload import TuneConfig
+    from serving.measure.autotune import prepare_tuner
+    from serving.policy.workload import TuneConfig
 
     model = ModelConfig(spec=str(tiny_model_dir))
     cost = CostConfig(batches=(1, 2, 4), contexts=2, min_context=8, steps=3, probe_tokens=64, cache_dir=str(tmp_path))

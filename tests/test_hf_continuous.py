@@ -16,8 +16,8 @@ from seqsched.engines.selection import build_engine, with_batching
 from seqsched.errors import OptionError
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
+from serving.policy.scheduler import Admission, Phase, ScheduleConfig, Strategy
 from serving.runner import run
-from serving.scheduler import Admission, Phase, ScheduleConfig, Strategy
 from tests.tiny_model import synthetic_prompts
 
 
@@ -178,11 +178,11 @@ def test_runner_policies_on_the_pool(tiny_engine: HFEngine) -> None:
 def test_the_simulator_counts_what_the_pool_computes(
     tiny_engine: HFEngine, prompt_ids: list[list[int]], alone: list, slots: int, admit_min: int
 ) -> None:
-    """serving.simulate_continuous replays the pool's admissions, decode steps and retired rows exactly, given each
-    request's true length (what the step-cost model prices is then the only approximation)."""
-    from serving.admission import Pass
-    from serving.simulate import StepCost
-    from serving.simulate_continuous import simulate_pass
+    """serving.policy.simulate_continuous replays the pool's admissions, decode steps and retired rows exactly, given
+    each request's true length (what the step-cost model prices is then the only approximation)."""
+    from serving.policy.admission import Pass
+    from serving.policy.simulate import StepCost
+    from serving.policy.simulate_continuous import simulate_pass
 
     caps = [40] * len(prompt_ids)
     engine = HFContinuousEngine(tiny_engine, slots, admit_min)

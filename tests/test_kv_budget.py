@@ -13,9 +13,9 @@ from seqsched.engines.hf_continuous import HFContinuousEngine
 from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
-from serving.admission import reservations
+from serving.policy.admission import reservations
+from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
 from serving.runner import run
-from serving.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
 from tests.tiny_model import synthetic_prompts
 
 LIMIT = 30

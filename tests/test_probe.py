@@ -29,9 +29,9 @@ from lengthpred.probe import (
 from seqsched.engines.hf import HFEngine
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
+from serving.policy.scheduler import ScheduleConfig, Strategy
 from serving.predictors import PromptPredictor, SharedPrefillPredictor, share_prefill
 from serving.runner import run
-from serving.scheduler import ScheduleConfig, Strategy
 from tests.synthetic_lengths import length_dataset  # noqa: F401  (fixture)
 from tests.tiny_model import synthetic_prompts
 

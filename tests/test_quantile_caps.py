@@ -9,11 +9,11 @@ import random
 import numpy as np
 import pytest
 
-from serving.autotune import Tuner, supports_quantiles
-from serving.memory import KVBudget
-from serving.scheduler import ScheduleConfig, Strategy
-from serving.stepcost import StepCost
-from serving.workload import ErrorModel, TuneConfig
+from serving.measure.autotune import Tuner, supports_quantiles
+from serving.measure.memory import KVBudget
+from serving.policy.scheduler import ScheduleConfig, Strategy
+from serving.policy.stepcost import StepCost
+from serving.policy.workload import ErrorModel, TuneConfig
 
 COST = StepCost(fixed_s=0.05, per_row_s=0.002, per_context_s=1e-5)
 

@@ -14,7 +14,7 @@ from seqsched.model_specs import Device, ModelConfig
 from seqsched_cli.main import COMMANDS, load_attr
 from seqsched_cli.recipe import apply_override, main, read_recipe
 from serving.bench import BenchConfig, BenchStrategy
-from serving.scheduler import RecomputeMode
+from serving.policy.scheduler import RecomputeMode
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted(path for path in (REPO / "recipes").glob("*/*.yaml") if path.parent.name != "accelerate")

@@ -19,7 +19,7 @@ from seqsched.files import exclusive_lock
 from seqsched.requests import read_requests
 from seqsched_cli.main import main
 from serving.batch_io import read_batch_input
-from serving.checkpoint import FINISHED_FILE, LOCK_FILE, working_dir
+from serving.runner.checkpoint import FINISHED_FILE, LOCK_FILE, working_dir
 from serving.serve_command import metrics_path
 from tests.threads import one_torch_thread  # noqa: F401 (autouse fixture)
 

@@ -26,12 +26,12 @@ from seqsched.random_models import PRESETS, REPLAY_NOTE, VICUNA_SYSTEM, random_m
 from seqsched.requests import Request
 from seqsched_cli.recipe import main as recipe_main
 from serving.bench import BenchConfig, BenchResult, BenchStrategy, run_bench
-from serving.bench_setup import Predictions, bench_tuner
-from serving.costmodel import CostConfig
-from serving.memory import MemoryConfig
+from serving.bench.setup import Predictions, bench_tuner
+from serving.measure.costmodel import CostConfig
+from serving.measure.memory import MemoryConfig
+from serving.policy.scheduler import RecomputeMode, ScheduleConfig, Strategy
+from serving.policy.workload import TuneConfig
 from serving.runner import run
-from serving.scheduler import RecomputeMode, ScheduleConfig, Strategy
-from serving.workload import TuneConfig
 from tests.tiny_model import synthetic_prompts
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ from seqsched.engines.hf import HFEngine
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
 from seqsched.stats import percentile
+from serving.policy.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
+from serving.policy.simulate import simulate
 from serving.runner import RunOptions, RunResult, run
-from serving.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
-from serving.simulate import simulate
 from tests.tiny_model import synthetic_prompts
 
 # Small bins so the tiny model's 1..25-token answers spread over several bins and FCR caps bite.
@@ -246,7 +246,7 @@ def test_percentile() -> None:
 def test_simulator_predicts_the_runs_row_steps(
     tiny_engine: HFEngine, requests: list[Request], vanilla: RunResult, noisy: list[int], mode: RecomputeMode
 ) -> None:
-    """serving.simulate models this engine exactly: same failures, same row-steps, given the true lengths."""
+    """serving.policy.simulate models this engine exactly: same failures, same row-steps, given the true lengths."""
     true = [record.num_tokens for record in vanilla.records]
     cfg = replace(BASE, strategy=Strategy.FCR, recompute=mode)
     result = run(tiny_engine, requests, noisy, cfg)

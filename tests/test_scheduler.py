@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.scheduler import (
+from serving.policy.scheduler import (
     PAPER_VBS,
     Phase,
     RecomputeMode,

@@ -11,8 +11,8 @@ import pytest
 
 from seqsched.engines.hf import HFEngine
 from serving.demo import builtin_instructions, spread_sample
+from serving.policy.scheduler import RecomputeMode, ScheduleConfig, Strategy
 from serving.runner import run
-from serving.scheduler import RecomputeMode, ScheduleConfig, Strategy
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

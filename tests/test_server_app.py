@@ -242,7 +242,7 @@ def test_batch_lifecycle_outputs_equal_serve_s(
 ) -> None:
     """A batch with a bad line and an over-long prompt: error file for those two, the rest served in input order
     with the same choices and usage as `seqsched serve` on the same file."""
-    from serving.scheduler import Strategy
+    from serving.policy.scheduler import Strategy
     from serving.serve_command import ServeConfig, serve
 
     lines: list[Any] = batch_lines(synthetic_prompts(6, seed=11), max_tokens=12)

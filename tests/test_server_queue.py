@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.scheduler import Admission, ScheduleConfig
+from serving.policy.scheduler import Admission, ScheduleConfig
 from serving.server.queue import Lane, QueueConfig, RequestQueue
 
 

@@ -34,7 +34,7 @@ def test_server_on_vllm_equals_serve(vllm_engine, tmp_path: Path) -> None:
     import httpx
     import openai
 
-    from serving.scheduler import Strategy
+    from serving.policy.scheduler import Strategy
     from serving.serve_command import ServeConfig, serve
     from serving.server.config import ServerConfig
     from serving.server.service import ServerService

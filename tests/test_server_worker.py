@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from seqsched.engines.api import RowOutput
 from seqsched.engines.hf import HFEngine
 from seqsched.requests import Request
-from serving.scheduler import Admission, ScheduleConfig
+from serving.policy.scheduler import Admission, ScheduleConfig
 from serving.server.metrics import ServerMetrics
 from serving.server.predict import PredictionService
 from serving.server.queue import Lane, QueueConfig

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from serving.scheduler import (
+from serving.policy.scheduler import (
     Batch,
     RecomputeMode,
     ScheduleConfig,
@@ -17,7 +17,7 @@ from serving.scheduler import (
     plan,
     recompute_plan,
 )
-from serving.simulate import StepCost, _evicting_decode_s, compare, simulate, simulate_batches
+from serving.policy.simulate import StepCost, _evicting_decode_s, compare, simulate, simulate_batches
 
 COST = StepCost(fixed_s=0.1, per_row_s=0.01, per_context_s=0.001, prefill_fixed_s=0.5, prefill_token_s=0.002)
 
@@ -106,7 +106,7 @@ def test_recompute_by_failed_cap_pads_less_than_input_order() -> None:
 
 
 def test_sizing_takes_the_most_prompts_that_fit() -> None:
-    from serving.bench_setup import RowPlan, SizingInputs, candidate_counts, fit_count
+    from serving.bench.setup import RowPlan, SizingInputs, candidate_counts, fit_count
 
     assert candidate_counts(1000)[:3] == [1000, 975, 950] and candidate_counts(1000)[-6:] == [25, 16, 8, 4, 2, 1]
     assert candidate_counts(30) == [30, 25, 16, 8, 4, 2, 1]

@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from serving.kv_tuning import KVPolicy, KVTuneConfig, Objective, candidates, decide_kv, priorities_for
-from serving.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
-from serving.simulate_kv import KVEngine, Resume, simulate_kv
-from serving.stepcost import StepCost
-from serving.workload import ErrorModel
+from serving.policy.kv_tuning import KVPolicy, KVTuneConfig, Objective, candidates, decide_kv, priorities_for
+from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
+from serving.policy.simulate_kv import KVEngine, Resume, simulate_kv
+from serving.policy.stepcost import StepCost
+from serving.policy.workload import ErrorModel
 
 LIMIT = 256
 COST = StepCost()

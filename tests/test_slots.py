@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.admission import make_policy
-from serving.scheduler import Admission, ScheduleConfig
-from serving.simulate import StepCost
-from serving.simulate_continuous import simulate_continuous
-from serving.slots import SLOT_SHARE, choose_slots, mean_context
+from serving.measure.slots import SLOT_SHARE, choose_slots, mean_context
+from serving.policy.admission import make_policy
+from serving.policy.scheduler import Admission, ScheduleConfig
+from serving.policy.simulate import StepCost
+from serving.policy.simulate_continuous import simulate_continuous
 
 COST = StepCost(fixed_s=0.08, per_row_s=0.003, per_context_s=5e-6)
 
@@ -78,7 +78,7 @@ def test_serving_engine_measures_the_pool_when_slots_are_not_given(
     from seqsched.engines.hf_continuous import HFContinuousEngine
     from seqsched.model_specs import ModelConfig
     from seqsched.requests import Request
-    from serving.slots import serving_engine
+    from serving.measure.slots import serving_engine
     from tests.tiny_model import synthetic_prompts
 
     requests = [Request(id=str(index), prompt=prompt) for index, prompt in enumerate(synthetic_prompts(6))]

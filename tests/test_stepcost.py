@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from serving.scheduler import Batch
-from serving.simulate import _evicting_decode_s, simulate_batches
-from serving.stepcost import GridStepCost, StepCost, Table, cost_from_dict
+from serving.policy.scheduler import Batch
+from serving.policy.simulate import _evicting_decode_s, simulate_batches
+from serving.policy.stepcost import GridStepCost, StepCost, Table, cost_from_dict
 
 LINEAR = StepCost(fixed_s=0.05, per_row_s=0.003, per_context_s=3e-5, context_s=1e-4, prefill_fixed_s=0.01)
 

@@ -7,10 +7,10 @@ import random
 import pytest
 
 from seqsched.engines.hf import HFEngine
-from serving.costmodel import StepSample, fit, measure, report
-from serving.scheduler import ScheduleConfig
-from serving.simulate import StepCost
-from serving.tuning import Workload, flat_table, tune_margin, tune_vbs
+from serving.measure.costmodel import StepSample, fit, measure, report
+from serving.policy.scheduler import ScheduleConfig
+from serving.policy.simulate import StepCost
+from serving.policy.tuning import Workload, flat_table, tune_margin, tune_vbs
 
 COST = StepCost(fixed_s=0.08, per_row_s=0.004, per_context_s=0.0, prefill_fixed_s=0.01, prefill_token_s=0.0002)
 

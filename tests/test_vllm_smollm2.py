@@ -15,8 +15,8 @@ from seqsched.engines.config import EngineConfig, EngineKind, VLLMConfig
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import Device, DType, ModelConfig
 from serving.demo import builtin_instructions, spread_sample
+from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.runner import run
-from serving.scheduler import Admission, ScheduleConfig, Strategy
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration]
 

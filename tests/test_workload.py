@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from serving.scheduler import ScheduleConfig, Strategy, plan
-from serving.stepcost import GridStepCost, StepCost, Table
-from serving.workload import ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
+from serving.policy.scheduler import ScheduleConfig, Strategy, plan
+from serving.policy.stepcost import GridStepCost, StepCost, Table
+from serving.policy.workload import ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
 
 LIMIT = 256
 

@@ -1,6 +1,6 @@
 """How much shortest-predicted-first can cut the mean completion latency of a continuous pool, by pool size.
 
-Simulation only (serving.simulate_continuous, pure): the true lengths, predictions and step-cost grid of a
+Simulation only (serving.policy.simulate_continuous, pure): the true lengths, predictions and step-cost grid of a
 committed `seqsched bench` report, every request submitted at t=0 (an offline batch job), FCFS vs SJF by the
 predictor vs SJF by the true lengths, for several pool sizes.
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from seqsched.files import write_json, write_text
 from seqsched.tables import table
-from serving.admission import make_policy
-from serving.costmodel import load_cost_file
-from serving.scheduler import Admission, ScheduleConfig
-from serving.simulate_continuous import simulate_continuous
+from serving.measure.costmodel import load_cost_file
+from serving.policy.admission import make_policy
+from serving.policy.scheduler import Admission, ScheduleConfig
+from serving.policy.simulate_continuous import simulate_continuous
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ def main() -> int:
     from seqsched.files import write_json
     from seqsched.model_specs import Device, DType, ModelConfig
     from seqsched.tables import table
-    from serving.costmodel import machine_name, measure
+    from serving.measure.costmodel import machine_name, measure
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = ModelConfig(spec="smollm2", device=Device.CPU, dtype=DType.FLOAT32)

@@ -1,5 +1,5 @@
 """What the GPU replay bench would do with a given step cost, without a GPU: the prompt count its budget sizing
-would pick (serving.bench_setup.Sizer, the bench's own code) and the simulated table (speedups, share of the
+would pick (serving.bench.setup.Sizer, the bench's own code) and the simulated table (speedups, share of the
 oracle) at that count. The bench itself measures the step-cost grid on the device and sizes from that; this is for
 planning the call and checking the sizing's reasoning.
 
@@ -26,14 +26,14 @@ from seqsched.random_models import random_model
 from seqsched.requests import read_requests
 from seqsched.tables import table
 from seqsched_cli.recipe import apply_override, read_recipe
-from serving.autotune import Tuner
 from serving.bench import BenchConfig
-from serving.bench_rows import bench_rows
-from serving.bench_setup import Sizer, SizingInputs, simulated_seconds
-from serving.memory import KVBudget
-from serving.scheduler import Admission, Strategy
-from serving.stepcost import StepCost
-from serving.workload import ErrorModel
+from serving.bench.rows import bench_rows
+from serving.bench.setup import Sizer, SizingInputs, simulated_seconds
+from serving.measure.autotune import Tuner
+from serving.measure.memory import KVBudget
+from serving.policy.scheduler import Admission, Strategy
+from serving.policy.stepcost import StepCost
+from serving.policy.workload import ErrorModel
 
 REPO = Path(__file__).resolve().parents[2]
 

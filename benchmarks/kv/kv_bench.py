@@ -11,8 +11,8 @@ Rows (--rows):
 - vllm-default: vLLM as users run it: every request at once, arrival order, greedy admission, preempt + recompute.
 - vllm-reserve-max: admit only when prompt + max_tokens fits beside the running requests' reservations.
 - vllm-predicted-sjf / -lpt: reserve prompt + predicted length (margin from the tuner), shortest / longest first.
-- vllm-tuned: the policy serving.kv_tuning picks for this budget from the predictor's held-out errors (greedy-fcfs
-  when it predicts no gain), simulated on this machine's measured vLLM step cost.
+- vllm-tuned: the policy serving.policy.kv_tuning picks for this budget from the predictor's held-out errors
+  (greedy-fcfs when it predicts no gain), simulated on this machine's measured vLLM step cost.
 - vllm-oracle-sjf / -lpt: predicted admission with vLLM's own greedy lengths (from the roomy vllm-default run).
 - cb-greedy / cb-reserve-max / cb-predicted: our pool with --engine.kv_budget_tokens and the same rules (its
   --pool_budgets only: it is ~2x slower than vLLM here).
@@ -84,7 +84,7 @@ def held_out_errors(predictor: Any, path: str, count: int, limit: int) -> Any:
     """The predictor's errors on held-out own greedy lengths (never the served prompts)."""
     from data_tools.schema import load_length_dataset
     from seqsched.requests import Request
-    from serving.workload import ErrorModel
+    from serving.policy.workload import ErrorModel
 
     dataset = load_length_dataset(path)
     records = [dataset[index] for index in range(min(count, len(dataset)))]
@@ -101,7 +101,9 @@ def start_vllm(budget_tokens: int | None, scheduler: str) -> Any:
     from seqsched.model_specs import Device, DType, ModelConfig
 
     model = ModelConfig(spec="smollm2", device=Device.CPU, dtype=DType.FLOAT32)
-    config = EngineConfig(kind=EngineKind.VLLM, vllm=VLLMConfig(kv_cache_tokens=budget_tokens, scheduler_cls=scheduler))
+    # vLLM refuses a KV cache smaller than one sequence of max_model_len: 1,024 covers the longest prompt + limit.
+    settings = VLLMConfig(max_model_len=1024, kv_cache_tokens=budget_tokens, scheduler_cls=scheduler)
+    config = EngineConfig(kind=EngineKind.VLLM, vllm=settings)
     return VLLMEngine.from_spec(model, config)
 
 
@@ -136,13 +138,13 @@ def main() -> int:
     from seqsched.engines.vllm_scheduler import COUNTING, LENGTH_AWARE
     from seqsched.files import write_json
     from seqsched.model_specs import Device, DType, ModelConfig
-    from serving.autotune import kv_model
-    from serving.costmodel import CostConfig, load_or_measure, machine_name
-    from serving.kv_tuning import KVPolicy, KVTuneConfig, Objective, decide_kv, simulate_policy
+    from serving.measure.autotune import kv_model
+    from serving.measure.costmodel import CostConfig, load_or_measure, machine_name
+    from serving.policy.kv_tuning import KVPolicy, KVTuneConfig, Objective, decide_kv, simulate_policy
+    from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
+    from serving.policy.simulate_kv import Resume
     from serving.predictors import resolve_predictor
     from serving.runner import RunOptions, run
-    from serving.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
-    from serving.simulate_kv import Resume
 
     started = time.perf_counter()
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]

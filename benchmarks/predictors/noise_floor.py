@@ -57,9 +57,9 @@ def probe_out_of_fold(variant_name: str) -> np.ndarray:
 
 def schedule(predicted: list[int], true: list[int], prompts: list[int], cost, budget: int) -> dict[str, float]:
     """The bench's fcr procedure per workload (tuned on the other workloads' errors), summed over workloads."""
-    from serving.scheduler import ScheduleConfig, Strategy
-    from serving.simulate import simulate
-    from serving.workload import ErrorModel, decide, draw_workload, vanilla_config
+    from serving.policy.scheduler import ScheduleConfig, Strategy
+    from serving.policy.simulate import simulate
+    from serving.policy.workload import ErrorModel, decide, draw_workload, vanilla_config
 
     start = ScheduleConfig(
         strategy=Strategy.FCR,
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/predictors/noise-floor.json")
     args = parser.parse_args()
 
-    from serving.costmodel import load_cost_file
+    from serving.measure.costmodel import load_cost_file
 
     started = time.perf_counter()
     greedy_ids = [row["id"] for row in json.loads(GREEDY.read_text())]

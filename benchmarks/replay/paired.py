@@ -43,9 +43,9 @@ def main() -> int:
     from seqsched.model_specs import Device, ModelConfig
     from seqsched.requests import read_requests
     from serving.bench import BenchStrategy, strategy_config
+    from serving.policy.scheduler import ScheduleConfig, Strategy
     from serving.predictors import read_oracle
     from serving.runner import run
-    from serving.scheduler import ScheduleConfig, Strategy
 
     torch.set_num_threads(args.threads)
     requests = read_requests(args.input).requests[: args.count]

@@ -104,7 +104,7 @@ class EngineConfig:
     admitted in the order of `--policy`). vLLM always batches continuously."""
     slots: int | None = None
     """Continuous HF engine: rows decoded at once. None: `serve` and `bench` choose it from the step cost measured on
-    this machine (the smallest pool reaching 80% of the most rows/s a step can give; see serving.slots). `bench`
+    this machine (the smallest pool reaching 80% of the most rows/s a step can give; see serving.measure.slots). `bench`
     runs its cb-* rows with it whatever `batching` says."""
     admit_min: int | None = None
     """Continuous HF engine: admit waiting requests once this many slots are free (or none is running), so that

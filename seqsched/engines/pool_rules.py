@@ -1,6 +1,7 @@
 """The continuous pool's rules, pure (no torch), shared by the engine (seqsched.engines.hf_continuous) and its
-simulators (serving.simulate_continuous, serving.simulate_kv) so that they cannot drift apart: when waiting requests
-are admitted, when finished rows are dropped from the cache, and, with a KV budget, what each request holds."""
+simulators (serving.policy.simulate_continuous, serving.policy.simulate_kv) so that they cannot drift apart: when
+waiting requests are admitted, when finished rows are dropped from the cache, and, with a KV budget, what each
+request holds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 def default_admit_min(slots: int) -> int:
     """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
     or more beside its tokens, and admitting as soon as one slot freed made prefills over a third of a refill run
-    here; waiting for slots/8 leaves fewer than that idle while requests wait (serving.simulate_continuous models
+    here; waiting for slots/8 leaves fewer than that idle while requests wait (serving.policy.simulate_continuous models
     both)."""
     return max(1, slots // 8)
 

@@ -196,12 +196,12 @@ def start_error(error: Exception) -> SeqschedError:
     """vLLM's start-up failure as one line naming the option to change."""
     text = f"{type(error).__name__}: {error}".replace("\n", " ")
     lowered = text.lower()
-    if "memory" in lowered or "kv cache" in lowered or "blocks" in lowered:
+    if "max seq len" in lowered or "maximum model length" in lowered or "max_model_len" in lowered:
+        hint = "lower --engine.vllm.max_model_len, or give the KV cache more (--engine.vllm.kv_cache_tokens)"
+    elif "memory" in lowered or "kv cache" in lowered or "blocks" in lowered:
         hint = "lower --engine.vllm.kv_cache_tokens (or kv_cache_bytes / gpu_memory_utilization) or max_model_len"
     elif "dtype" in lowered or "bfloat16" in lowered or "float16" in lowered:
         hint = "choose another --model.dtype (float32 on CPU)"
-    elif "max_model_len" in lowered or "max_num_batched_tokens" in lowered:
-        hint = "lower --engine.vllm.max_model_len"
     else:
         hint = "check the --engine.vllm options and --model.spec (--debug shows vLLM's traceback)"
     return SeqschedError(f"vLLM could not start: {text[:400]}; {hint}")
@@ -549,8 +549,8 @@ class VLLMEngine:
 
 
 class VLLMStepTimer:
-    """vLLM seen as a static engine for the step-cost grid (serving.costmodel): `generate` runs a batch twice with
-    EOS ignored, to one token (the prefill) and to max_new_tokens, and reports the difference as the decode time,
+    """vLLM seen as a static engine for the step-cost grid (serving.measure.costmodel): `generate` runs a batch twice
+    with EOS ignored, to one token (the prefill) and to max_new_tokens, and reports the difference as the decode time,
     so the grid holds vLLM's own decode step per batch size x context (the KV simulator's cost model)."""
 
     batching = Batching.STATIC

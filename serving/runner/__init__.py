@@ -15,6 +15,7 @@ from seqsched.distributed import Process, current_process, gather
 from seqsched.engines.api import Batching, Engine
 from seqsched.requests import Request
 from seqsched.sharding import gather_in_order, shard_by_predicted_tokens, shard_loads
+from serving.policy.scheduler import ScheduleConfig
 from serving.runner.records import (
     BatchRecord,
     RequestRecord,
@@ -24,7 +25,6 @@ from serving.runner.records import (
     check_predictions,
     run_metrics,
 )
-from serving.scheduler import ScheduleConfig
 
 __all__ = ["BatchRecord", "RequestRecord", "RunMetrics", "RunOptions", "RunResult", "run"]
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from seqsched.engines.api import Engine, FinishReason, RowOutput, SamplingParams
 from seqsched.requests import Request
+from serving.policy.scheduler import Phase, RecomputeMode, ScheduleConfig
 from serving.runner.records import BatchRecord, RequestRecord, RunOptions, RunResult, run_metrics
-from serving.scheduler import Phase, RecomputeMode, ScheduleConfig
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Runs on a continuous-batching engine (vLLM, or the HF engine's slot pool): the engine admits requests into
 running slots step by step, so static batches and VBS have nothing to act on. What predicted lengths buy there
 is the admission order (shortest predicted first) and, with FCR, a per-request cap (the same rule as static
-batches: serving.scheduler.request_cap) with the cut-short requests collected and recomputed together.
+batches: serving.policy.scheduler.request_cap) with the cut-short requests collected and recomputed together.
 
-The order and caps come from an admission policy (serving.admission): cfg.policy, or by default the strategy's
+The order and caps come from an admission policy (serving.policy.admission): cfg.policy, or by default the strategy's
 counterpart (vanilla -> FCFS, seqsch and vbs -> SJF, fcr -> SJF with FCR caps and the recompute pass).
 """
 
@@ -14,10 +14,10 @@ from dataclasses import asdict, replace
 
 from seqsched.engines.api import ContinuousEngine, SamplingParams
 from seqsched.errors import SeqschedError
-from serving.admission import Pass, policy_for, with_reservations
+from serving.policy.admission import Pass, policy_for, with_reservations
+from serving.policy.scheduler import KVAdmission, Phase
 from serving.runner.base import RunState
 from serving.runner.records import BatchRecord
-from serving.scheduler import KVAdmission, Phase
 
 
 class ContinuousRun(RunState):

@@ -10,7 +10,7 @@ from seqsched.engines.api import FinishReason
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
 from seqsched.stats import percentile
-from serving.scheduler import Admission, Phase, RecomputeMode, ScheduleConfig
+from serving.policy.scheduler import Admission, Phase, RecomputeMode, ScheduleConfig
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from seqsched.engines.api import BatchOutput, Engine, FinishReason, RowOutput, SamplingParams
+from serving.policy.scheduler import Batch, engine_steps, plan, recompute_plan
 from serving.runner.base import RunState
 from serving.runner.records import BatchRecord
-from serving.scheduler import Batch, engine_steps, plan, recompute_plan
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from seqsched.engines.config import EngineConfig
 from seqsched.errors import SeqschedError, require
 from seqsched.model_specs import ModelConfig
+from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.predictors import PredictorSource, parse_predictor
-from serving.scheduler import Admission, ScheduleConfig, Strategy
 
 API_KEY_ENV = "SEQSCHED_API_KEY"
 """Environment variable holding the API key when --api_key is not given."""

@@ -1,5 +1,5 @@
 """Prompts to token ids off the engine thread, and the rule that turns a request away before it queues (the one
-`seqsched serve` applies: serving.prompt_checks)."""
+`seqsched serve` applies: serving.runner.prompt_checks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from seqsched.engines.api import context_length
 from seqsched.requests import Request
-from serving.prompt_checks import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, Rejection, rejections
+from serving.runner.prompt_checks import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, Rejection, rejections
 
 
 @dataclass

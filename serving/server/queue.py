@@ -8,7 +8,7 @@ one whenever a running slot is free. The order, for a pop at time `now`:
    first (ties by arrival).
 2. Otherwise interactive before batch (with `interactive_first`; without it the two lanes share one order).
 3. Within a lane, the admission policy's rank (the same policy objects as `seqsched serve`,
-   serving.admission): fcfs ranks by arrival, sjf by the margin-adjusted predicted length, ties by arrival.
+   serving.policy.admission): fcfs ranks by arrival, sjf by the margin-adjusted predicted length, ties by arrival.
 
 The bound (what aging guarantees, tested in tests/test_server_queue.py): once an item's deadline has passed, no
 item with a later deadline is popped before it. So an item waits at most its lane's bound plus the time the
@@ -25,8 +25,8 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from serving.admission import AdmissionPolicy, make_policy
-from serving.scheduler import Admission, ScheduleConfig
+from serving.policy.admission import AdmissionPolicy, make_policy
+from serving.policy.scheduler import Admission, ScheduleConfig
 
 
 class Lane(enum.Enum):

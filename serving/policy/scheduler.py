@@ -4,7 +4,7 @@ The paper's method (Zheng et al. 2023): sort requests by predicted response leng
 of `bin_width` tokens, give each bin its own batch size (variable batch size, VBS), cap every batch at its
 bin's length, collect the requests that did not finish by then (failure collection, FCR) and recompute
 them together at the end with the full limit. The runner (serving.runner.static) applies a plan on an engine;
-`seqsched plan` prints one; serving.simulate predicts what one costs.
+`seqsched plan` prints one; serving.policy.simulate predicts what one costs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Strategy(enum.Enum):
 
 class Admission(enum.Enum):
     """Continuous-batching engines: the order waiting requests take free slots, and whether FCR caps apply
-    (the policy objects are in serving.admission)."""
+    (the policy objects are in serving.policy.admission)."""
 
     AUTO = "auto"
     """From the strategy: vanilla -> fcfs, seqsch and vbs -> sjf, fcr -> sjf-fcr."""
@@ -64,7 +64,7 @@ class KVAdmission(enum.Enum):
     fits beside the running requests' reservations; one that outgrows its reservation runs on while the cache allows,
     else is preempted as with greedy."""
     AUTO = "auto"
-    """Chosen per served workload by simulation (serving.kv_tuning: rule, order and margin from the predictor's
+    """Chosen per served workload by simulation (serving.policy.kv_tuning: rule, order and margin from the predictor's
     held-out errors, --tune.data); greedy when nothing is predicted to win, or without a predictor."""
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from seqsched.requests import Request
+from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
+from serving.policy.workload import Decision
 from serving.runner import RunResult
-from serving.scheduler import Admission, ScheduleConfig, Strategy
-from serving.workload import Decision
 
 
 class Source(enum.Enum):

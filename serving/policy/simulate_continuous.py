@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.pool_rules import admits, compacts, default_admit_min
-from serving.admission import AdmissionPolicy, Pass
-from serving.scheduler import ScheduleConfig
-from serving.simulate import StepCost
+from serving.policy.admission import AdmissionPolicy, Pass
+from serving.policy.scheduler import ScheduleConfig
+from serving.policy.simulate import StepCost
 
 
 @dataclass

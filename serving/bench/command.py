@@ -3,7 +3,7 @@ model, repeated and interleaved so machine noise hits them alike; greedy decodin
 exactly the lengths vanilla produced and every strategy's outputs can be checked against vanilla's.
 
 The static rows (vanilla, seqsch, vbs, fcr, ...) run the paper's batches; the cb-* rows run the same loaded model as
-a continuous-batching pool (seqsched.engines.hf_continuous) with an admission policy (serving.admission): FCFS,
+a continuous-batching pool (seqsched.engines.hf_continuous) with an admission policy (serving.policy.admission): FCFS,
 SJF by the predictor, SJF by the oracle, SJF with FCR caps. Every request is submitted at t=0, as in an offline
 batch job, so latencies are completion times from the start of the run.
 
@@ -14,8 +14,8 @@ time left.
 
 Writes <out>.json (every run, per-request lengths and predictions, the tuned policy), <out>.md (the table and
 where the time goes) and <out>.png (bar charts), rewritten after every run so a cut-short bench keeps its rows.
-The rows and their summaries are in serving.bench_rows, the setup (predictions, policies, tuner, sizing) in
-serving.bench_setup, the files in serving.bench_report.
+The rows and their summaries are in serving.bench.rows, the setup (predictions, policies, tuner, sizing) in
+serving.bench.setup, the files in serving.bench.report.
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ from seqsched.errors import SeqschedError, require, require_at_least
 from seqsched.files import check_writable, write_json, write_text
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request, read_requests
-from serving.admission import policy_for
-from serving.autotune import Tuner, own_limits, prompt_lengths
-from serving.bench_report import command_line, describe_setup, markdown, plot, replay_info, report_dict
-from serving.bench_rows import (
+from serving.bench.report import command_line, describe_setup, markdown, plot, replay_info, report_dict
+from serving.bench.rows import (
     ALL_STRATEGIES,
     HF_STRATEGIES,
     BenchResult,
@@ -54,18 +52,21 @@ from serving.bench_rows import (
     strategy_config,
     summarize,
 )
-from serving.bench_setup import Policies, Predictions, Sizer, bench_tuner, continuous_pool
-from serving.costmodel import CostConfig, machine_name
-from serving.memory import MemoryConfig
+from serving.bench.setup import Policies, Predictions, Sizer, bench_tuner, continuous_pool
+from serving.measure.autotune import Tuner, own_limits, prompt_lengths
+from serving.measure.costmodel import CostConfig, machine_name
+from serving.measure.memory import MemoryConfig
+from serving.policy.admission import policy_for
+from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
+from serving.policy.simulate_continuous import simulate_continuous
+from serving.policy.workload import TuneConfig
 from serving.runner import RunOptions, RunResult, run
-from serving.scheduler import Admission, ScheduleConfig, Strategy
-from serving.simulate_continuous import simulate_continuous
-from serving.workload import TuneConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ALL_STRATEGIES",
+    "HF_STRATEGIES",
     "BenchConfig",
     "BenchResult",
     "BenchRow",
@@ -74,10 +75,12 @@ __all__ = [
     "StrategyRun",
     "bench",
     "bench_requests",
+    "default_strategies",
     "markdown",
     "round_order",
     "run_bench",
     "select_by_label",
+    "simulate_pool",
     "strategy_config",
     "summarize",
 ]
@@ -106,7 +109,7 @@ class BenchConfig(ScheduleConfig):
     strategies: tuple[BenchStrategy, ...] = field(default_factory=default_strategies)
     """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (static batches on our engine; vanilla always
     runs: it is the base), cb-fcfs, cb-sjf, cb-sjf-oracle, cb-sjf-fcr (our continuous pool of `--engine.slots` rows,
-    or as many as the measured step cost suggests: see serving.slots), vllm-fcfs, vllm-sjf, vllm-sjf-oracle,
+    or as many as the measured step cost suggests: see serving.measure.slots), vllm-fcfs, vllm-sjf, vllm-sjf-oracle,
     vllm-fcr (the real vLLM with `--engine.vllm` settings; vllm-fcfs runs with any of them: their base). Default: all
     (the vllm-* rows where vLLM is installed)."""
     repeats: int = 1
@@ -314,9 +317,9 @@ def simulate_pool(
     tuner: Tuner,
     prompts: Sequence[int],
 ) -> dict[str, float | int]:
-    """What serving.simulate_continuous predicts a continuous row costs: its policy, the pool's slots and admission
-    threshold, the step cost, the mean prompt. row_steps as the run's records count them: every token sampled, the
-    first of each admission (from its prefill) included, and no retired row."""
+    """What serving.policy.simulate_continuous predicts a continuous row costs: its policy, the pool's slots and
+    admission threshold, the step cost, the mean prompt. row_steps as the run's records count them: every token
+    sampled, the first of each admission (from its prefill) included, and no retired row."""
     run = simulate_continuous(
         true,
         predicted,

@@ -5,7 +5,7 @@ the schedule is not predicted to win.
 A policy fitted on another set of requests (the held-out set itself) bets on that set's length mix: on long
 answers it chose 192-row batches that a CPU runs slower per row than vanilla's 16 (issue 13). Here the errors
 (log((true + 1) / (predicted + 1)) per held-out request, grouped by predicted-length bin) are resampled onto the
-served predictions, a few draws of true lengths per request, and the search (serving.tuning) runs on those
+served predictions, a few draws of true lengths per request, and the search (serving.policy.tuning) runs on those
 draws with the served prompts, so padding, the token budget and the served length mix all count.
 """
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqsched.errors import require
-from serving.scheduler import ScheduleConfig, Strategy
-from serving.stepcost import CostModel
-from serving.tuning import BATCH_SIZES, Workload, clip_to_budget, tune_margin, tune_vbs
+from serving.policy.scheduler import ScheduleConfig, Strategy
+from serving.policy.stepcost import CostModel
+from serving.policy.tuning import BATCH_SIZES, Workload, clip_to_budget, tune_margin, tune_vbs
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Two models share one interface (`CostModel`):
   down, but on a CPU it holds only where it was fitted: a decode step over a long KV cache costs far more per
   row than one over a short cache, and a fit at short contexts does not see it (issue 13).
 - `GridStepCost`, a table measured on this engine over batch sizes x context lengths up to the limit plus the
-  prompt (serving.costmodel measures it), read by linear interpolation in the batch size and then in the
+  prompt (serving.measure.costmodel measures it), read by linear interpolation in the batch size and then in the
   context, and extrapolated from the last two points beyond the table.
 """
 
@@ -53,8 +53,8 @@ class StepCost:
     prefill_s(batch, prompt) = prefill_fixed_s + prefill_row_s * batch + prefill_token_s * batch * prompt
 
     Defaults: SmolLM2-135M fp32 on this project's 2-core CPU at short contexts, fitted 2026-11-25; they under-state
-    long contexts (issue 13). Real decisions use a measured cost (serving.costmodel; `seqsched serve` and `bench`
-    measure and cache one per machine and model).
+    long contexts (issue 13). Real decisions use a measured cost (serving.measure.costmodel; `seqsched serve` and
+    `bench` measure and cache one per machine and model).
     """
 
     fixed_s: float = 0.0745
@@ -244,8 +244,8 @@ def _points(values: Iterable[Sequence[float]], name: str) -> tuple[tuple[int, fl
 
 def cost_from_dict(values: Mapping[str, Any], source: str = "") -> StepCost | GridStepCost:
     """A cost model from its JSON form: a measured grid ({"decode": [[batch, context, s], ...], "prefill": [...]}),
-    the linear model's fields, or a cache file of serving.costmodel (whose "model" names the one it chose)."""
-    if "measured" in values and "model" in values:  # serving.costmodel's cache file: both models, one chosen
+    the linear model's fields, or a cache file of serving.measure.costmodel (whose "model" names the one it chose)."""
+    if "measured" in values and "model" in values:  # serving.measure.costmodel's cache file: both models, one chosen
         return cost_from_dict(values[values["model"]], source)
     if "decode" in values:
         return GridStepCost(

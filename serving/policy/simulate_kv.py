@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
-from serving.stepcost import CostModel
+from serving.policy.stepcost import CostModel
 
 
 class Resume(enum.Enum):

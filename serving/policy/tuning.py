@@ -2,7 +2,7 @@
 (VBS) that serve a workload fastest under a step-cost model.
 
 A `Workload` is what is being served: the predicted lengths, one or more draws of true lengths (held-out errors
-resampled onto these predictions: serving.workload), the prompt lengths (a batch is padded to its longest and
+resampled onto these predictions: serving.policy.workload), the prompt lengths (a batch is padded to its longest and
 the token budget counts them) and the requests' own limits. A candidate's time is its mean simulated time over
 the draws. The starting config (the paper's choices) is among the candidates, so a tuned config is never
 predicted slower than it.
@@ -14,9 +14,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from serving.scheduler import ScheduleConfig
-from serving.simulate import simulate
-from serving.stepcost import CostModel, StepCost
+from serving.policy.scheduler import ScheduleConfig
+from serving.policy.simulate import simulate
+from serving.policy.stepcost import CostModel, StepCost
 
 MARGIN_TOKENS = (0, 10, 25, 50, 75, 100, 150)
 MARGIN_RATIOS = (0.0, 0.1, 0.25, 0.5)

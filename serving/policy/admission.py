@@ -7,7 +7,7 @@ priorities)` calls, and the engine admits lower priority values first, ties in a
 - SJF: shortest predicted first; the priority is the margin-adjusted predicted length (the oracle is SJF with the
   true lengths as predictions). Works since 2023 use predicted lengths this way (vLLM-LTR, TRAIL).
 - SJF + FCR: SJF, and each request capped at its predicted bin's edge by the static batches' rule
-  (serving.scheduler.request_cap); the requests cut short go again after the rest, shortest budget first.
+  (serving.policy.scheduler.request_cap); the requests cut short go again after the rest, shortest budget first.
 - LPT: longest predicted first.
 
 With a bounded KV cache, cfg.kv_admission adds each request's KV reservation to the pass (`reservations`): none
@@ -20,7 +20,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from serving.scheduler import (
+from serving.policy.scheduler import (
     Admission,
     KVAdmission,
     ScheduleConfig,
@@ -120,7 +120,7 @@ def reservations(
     """The generated tokens each request reserves KV for: none (greedy), its cap (reserve-max), or its
     margin-adjusted prediction, at most its cap (predicted)."""
     if kv_admission is KVAdmission.AUTO:
-        raise ValueError("kv_admission auto is decided before the run (serving.kv_tuning)")
+        raise ValueError("kv_admission auto is decided before the run (serving.policy.kv_tuning)")
     if kv_admission is KVAdmission.GREEDY:
         return None
     if kv_admission is KVAdmission.RESERVE_MAX:

@@ -1,7 +1,7 @@
 """How many rows a continuous HF engine decodes at once, chosen from the step cost measured on this machine.
 
 The rule: a decode step of B rows at a running row's mean context costs step_s(B, context) (any cost model of
-serving.stepcost: the measured grid or the linear fit), so the engine advances B / step_s rows per second. The
+serving.policy.stepcost: the measured grid or the linear fit), so the engine advances B / step_s rows per second. The
 pool is the smallest B reaching SLOT_SHARE (80%) of the best rows/s over B up to MAX_SLOTS, at most the number of
 requests. With a linear cost, fixed_s + B * per_row, that is B = share / (1 - share) * fixed_s / per_row. Past
 it, more slots buy little throughput but delay the requests a policy would admit first (and cost memory); below
@@ -20,7 +20,7 @@ from seqsched.engines.api import Batching, Engine
 from seqsched.engines.config import EngineConfig, EngineKind
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
-from serving.stepcost import CostModel, StepCost
+from serving.policy.stepcost import CostModel, StepCost
 
 SLOT_SHARE = 0.8
 """The share of the most rows/s per decode step that the chosen pool reaches."""
@@ -48,7 +48,7 @@ def choose_slots(cost: CostModel, context: float, share: float = SLOT_SHARE, mos
 def measure_cost(engine: Engine) -> StepCost:
     """The engine's step cost, fitted to a short probe (static batches of 1 to 64 rows, 12 steps, two prompt
     lengths; about a minute for SmolLM2 on one CPU thread)."""
-    from serving.costmodel import fit, measure
+    from serving.measure.costmodel import fit, measure
 
     return fit(measure(engine, batch_sizes=(1, 4, 16, 32, 64), prompt_lengths=(32, 160), steps=12))
 
@@ -65,7 +65,7 @@ def slots_for(
     slots = choose_slots(cost, context, most=len(requests) or None)
     info = {
         "slots": slots,
-        "rule": f"smallest pool reaching {SLOT_SHARE:.0%} of the most rows/s per decode step (serving.slots)",
+        "rule": f"smallest pool reaching {SLOT_SHARE:.0%} of the most rows/s per decode step (serving.measure.slots)",
         "mean_context": context,
         "step_cost": asdict(cost) if is_dataclass(cost) else repr(cost),
         "step_s_at_slots": cost.step_s(slots, context),

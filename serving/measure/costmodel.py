@@ -7,10 +7,11 @@ plus the longest prompt served, batch sizes geometrically up to 256; a probe abo
 (batch x context) is skipped (its prefill alone would take long on a CPU) except for the two smallest batch sizes
 of each context, and the table extrapolates beyond the probed sizes from the last two points.
 
-Two models are fitted to the same points (`fit_models`): the table itself (serving.stepcost.GridStepCost,
+Two models are fitted to the same points (`fit_models`): the table itself (serving.policy.stepcost.GridStepCost,
 linear interpolation in batch then context) and a least-squares formula with batch x context terms
-(serving.stepcost.StepCost). Each is checked leave-one-out: every point is predicted from the others (an edge point
-by extrapolation, as the tuner uses the model), and the model with the lower mean relative decode error serves.
+(serving.policy.stepcost.StepCost). Each is checked leave-one-out: every point is predicted from the others (an
+edge point by extrapolation, as the tuner uses the model), and the model with the lower mean relative decode error
+serves.
 
 Cost on this project's CPU (SmolLM2-135M fp32, limit 256, prompts up to ~64 tokens: contexts 32, 101 and 320,
 24 probes): about 81k prefill tokens and 72 decode forwards; ~9 minutes on one torch thread of a machine loaded
@@ -38,7 +39,7 @@ from seqsched.engines.api import GREEDY, Engine
 from seqsched.errors import SeqschedError
 from seqsched.files import write_json
 from seqsched.model_specs import ModelConfig, default_cache_dir
-from serving.stepcost import GridStepCost, StepCost, Table, cost_from_dict
+from serving.policy.stepcost import GridStepCost, StepCost, Table, cost_from_dict
 
 log = logging.getLogger(__name__)
 

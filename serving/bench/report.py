@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from seqsched.config import to_dict
 from seqsched.files import atomic_path
 from seqsched.tables import table
-from serving.bench_rows import BenchResult, Source, median_runs
+from serving.bench.rows import BenchResult, Source, median_runs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

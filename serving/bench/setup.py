@@ -15,13 +15,13 @@ from seqsched.engines.api import Batching, Engine
 from seqsched.engines.selection import with_batching
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
-from serving.autotune import Tuner, budget_only, own_limits, prompt_lengths, tuner_for
-from serving.bench_rows import BenchRow, BenchStrategy, Source, strategy_config
+from serving.bench.rows import BenchRow, BenchStrategy, Source, strategy_config
+from serving.measure.autotune import Tuner, budget_only, own_limits, prompt_lengths, tuner_for
+from serving.policy.scheduler import ScheduleConfig
+from serving.policy.simulate import simulate
+from serving.policy.stepcost import CostModel
+from serving.policy.workload import Decision, ErrorModel, draw_workload
 from serving.predictors import PredictorSource, RequestPredictor, parse_predictor, resolve_predictor
-from serving.scheduler import ScheduleConfig
-from serving.simulate import simulate
-from serving.stepcost import CostModel
-from serving.workload import Decision, ErrorModel, draw_workload
 
 if TYPE_CHECKING:
     from serving.bench import BenchConfig
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 SIZING_SAFETY = 0.85
 """The share of the time left that the simulated rows may fill (the simulator misses some per-batch overhead)."""
 TUNING_CANDIDATES = 1300
-"""About how many simulations one tuning decision runs (serving.workload.decide: margin x ratio x bin width x 12
+"""About how many simulations one tuning decision runs (serving.policy.workload.decide: margin x ratio x bin width x 12
 tables, then up to 2 rounds of VBS over ~12 edges x 11 sizes): what budget sizing reserves time for."""
 
 
@@ -179,8 +179,8 @@ def continuous_pool(
     engine: Engine, requests: Sequence[Request], config: BenchConfig, cost: CostModel | None
 ) -> tuple[Engine, dict[str, Any]]:
     """The engine of the cb-* rows: the loaded HF model as a pool of --engine.slots rows, or of as many as the
-    measured step cost suggests (serving.slots); a vLLM engine serves them itself."""
-    from serving.slots import slots_for
+    measured step cost suggests (serving.measure.slots); a vLLM engine serves them itself."""
+    from serving.measure.slots import slots_for
 
     static = with_batching(engine, Batching.STATIC)
     if static.batching is Batching.CONTINUOUS:

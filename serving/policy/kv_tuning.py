@@ -1,6 +1,6 @@
 """Choose the KV admission rule and the order for the workload served (pure, no torch), by simulation
-(serving.simulate_kv) on the served prompts and predictions with true lengths drawn from the predictor's held-out
-errors, as serving.workload chooses static batches.
+(serving.policy.simulate_kv) on the served prompts and predictions with true lengths drawn from the predictor's held-out
+errors, as serving.policy.workload chooses static batches.
 
 Candidates: greedy (vLLM's rule) in arrival order — the baseline, served when nothing is predicted to beat it —
 reserve-max, and predicted admission at each margin, in fcfs, sjf and lpt order. Every candidate must be predicted
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqsched.errors import require
-from serving.admission import reservations
-from serving.scheduler import Admission, KVAdmission, ScheduleConfig, adjusted_length
-from serving.simulate_kv import KVEngine, simulate_kv
-from serving.stepcost import CostModel
-from serving.workload import ErrorModel
+from serving.policy.admission import reservations
+from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, adjusted_length
+from serving.policy.simulate_kv import KVEngine, simulate_kv
+from serving.policy.stepcost import CostModel
+from serving.policy.workload import ErrorModel
 
 
 class Objective(enum.Enum):

@@ -1,7 +1,7 @@
 """What `serve`, `bench` and the demo do before serving a set of requests on a static-batch engine: size the
 KV-cache budget, get this machine's step cost (cached), learn the predictor's errors on held-out data, then tune
 the schedule on the requests being served and fall back to vanilla batches when it is not predicted to win
-(the pure parts: serving.workload, serving.tuning, serving.simulate)."""
+(the pure parts: serving.policy.workload, serving.policy.tuning, serving.policy.simulate)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from seqsched.engines.api import Engine
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
-from serving.costmodel import CostConfig, Measured, load_or_measure
-from serving.memory import KVBudget, MemoryConfig, kv_budget
+from serving.measure.costmodel import CostConfig, Measured, load_or_measure
+from serving.measure.memory import KVBudget, MemoryConfig, kv_budget
+from serving.policy.scheduler import ScheduleConfig
+from serving.policy.simulate import SimResult, simulate
+from serving.policy.simulate_kv import KVEngine
+from serving.policy.stepcost import CostModel, StepCost
+from serving.policy.workload import Decision, ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
 from serving.predictors import RequestPredictor
-from serving.scheduler import ScheduleConfig
-from serving.simulate import SimResult, simulate
-from serving.simulate_kv import KVEngine
-from serving.stepcost import CostModel, StepCost
-from serving.workload import Decision, ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
 
 
 def prompt_lengths(engine: Engine, requests: Sequence[Request]) -> list[int]:
@@ -282,7 +282,7 @@ def kv_model(engine: Engine) -> KVEngine | None:
     """What the KV simulator assumes of a continuous engine with a bounded KV cache: vLLM (paged, chunked prefill,
     recompute on resume) or our pool with a KV budget (by the token, whole prefills, restart on resume); None for
     an engine without a KV bound."""
-    from serving.simulate_kv import KVEngine, Resume
+    from serving.policy.simulate_kv import KVEngine, Resume
 
     tokens = getattr(engine, "kv_cache_tokens", None)
     if tokens is not None:  # vLLM

@@ -1,5 +1,5 @@
 """Predict what a plan costs without a model (pure, no torch): true lengths + a step-cost model
-(serving.stepcost: a measured grid or a linear formula) -> time, row-steps, effective token ratio, failures.
+(serving.policy.stepcost: a measured grid or a linear formula) -> time, row-steps, effective token ratio, failures.
 Used by `seqsched plan`, to tune margins and batch sizes, and beside each measured row of `seqsched bench`.
 
 The simulated engine is seqsched.engines.hf's static batching: a batch runs until every row has emitted its
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from serving.scheduler import (
+from serving.policy.scheduler import (
     Batch,
     RecomputeMode,
     ScheduleConfig,
@@ -20,7 +20,7 @@ from serving.scheduler import (
     plan,
     recompute_plan,
 )
-from serving.stepcost import CostModel, GridStepCost, StepCost
+from serving.policy.stepcost import CostModel, GridStepCost, StepCost
 
 
 @dataclass
