@@ -25,7 +25,6 @@ Writes OUT.json (every row, simulated beside measured), OUT.md and OUT.png (thro
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import platform
@@ -193,8 +192,9 @@ def main() -> int:
     report["oracle_from"] = "vllm-default at the roomy budget"
     roomy_model = kv_model(roomy)
     assert roomy_model is not None
-    del roomy, timer
-    gc.collect()
+    # Engines stay alive to the end: a vLLM engine torn down in-process takes the distributed state of the ones
+    # started after it along (its finalizer runs whenever the collector gets to it).
+    alive: list[Any] = [roomy]
     # A budget of N holds N full-length sequences in whole blocks, plus vLLM's null block.
     block = roomy_model.block_size
     per_sequence = math.ceil(full_length / block) * block
@@ -230,9 +230,8 @@ def main() -> int:
             if name.startswith("vllm-"):
                 scheduler = COUNTING if name == "vllm-default" else LENGTH_AWARE
                 if scheduler not in engines:
-                    engines.clear()
-                    gc.collect()
                     engines[scheduler] = start_vllm(tokens, scheduler)
+                    alive.append(engines[scheduler])
                 engine = engines[scheduler]
             else:
                 engine = HFContinuousEngine(hf, args.pool_slots, kv_budget_tokens=capacity)
@@ -262,8 +261,6 @@ def main() -> int:
             )
             report["wall_s"] = time.perf_counter() - started
             write_json(out.with_suffix(".json"), report)
-        engines.clear()
-        gc.collect()
     write_report(report, out)
     return 0
 
