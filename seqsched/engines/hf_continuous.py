@@ -43,7 +43,7 @@ from seqsched.engines.api import (
 from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
 from seqsched.engines.kv_cache import DEFAULT_RESERVE, join_left_padded, slack_cache, trim_front
-from seqsched.engines.pool_rules import admits, compacts, default_admit_min, kv_admits, kv_held, kv_need
+from seqsched.engines.pool_rules import admits, compacts, default_admit_min, reservations_fit
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 
@@ -229,11 +229,13 @@ class HFContinuousEngine:
         seeds: Sequence[int] | None = None,
         on_finished: Callable[[int, TimedRow], None] | None = None,
         reserves: Sequence[int] | None = None,
+        hold_reservations: bool = False,
     ) -> list[TimedRow]:
         """Serve every request through the pool (lower priority value first, ties in input order); outputs in
         input order, each with the seconds from this call until it finished. on_finished(index, row) is called as
         each request finishes. With a KV budget, reserves: the generated tokens each request reserves room for
-        (None: admitted when its prompt fits, the greedy rule); requests start in order while they fit."""
+        (None: admitted when its prompt fits, the greedy rule; hold_reservations: held whole to the end);
+        requests start in order while they fit (see _Budget)."""
         count = len(prompt_ids)
         if len(max_tokens) != count or (priorities is not None and len(priorities) != count):
             raise ValueError("prompt_ids, max_tokens and priorities must have one entry per request")
@@ -250,7 +252,7 @@ class HFContinuousEngine:
         waiting = sorted(rank)  # a heap of (priority, index): preempted requests go back in their place
         run = _Submission(self, prompt_ids, max_tokens, sampling, seeds, started, on_finished)
         pool = _Pool([])
-        budget = _Budget(self.kv_budget_tokens, prompt_ids, reserves)
+        budget = _Budget(self.kv_budget_tokens, prompt_ids, reserves, hold_reservations)
         while waiting or pool:
             # Newcomers share one prefill: a prefill call has a fixed cost, so wait for admit_min free slots.
             ready = admits(pool.live, self.slots, len(waiting), self.admit_min)
@@ -271,40 +273,61 @@ class HFContinuousEngine:
 
 class _Budget:
     """The pool's KV budget during one submit(): which waiting requests may start, and which running one leaves
-    when the next step would not fit (no budget: every request fits)."""
+    when the next step would not fit (no budget: every request fits). Without reservations a request starts when its
+    prompt fits what the running rows use (greedy); with them, when the running requests and it, each growing to its
+    reservation and then leaving, never need more than the budget at once (seqsched.engines.pool_rules), or, held,
+    when every reservation fits whole."""
 
-    def __init__(self, tokens: int | None, prompt_ids: Sequence[Sequence[int]], reserves: Sequence[int] | None):
+    def __init__(
+        self,
+        tokens: int | None,
+        prompt_ids: Sequence[Sequence[int]],
+        reserves: Sequence[int] | None,
+        hold: bool = False,
+    ) -> None:
         self.tokens = tokens
         self.prompts = [len(ids) for ids in prompt_ids]
         self.reserves = reserves
+        self.hold = hold
 
-    def _reserve(self, index: int) -> int | None:
-        return None if self.reserves is None else int(self.reserves[index])
+    def _reserve(self, index: int) -> int:
+        assert self.reserves is not None
+        return int(self.reserves[index])
 
-    def held(self, pool: _Pool) -> int:
-        """KV tokens the pool's live rows hold room for."""
-        total = 0
-        for slot in pool.live_slots():
-            row = pool.rows[slot]
-            prompt = self.prompts[row.index]
-            total += kv_held(prompt + len(row.tokens), prompt, self._reserve(row.index))
-        return total
+    def _expected(self, index: int, generated: int) -> tuple[int, int]:
+        prompt = self.prompts[index]
+        return prompt + generated, max(1, self._reserve(index) - generated)
+
+    def _held(self, index: int, generated: int) -> int:
+        return max(self.prompts[index] + generated + 1, self.prompts[index] + self._reserve(index))
 
     def admit(self, waiting: list[tuple[int, int]], pool: _Pool, free_slots: int) -> list[int]:
         """Pop the waiting requests that start now, in order, while they fit (all of them without a budget)."""
         if self.tokens is None:
             return [heapq.heappop(waiting)[1] for _ in range(min(free_slots, len(waiting)))]
-        free = self.tokens - self.held(pool)
-        running = pool.live
+        live = [pool.rows[slot] for slot in pool.live_slots()]
+        free = self.tokens - sum(self.prompts[row.index] + len(row.tokens) + 1 for row in live)
+        held = sum(self._held(row.index, len(row.tokens)) for row in live) if self.reserves and self.hold else 0
+        expected = [self._expected(row.index, len(row.tokens)) for row in live] if self.reserves else []
         chosen: list[int] = []
         while waiting and len(chosen) < free_slots:
             index = waiting[0][1]
-            need = kv_need(self.prompts[index], self._reserve(index))
-            if not kv_admits(need, free, running + len(chosen)):
+            running = len(live) + len(chosen)
+            if self.reserves is None:
+                fits = self.prompts[index] + 1 <= free
+            elif self.hold:
+                fits = held + self._held(index, 1) <= self.tokens
+            else:
+                # Its prefill samples its first token before the running rows take their next step: one ahead.
+                fits = reservations_fit([*expected, self._expected(index, 1)], self.tokens)
+            if not (fits or running == 0):
                 break
             heapq.heappop(waiting)
             chosen.append(index)
-            free -= need
+            free -= self.prompts[index] + 1
+            if self.reserves is not None:
+                held += self._held(index, 1) if self.hold else 0
+                expected.append(self._expected(index, 1))
         return chosen
 
     def preempt_to_fit(

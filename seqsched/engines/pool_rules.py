@@ -5,6 +5,9 @@ request holds."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 
 def default_admit_min(slots: int) -> int:
     """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms
@@ -27,21 +30,32 @@ def compacts(live: int, retired: int, admit_min: int) -> bool:
     return not live or retired >= admit_min or 4 * retired > live
 
 
-def kv_need(prompt: int, reserve: int | None) -> int:
-    """KV tokens a waiting request needs free to be admitted: its prompt and first token, or (with a reservation)
-    its prompt plus the generated tokens reserved for it."""
-    return prompt + 1 if reserve is None else prompt + max(1, reserve)
+def peak_blocks(requests: Sequence[tuple[int, int]], block: int = 1) -> int:
+    """The most KV blocks these requests hold at once from now on if each generates exactly its expected remaining
+    tokens: (context now, tokens still to come) each; k steps from now a request holds ceil((context + k + 1) / block)
+    blocks until it finishes, then none. The peak is right before one of them finishes (O(n^2): callers try the
+    sum of final sizes first, an upper bound)."""
+    if not requests:
+        return 0
+    best = 0
+    for step in sorted({max(0, remaining - 1) for _, remaining in requests}):
+        total = sum(math.ceil((context + step + 1) / block) for context, remaining in requests if remaining > step)
+        best = max(best, total)
+    return best
 
 
-def kv_held(context: int, prompt: int, reserve: int | None) -> int:
-    """KV tokens a running request holds room for: its context and next token, or its reservation while larger."""
-    return context + 1 if reserve is None else max(context + 1, prompt + max(1, reserve))
+def reservations_fit(requests: Sequence[tuple[int, int]], capacity: int, block: int = 1, held: int = 0) -> bool:
+    """True when requests with these (context, tokens still to come) never need more than `capacity` blocks at once
+    beside `held` blocks that stay taken (reservations held whole until their request finishes): their final sizes
+    summed is the quick answer, the peak over time the exact one (the short ones leave before the long ones grow)."""
+    final = sum(math.ceil((context + remaining) / block) for context, remaining in requests)
+    return held + final <= capacity or held + peak_blocks(requests, block) <= capacity
 
 
-def kv_admits(need: int, free: int, running: int) -> bool:
-    """True when a waiting request with this need may start: it fits the free KV, or nothing runs (alone it starts
-    whatever it needs, else it would wait forever)."""
-    return need <= free or running == 0
-
-
-__all__ = ["admits", "compacts", "default_admit_min", "kv_admits", "kv_held", "kv_need"]
+__all__ = [
+    "admits",
+    "compacts",
+    "default_admit_min",
+    "peak_blocks",
+    "reservations_fit",
+]

@@ -59,6 +59,8 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 RESERVE_KEY = "seqsched_reserve_tokens"
 """SamplingParams.extra_args key of a request's KV reservation (seqsched.engines.vllm_scheduler reads it; kept equal
 to its RESERVE_KEY, which this module does not import: that module imports vLLM)."""
+HOLD_KEY = "seqsched_hold_reservation"
+"""extra_args key: the reservation is held whole to the end (reserve-max); equal to vllm_scheduler.HOLD_KEY."""
 RESERVING_SCHEDULERS = (RESERVING_SCHEDULER,)
 """Scheduler classes that honour KV reservations."""
 
@@ -345,6 +347,7 @@ class VLLMEngine:
         priority: int = 0,
         reserve: int | None = None,
         stream: bool = False,
+        hold_reservation: bool = False,
     ) -> str:
         """Add one request; its key comes back in the StepEvents of step(). Returns vLLM's request id. A request vLLM
         refuses (bad sampling values, too long a prompt) raises ValueError with vLLM's reason, nothing added.
@@ -354,7 +357,8 @@ class VLLMEngine:
         try:
             params = self.sampling_params(sampling, max_tokens, seed)
             if reserve is not None:
-                params.extra_args = {**(params.extra_args or {}), RESERVE_KEY: int(reserve)}
+                extra = {RESERVE_KEY: int(reserve), HOLD_KEY: hold_reservation}
+                params.extra_args = {**(params.extra_args or {}), **extra}
             params.output_kind = self.output_kinds.DELTA if stream else self.output_kinds.FINAL_ONLY
             self.llm.llm_engine.add_request(request_id, self._engine_input(prompt_ids), params, priority=int(priority))
         except self.refusals as error:
@@ -438,6 +442,7 @@ class VLLMEngine:
         seeds: Sequence[int] | None = None,
         on_finished: Callable[[int, TimedRow], None] | None = None,
         reserves: Sequence[int] | None = None,
+        hold_reservations: bool = False,
     ) -> list[TimedRow]:
         """Submit a whole set at once (lower priority value runs first, ties in input order); outputs in input
         order with the seconds from this call until each finished. on_finished(index, row) is called as each
@@ -481,6 +486,7 @@ class VLLMEngine:
                         None if seeds is None else int(seeds[index]),
                         0 if priorities is None else int(priorities[index]),
                         None if reserves is None else int(reserves[index]),
+                        hold_reservation=hold_reservations,
                     )
                 except ValueError as error:
                     problem = f"vLLM refused the request: {error}"
@@ -555,9 +561,11 @@ class VLLMStepTimer:
 
     batching = Batching.STATIC
     engine_kind = "vllm"
+    MIN_STEPS = 32
 
     def __init__(self, engine: VLLMEngine) -> None:
         self.engine = engine
+        self._ids = itertools.count()
 
     def encode(self, prompt: str | Sequence[Message]) -> list[int]:
         """The engine's encoding."""
@@ -572,7 +580,8 @@ class VLLMStepTimer:
         for index, ids in enumerate(prompt_ids):
             params = self.engine.sampling_params(GREEDY, tokens, None, ignore_eos=True)
             params.output_kind = self.engine.output_kinds.FINAL_ONLY
-            self.engine.llm.llm_engine.add_request(f"timer-{index}", self.engine._engine_input(ids), params)
+            request_id = f"timer-{next(self._ids)}-{index}"
+            self.engine.llm.llm_engine.add_request(request_id, self.engine._engine_input(ids), params)
         while self.engine.llm.llm_engine.has_unfinished_requests():
             self.engine.llm.llm_engine.step()
         return time.perf_counter() - started
@@ -584,9 +593,11 @@ class VLLMStepTimer:
         sampling: SamplingParams = GREEDY,
         seeds: Sequence[int] | None = None,
     ) -> BatchOutput:
-        """Prefill and decode seconds of one batch (every row generates max_new_tokens)."""
+        """Prefill and decode seconds of one batch (every row generates max_new_tokens, at least MIN_STEPS: the decode
+        time is a difference of two runs, too noisy over a few steps)."""
+        max_new_tokens = max(max_new_tokens, self.MIN_STEPS)
         prefill_s = self._run(prompt_ids, 1)
-        total_s = self._run(prompt_ids, max_new_tokens) if max_new_tokens > 1 else prefill_s
+        total_s = self._run(prompt_ids, max_new_tokens)
         rows = [RowOutput([0] * max_new_tokens, "", FinishReason.LENGTH, max_new_tokens) for _ in prompt_ids]
         tokens = sum(len(ids) for ids in prompt_ids)
         return BatchOutput(

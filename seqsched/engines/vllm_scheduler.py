@@ -10,8 +10,7 @@ with each request (SamplingParams.extra_args[RESERVE_KEY], tokens to generate), 
 outgrows its reservation keeps running while the cache allows; past that, vLLM's own preemption applies. Requests
 without a reservation are admitted as vLLM would.
 
-The rule is the one our pool applies (seqsched.engines.pool_rules: kv_need, kv_held, kv_admits), counted in whole KV
-blocks, around vLLM's schedule(): waiting requests whose reservation does not fit are taken out of the waiting queue
+The rule is the one our pool applies (seqsched.engines.pool_rules.reservations_fit), counted in whole KV blocks, around vLLM's schedule(): waiting requests whose reservation does not fit are taken out of the waiting queue
 for that step and put back after it, so vLLM's own scheduling (chunked prefill, token budget, priorities, preemption)
 is untouched otherwise. Requests without a reservation are admitted as vLLM admits them (but not ahead of one held
 back: the order the caller chose holds).
@@ -25,10 +24,12 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from seqsched.engines.config import COUNTING_SCHEDULER, RESERVING_SCHEDULER
-from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
+from seqsched.engines.pool_rules import reservations_fit
 
 RESERVE_KEY = "seqsched_reserve_tokens"
 """SamplingParams.extra_args key: the generated tokens the length-aware scheduler reserves KV for."""
+HOLD_KEY = "seqsched_hold_reservation"
+"""SamplingParams.extra_args key: true when the reservation is held whole to the end (reserve-max)."""
 COUNTING = COUNTING_SCHEDULER
 LENGTH_AWARE = RESERVING_SCHEDULER
 
@@ -70,17 +71,19 @@ class CountingScheduler(Scheduler):
         }
 
 
-def reservation(request: Any) -> int | None:
-    """The generated tokens a request asked to have KV reserved for (None: it carries no reservation)."""
+def reservation(request: Any) -> tuple[int | None, bool]:
+    """The generated tokens a request asked to have KV reserved for (None: it carries no reservation), and whether
+    it holds the reservation whole to the end (reserve-max)."""
     extra = getattr(request.sampling_params, "extra_args", None) or {}
     reserve = extra.get(RESERVE_KEY)
-    return None if reserve is None else int(reserve)
+    return (None if reserve is None else int(reserve)), bool(extra.get(HOLD_KEY, False))
 
 
 class LengthAwareScheduler(CountingScheduler):
-    """Admits a waiting request only when its reservation fits the KV blocks the running requests leave, in the
-    waiting queue's order (priority, then arrival); never skips ahead (a request that does not fit blocks those
-    behind it, so the order the caller chose holds)."""
+    """Admits a waiting request with a reservation only when it fits by seqsched's rule (the running requests and
+    it, each growing to its reservation and then leaving, never need more blocks at once than the cache has; held
+    reservations count whole), in the waiting queue's order (priority, then arrival); never skips ahead (a request
+    that does not fit blocks those behind it, so the order the caller chose holds)."""
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         held = self._hold_back()
@@ -100,26 +103,45 @@ class LengthAwareScheduler(CountingScheduler):
         return total - 1
 
     def _hold_back(self) -> list[Any]:
-        """Take out of the waiting queue the requests this step must not admit (by the pool's rules,
-        seqsched.engines.pool_rules, in whole KV blocks); return them."""
+        """Take out of the waiting queue the requests this step must not admit; return them."""
         if not self.waiting:
             return []
-        used = 0
+        capacity = self._usable_blocks()
+        held_blocks = 0
+        expected: list[tuple[int, int]] = []
         for request in self.running:
-            held = kv_held(int(request.num_tokens), int(request.num_prompt_tokens), reservation(request))
-            used += self._blocks(held)
-        free = self._usable_blocks() - used
+            reserve, hold = reservation(request)
+            if reserve is None:
+                continue
+            context, prompt = int(request.num_tokens), int(request.num_prompt_tokens)
+            if hold:
+                held_blocks += self._blocks(max(context + 1, prompt + reserve))
+            else:
+                expected.append((context, max(1, prompt + reserve - context)))
         slots = self.max_num_running_reqs - len(self.running)
         running = len(self.running)
         held_back: list[Any] = []
         for request in list(self.waiting):
-            reserve = reservation(request)
-            # A preempted request comes back with its generated tokens: it needs at least its whole context.
-            need = self._blocks(max(int(request.num_tokens) + 1, kv_need(int(request.num_prompt_tokens), reserve)))
-            if held_back or slots <= 0 or (reserve is not None and not kv_admits(need, free, running)):
+            reserve, hold = reservation(request)
+            if held_back or slots <= 0:
                 held_back.append(request)
                 continue
-            free -= need
+            if reserve is not None:
+                # A preempted request comes back with its generated tokens: its whole context counts.
+                context, prompt = int(request.num_tokens), int(request.num_prompt_tokens)
+                if hold:
+                    blocks = self._blocks(max(context + 1, prompt + reserve))
+                    fits = held_blocks + blocks <= capacity
+                else:
+                    candidate = (context, max(1, prompt + reserve - context))
+                    fits = reservations_fit([*expected, candidate], capacity, self.block_size, held_blocks)
+                if not fits and running:
+                    held_back.append(request)
+                    continue
+                if hold:
+                    held_blocks += blocks
+                else:
+                    expected.append(candidate)
             slots -= 1
             running += 1
         if held_back:

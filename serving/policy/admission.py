@@ -39,6 +39,9 @@ class Pass:
     priorities: list[int] | None
     caps: list[int]
     reserves: list[int] | None = None
+    hold: bool = False
+    """The reservations are held whole from admission to the end (reserve-max: the classic static allocation); else
+    each is expected to grow to its size and then leave, so later ones may start where earlier ones will be gone."""
 
 
 class AdmissionPolicy(abc.ABC):
@@ -118,7 +121,7 @@ def reservations(
     kv_admission: KVAdmission, predicted: Sequence[int] | None, caps: Sequence[int], cfg: ScheduleConfig
 ) -> list[int] | None:
     """The generated tokens each request reserves KV for: none (greedy), its cap (reserve-max), or its
-    margin-adjusted prediction, at most its cap (predicted)."""
+    margin-adjusted prediction plus the stop token, at most its cap (predicted)."""
     if kv_admission is KVAdmission.AUTO:
         raise ValueError("kv_admission auto is decided before the run (serving.policy.kv_tuning)")
     if kv_admission is KVAdmission.GREEDY:
@@ -127,12 +130,16 @@ def reservations(
         return [int(cap) for cap in caps]
     if predicted is None or len(predicted) != len(caps):
         raise ValueError("predicted KV admission needs one predicted length per request")
-    return [max(1, min(int(cap), adjusted_length(int(value), cfg))) for value, cap in zip(predicted, caps, strict=True)]
+    # A predicted length counts the answer's tokens; the stop token that ends it takes a KV slot too.
+    return [
+        max(1, min(int(cap), adjusted_length(int(value), cfg) + 1)) for value, cap in zip(predicted, caps, strict=True)
+    ]
 
 
 def with_reservations(submission: Pass, predicted: Sequence[int] | None, cfg: ScheduleConfig) -> Pass:
     """The pass with the KV reservations cfg.kv_admission asks for."""
-    return replace(submission, reserves=reservations(cfg.kv_admission, predicted, submission.caps, cfg))
+    reserves = reservations(cfg.kv_admission, predicted, submission.caps, cfg)
+    return replace(submission, reserves=reserves, hold=cfg.kv_admission is KVAdmission.RESERVE_MAX)
 
 
 def make_policy(admission: Admission, strategy: Strategy = Strategy.VANILLA) -> AdmissionPolicy:

@@ -149,7 +149,8 @@ def simulate_policy(
     cfg = policy.config(base)
     priorities = priorities_for(policy.order, predicted, cfg)
     reserves = reservations(policy.kv_admission, predicted, caps, cfg)
-    return simulate_kv(true, prompts, caps, engine, cost, priorities, reserves).summary()
+    hold = policy.kv_admission is KVAdmission.RESERVE_MAX
+    return simulate_kv(true, prompts, caps, engine, cost, priorities, reserves, hold).summary()
 
 
 def decide_kv(

@@ -5,8 +5,10 @@ The model (stated so the bench can check it, simulated beside measured):
 - Every request is submitted at t=0 and waits in (priority, arrival) order. Each step, waiting requests start in that
   order while the engine has a free sequence slot and, by the admission rule, KV room: greedy (vLLM's rule) needs
   the prompt (a resumed request: its whole context) to fit what the running requests use now; a reservation rule
-  (reserve-max, predicted) needs the prompt plus the reservation to fit beside what the running requests reserved
-  (seqsched.engines.pool_rules, in whole blocks). No request skips one that waits before it.
+  (predicted) needs every running request and the newcomer, each growing to its reservation and then leaving,
+  never to need more blocks at once than the cache has (seqsched.engines.pool_rules.reservations_fit); a held one
+  (reserve-max) needs every reservation whole to fit at once.
+  No request skips one that waits before it.
 - A step decodes one token for every running request whose prefill is done and prefills the newcomers, at most
   `max_batched_tokens` tokens in all (vLLM's chunked prefill; decodes first). Its time is the measured decode step
   of that many rows at their mean context plus the prefill of the tokens prefilled.
@@ -25,7 +27,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from seqsched.engines.pool_rules import kv_admits, kv_held, kv_need
+from seqsched.engines.pool_rules import reservations_fit
 from serving.policy.stepcost import CostModel
 
 
@@ -142,9 +144,11 @@ def simulate_kv(
     cost: CostModel,
     priorities: Sequence[int] | None = None,
     reserves: Sequence[int] | None = None,
+    hold: bool = False,
 ) -> KVRun:
     """Simulate serving every request at once on a KV-bounded continuous engine (see the module docstring).
-    priorities: lower first (None: arrival order); reserves: each request's reservation (None: greedy)."""
+    priorities: lower first (None: arrival order); reserves: each request's reservation (None: greedy); hold: the
+    reservations are held whole to the end (reserve-max's static allocation)."""
     count = len(true)
     if not (len(prompts) == len(caps) == count) or (priorities is not None and len(priorities) != count):
         raise ValueError("true, prompts, caps and priorities need one entry per request")
@@ -166,9 +170,12 @@ def simulate_kv(
     run = KVRun(completion_s=[0.0] * count)
     clock = 0.0
     finished = 0
+    state = _AdmitState()
     while finished < count:
-        _admit(waiting, running, requests, engine)
+        _admit(waiting, running, requests, engine, state, hold)
+        before = run.preemptions
         _make_room(running, waiting, engine, run)
+        state.changes += run.preemptions - before
         step_s, done = _step(running, engine, cost)
         clock += step_s
         run.steps += 1
@@ -178,6 +185,7 @@ def simulate_kv(
             run.completion_s[request.index] = clock
             running.remove(request)
             finished += 1
+            state.changes += 1
     run.time_s = clock
     return run
 
@@ -186,28 +194,70 @@ def _used_blocks(running: Sequence[_Request], engine: KVEngine) -> int:
     return sum(engine.blocks(request.context + 1) for request in running)
 
 
-def _held_blocks(running: Sequence[_Request], engine: KVEngine) -> int:
-    return sum(engine.blocks(kv_held(request.context, request.prompt, request.reserve)) for request in running)
+def _expected(request: _Request) -> tuple[int, int]:
+    """(context now, tokens still expected): its reservation less what it generated, at least one."""
+    assert request.reserve is not None
+    return request.context, max(1, request.prompt + request.reserve - request.context)
 
 
-def _admit(waiting: list, running: list[_Request], requests: Sequence[_Request], engine: KVEngine) -> None:
+def _held(request: _Request, engine: KVEngine) -> int:
+    """Blocks a held reservation takes from admission to the end."""
+    assert request.reserve is not None
+    return engine.blocks(max(request.context + 1, request.prompt + request.reserve))
+
+
+@dataclass
+class _AdmitState:
+    """When admission last refused the head of the queue (it is asked again only once something changed)."""
+
+    changes: int = 0
+    """Requests that started, finished or were preempted so far."""
+    blocked_at: int = -1
+    blocked_head: int = -1
+
+    def refused(self, head: int) -> None:
+        self.blocked_at, self.blocked_head = self.changes, head
+
+
+def _admit(
+    waiting: list,
+    running: list[_Request],
+    requests: Sequence[_Request],
+    engine: KVEngine,
+    state: _AdmitState,
+    hold: bool,
+) -> None:
     """Start waiting requests in order while there is a slot and, by the rule, KV room."""
-    reserving = any(request.reserve is not None for request in requests)
-    free = engine.total_blocks - (_held_blocks(running, engine) if reserving else _used_blocks(running, engine))
+    if state.blocked_at == state.changes and waiting and waiting[0][1] == state.blocked_head:
+        return  # nothing left or joined since the head was refused: the answer is the same
+    free = engine.total_blocks - _used_blocks(running, engine)
+    reserving = [request for request in running if request.reserve is not None]
+    held = sum(_held(request, engine) for request in reserving) if hold else 0
+    expected = [] if hold else [_expected(request) for request in reserving]
     while waiting and len(running) < engine.max_seqs:
         request = requests[waiting[0][1]]
+        need = engine.blocks(request.context + 1)
         if request.reserve is None:
-            need = engine.blocks(request.context + 1)
             if need > free and running:
+                state.refused(waiting[0][1])
                 return
         else:
-            need = engine.blocks(max(request.context + 1, kv_need(request.prompt, request.reserve)))
-            if not kv_admits(need, free, len(running)):
+            if hold:
+                fits = held + _held(request, engine) <= engine.total_blocks
+            else:
+                fits = reservations_fit([*expected, _expected(request)], engine.total_blocks, engine.block_size)
+            if not (fits or not running):
+                state.refused(waiting[0][1])
                 return
+            if hold:
+                held += _held(request, engine)
+            else:
+                expected.append(_expected(request))
         heapq.heappop(waiting)
         free -= need
         request.prefilled, request.prefill_target = 0, request.context
         running.append(request)
+        state.changes += 1
 
 
 def _make_room(running: list[_Request], waiting: list, engine: KVEngine, run: KVRun) -> None:

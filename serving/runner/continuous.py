@@ -44,6 +44,7 @@ class ContinuousRun(RunState):
                     "vLLM (seqsched's scheduler class) or our pool with --engine.kv_budget_tokens"
                 )
             extra["reserves"] = submission.reserves
+            extra["hold_reservations"] = submission.hold
         timed = self.engine.submit(prompts, submission.caps, submission.priorities, sampling, seeds, **extra)
         wall_s = time.perf_counter() - started
         rows = [item.row for item in timed]
@@ -88,6 +89,6 @@ class ContinuousRun(RunState):
         if failed:
             again = policy.recompute([self.budget(index) for index in failed])
             # The requests cut short outgrew their prediction: they reserve their whole budget (unless greedy).
-            again = replace(again, reserves=None if first.reserves is None else list(again.caps))
+            again = replace(again, reserves=None if first.reserves is None else list(again.caps), hold=first.hold)
             left = self.submit(failed, again, Phase.RECOMPUTE, sampling)
             assert not left, "recompute caps cover every budget"
