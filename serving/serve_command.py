@@ -154,8 +154,9 @@ def predict_and_run(
             cfg = replace(cfg, kv_admission=KVAdmission.GREEDY)
         else:
             prompts = prompt_lengths(engine, requests)
+            limits = own_limits(requests, cfg.limit)
             kv_decision = decide_kv(
-                predicted, prompts, own_limits(requests, cfg.limit), tuner.errors, model, tuner.cost, cfg
+                predicted, prompts, limits, tuner.errors, model, tuner.cost, cfg, predictor_s=predictor_s
             )
             print(kv_decision.describe(), flush=True)
             tuning_s = kv_decision.tuning_s

@@ -216,7 +216,8 @@ def main() -> int:
     for label, tokens in budgets:
         capacity = tokens if tokens is not None else roomy_model.kv_tokens
         kv_engine = replace(roomy_model, kv_tokens=capacity)
-        tuned = decide_kv(predicted, prompts, caps, errors, kv_engine, cost, base, KVTuneConfig(objective=objective))
+        tune = KVTuneConfig(objective=objective)
+        tuned = decide_kv(predicted, prompts, caps, errors, kv_engine, cost, base, tune, predictor_s=predictor_s)
         print(f"budget {label} ({capacity} tokens): {tuned.describe()}", flush=True)
         engines: dict[str, Any] = {}
         for name in rows:

@@ -2,18 +2,18 @@
 and a length-aware one that admits by each request's reserved KV.
 
 vLLM admits a waiting request as soon as its prompt fits the free KV blocks ("greedy"); when running sequences then
-outgrow the cache it preempts one (the lowest priority, or the newest) and recomputes it later from scratch. With
-predicted lengths a scheduler can instead admit a request only when its whole expected footprint fits: its prompt plus
-the tokens reserved for it, and no more requests than the cache holds at their reservations. The reservation comes
-with each request (SamplingParams.extra_args[RESERVE_KEY], tokens to generate), set by the caller from the policy
-(serving.kv_admission): the predicted length at a quantile plus a margin, or max_tokens ("reserve-max"). A request that
-outgrows its reservation keeps running while the cache allows; past that, vLLM's own preemption applies. Requests
-without a reservation are admitted as vLLM would.
+outgrow the cache it preempts one (the lowest priority, or the newest) and recomputes it later. With predicted lengths
+a scheduler can instead admit a request only when the running requests and it, each growing to its expected length
+and then leaving, never need more blocks at once than the cache has. The reservation comes with each request
+(SamplingParams.extra_args[RESERVE_KEY], tokens to generate), set by the caller from the policy
+(serving.policy.admission.reservations): the predicted length plus a margin and the stop token, or max_tokens held
+whole to the end (reserve-max, HOLD_KEY). A request that outgrows its reservation keeps running while the cache
+allows; past that, vLLM's own preemption applies. Requests without a reservation are admitted as vLLM would.
 
-The rule is the one our pool applies (seqsched.engines.pool_rules.reservations_fit), counted in whole KV blocks, around vLLM's schedule(): waiting requests whose reservation does not fit are taken out of the waiting queue
-for that step and put back after it, so vLLM's own scheduling (chunked prefill, token budget, priorities, preemption)
-is untouched otherwise. Requests without a reservation are admitted as vLLM admits them (but not ahead of one held
-back: the order the caller chose holds).
+The rule is the one our pool applies (seqsched.engines.pool_rules.reservations_fit), counted in whole KV blocks,
+around vLLM's schedule(): waiting requests whose reservation does not fit are taken out of the waiting queue for that
+step and put back after it, so vLLM's own scheduling (chunked prefill, token budget, priorities, preemption) is
+untouched otherwise. Nothing is admitted ahead of a request held back: the order the caller chose holds.
 """
 
 from __future__ import annotations

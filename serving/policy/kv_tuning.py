@@ -3,7 +3,8 @@
 errors, as serving.policy.workload chooses static batches.
 
 Candidates: greedy (vLLM's rule) in arrival order — the baseline, served when nothing is predicted to beat it —
-reserve-max, and predicted admission at each margin, in fcfs, sjf and lpt order. Every candidate must be predicted
+reserve-max, and predicted admission at each margin, in fcfs, sjf and lpt order. A candidate that reads predictions
+pays the predictor's time (it runs before the first request starts). Every candidate must be predicted
 no slower and no later on mean than the baseline (never worse than FCFS); among those the objective decides:
 `throughput` (the shortest run) or `latency` (the lowest mean completion time); a winner that does not beat the
 baseline by `min_gain` on the objective is not worth the risk, and the baseline serves.
@@ -70,6 +71,11 @@ class KVPolicy:
         """Short label: greedy-fcfs, predicted-lpt+0.15, ..."""
         margin = f"+{self.margin_ratio:g}" if self.kv_admission is KVAdmission.PREDICTED else ""
         return f"{self.kv_admission.value}-{self.order.value}{margin}"
+
+    @property
+    def needs_predictions(self) -> bool:
+        """True when the policy reads predicted lengths (an order other than fcfs, or predicted admission)."""
+        return self.order is not Admission.FCFS or self.kv_admission is KVAdmission.PREDICTED
 
     def config(self, base: ScheduleConfig) -> ScheduleConfig:
         """The schedule that serves this policy."""
@@ -162,9 +168,11 @@ def decide_kv(
     cost: CostModel,
     base: ScheduleConfig,
     config: KVTuneConfig | None = None,
+    predictor_s: float = 0.0,
 ) -> KVDecision:
     """The KV admission rule and order for these requests (see the module docstring). errors: the predictor's
-    held-out errors (ErrorModel.exact() for an oracle); without predictions only greedy and reserve-max compete."""
+    held-out errors (ErrorModel.exact() for an oracle); predictor_s: what predicting these requests costs, added to
+    every candidate that reads the predictions (greedy-fcfs and reserve-max need none)."""
     config = config or KVTuneConfig()
     started = time.perf_counter()
     rng = random.Random(config.seed)
@@ -177,6 +185,10 @@ def decide_kv(
     for policy in candidates(config, True):
         runs = [simulate_policy(policy, true, predicted, prompts, caps, engine, cost, base) for true in draws]
         mean = {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
+        if policy.needs_predictions:  # the predictor runs before the first request starts
+            mean["time_s"] += predictor_s
+            mean["latency_mean_s"] += predictor_s
+            mean["latency_p99_s"] += predictor_s
         results.append((policy, mean))
     baseline = results[0][1]
     key = "time_s" if config.objective is Objective.THROUGHPUT else "latency_mean_s"
