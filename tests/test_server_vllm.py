@@ -73,7 +73,9 @@ def test_server_on_vllm_equals_serve(vllm_engine, tmp_path: Path) -> None:
             time.sleep(0.2)
             batch = client.batches.retrieve(batch.id)
         assert batch.status == "completed" and batch.request_counts is not None
-        assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 1)
+        counts = (batch.request_counts.completed, batch.request_counts.failed)
+        errors = client.files.content(batch.error_file_id).text if batch.error_file_id else ""
+        assert counts == (4, 1), errors
         output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
         assert [line["custom_id"] for line in output] == [f"ok-{index}" for index in range(4)]
         for line in output:

@@ -205,3 +205,37 @@ def test_reservations_inside_vllm_admit_what_fits_and_never_preempt(tight_vllm_e
     assert reserved_stats.preemptions == 0
     limit = tight_vllm_engine.kv_cache_tokens
     assert limit is not None and limit <= 1024 + 16
+
+
+def test_engine_steps_from_another_thread_whatever_torch_was_set_to(vllm_engine) -> None:
+    """The server steps vLLM from its own engine thread. vLLM's CPU attention plans each step for the calling thread's
+    OpenMP count, and torch's first parallel op on a new thread resets that count to torch's process-wide one: with
+    that left at 1 by a torch.set_num_threads(1) elsewhere, the step failed ("thread_num (2 vs. 1)"). The engine pins
+    its own count on every thread that steps it; the answer equals the same request's on the starting thread."""
+    import threading
+
+    import torch
+
+    ids = vllm_engine.encode("Name a colour.")
+    (expected,) = vllm_engine.submit([ids], [8])
+    before = torch.get_num_threads()
+    torch._C.set_num_threads(1)  # what a torch.set_num_threads(1) elsewhere in the process leaves (vLLM's is a no-op)
+    events: list = []
+    failures: list[BaseException] = []
+
+    def serve_on_a_new_thread() -> None:
+        try:
+            vllm_engine.add(7, ids, 8)
+            while vllm_engine.has_unfinished():
+                events.extend(vllm_engine.step())
+        except BaseException as error:  # the assertion below reports it
+            failures.append(error)
+
+    try:
+        thread = threading.Thread(target=serve_on_a_new_thread)
+        thread.start()
+        thread.join(120)
+    finally:
+        torch._C.set_num_threads(before)
+    assert not failures, failures
+    assert [event.row.token_ids for event in events if event.row is not None] == [expected.row.token_ids]

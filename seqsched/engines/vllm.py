@@ -11,8 +11,9 @@ How it is started, and why (vLLM 0.32, checked against its source and on these C
 - dtype: ours (`--model.dtype`, auto = float32 on CPU, bfloat16 on CUDA), not vLLM's auto (bf16 on CPU).
 - prefix caching off unless `--engine.vllm.prefix_caching true` (then reset between submissions): two rows or an FCR
   recompute over the same prompts would otherwise skip their prefill.
-- prompts as token ids through `LLM.enqueue` (vLLM's current input path: it renders them, asks for FINAL_ONLY
-  outputs and aborts what it added when adding fails); then `llm_engine.step()` until our requests finish.
+- prompts as token ids rendered by vLLM's renderer (what LLM.generate does: raw prompts are deprecated), added with
+  our own request ids and FINAL_ONLY outputs (DELTA when streamed); then `llm_engine.step()` until they finish; a
+  failing loop aborts what it added.
 - KV cache sized in tokens or bytes (`kv_cache_memory_bytes`, CPU and GPU); on CPU 4 GiB by default.
 - CPU threads bound to every core (see VLLMConfig.cpu_threads_bind), engine core in-process on CPU.
 - finish reasons: stop and repetition are the model's stop; length is the cap (or an error when vLLM's context ended
@@ -26,6 +27,7 @@ import importlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +77,39 @@ def import_vllm() -> Any:
             "`python tools/install_vllm.py --flavour gpu` on a GPU machine; or use --engine.kind hf"
         ) from error
     return vllm
+
+
+def _torch_threads() -> int:
+    """torch's CPU thread count on the calling thread."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _set_torch_threads(threads: int) -> None:
+    """torch.set_num_threads on the calling thread, also after vLLM's CPU worker replaced it in-process by a no-op
+    (its thread binding must not change; ours sets the count it bound)."""
+    import torch
+
+    torch._C.set_num_threads(threads)
+
+
+def bound_threads(config: VLLMConfig, cuda: bool) -> int | None:
+    """The CPU threads vLLM binds (cpu_threads_bind "all": every core this process may use); None when vLLM
+    decides (its own binding, or a GPU)."""
+    if cuda or config.cpu_threads_bind != "all":
+        return None
+    return len(os.sched_getaffinity(0))
+
+
+def _generation_config(path: str) -> Any | None:
+    """The model folder's generation config (its EOS ids), or None when it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
 
 
 def refusal_errors(vllm_module: Any) -> tuple[type[BaseException], ...]:
@@ -209,6 +244,12 @@ def start_error(error: Exception) -> SeqschedError:
     return SeqschedError(f"vLLM could not start: {text[:400]}; {hint}")
 
 
+_STARTED: list[VLLMEngine] = []
+"""Every vLLM engine started in this process, kept alive to the end: one torn down in-process (its finalizer runs
+whenever the collector reaches it) takes the distributed state of the engines started after it along, and their next
+step fails ("pipeline model parallel group is not initialized")."""
+
+
 @dataclass
 class Submitted:
     """A request added to vLLM: where its output goes and what it asked for."""
@@ -253,22 +294,42 @@ class VLLMEngine:
         tokenizer: Any,
         vllm_module: Any | None = None,
         config: EngineConfig | None = None,
+        generation_config: Any | None = None,
+        threads: int | None = None,
     ) -> None:
+        """threads: the CPU threads vLLM bound (default: torch's count on the calling thread)."""
         self.llm = llm
         self.tokenizer = tokenizer
         self.vllm = vllm_module or import_vllm()
         self.refusals = refusal_errors(self.vllm)
         self.output_kinds = _output_kinds(self.vllm)
         self.config = config or EngineConfig()
-        self.stop_token_ids = frozenset(model_stop_token_ids(tokenizer)) | frozenset(self.config.stop_token_ids)
+        # vLLM stops on the generation config's EOS ids too (as the HF engine does): all of them are stop tokens.
+        stops = model_stop_token_ids(generation_config, tokenizer)
+        self.stop_token_ids = frozenset(stops) | frozenset(self.config.stop_token_ids)
         if not self.stop_token_ids:
             raise ValueError("the tokenizer declares no EOS token and no stop_token_ids were given")
         self.last_stats: SubmitStats | None = None
         self.inflight: dict[str, Submitted] = {}
         """Requests added and not finished, by vLLM's external request id."""
         self._ids = itertools.count()
+        self._submitting = False
         self.request_keys: dict[str, int] = {}
         """vLLM's request id -> the caller's key, for every request of the latest submit() (and add() since)."""
+        self._threads = threads or _torch_threads()
+        """The CPU threads vLLM bound at start."""
+        self._pinned: set[int] = set()
+
+    def _pin_threads(self) -> None:
+        """Run the engine on the thread count vLLM started with, on whichever thread calls: vLLM's CPU attention
+        plans its work with the calling thread's OpenMP count, and torch's first parallel op on a new thread resets
+        that count to torch's process-wide one (which a torch.set_num_threads elsewhere may have changed): a plan
+        for 2 threads then runs on 1 and the step fails ("metadata->thread_num == thread_num (2 vs. 1)")."""
+        thread = threading.get_ident()
+        if thread in self._pinned and _torch_threads() == self._threads:
+            return
+        _set_torch_threads(self._threads)
+        self._pinned.add(thread)
 
     @classmethod
     def from_spec(cls, model: ModelConfig | str, config: EngineConfig | None = None) -> VLLMEngine:
@@ -282,12 +343,17 @@ class VLLMEngine:
         cuda = on_cuda(model)
         arguments = llm_arguments(model, config.vllm, path, cuda)
         log.info("starting vLLM: %s", arguments)
+        threads = bound_threads(config.vllm, cuda)
+        if threads is not None:  # start on the count it binds, whatever torch was set to before
+            _set_torch_threads(threads)
         with _environment(start_environment(config.vllm, cuda)):
             try:
                 llm = vllm.LLM(**arguments)
             except (ValueError, RuntimeError, TypeError, MemoryError, AssertionError) as error:
                 raise start_error(error) from error
-        return cls(llm, load_tokenizer(path), vllm, config)
+        engine = cls(llm, load_tokenizer(path), vllm, config, _generation_config(path), threads)
+        _STARTED.append(engine)
+        return engine
 
     @property
     def context_length(self) -> int | None:
@@ -377,6 +443,7 @@ class VLLMEngine:
 
     def step(self) -> list[StepEvent]:
         """One engine step: an event per finished request (its row) and per streamed request with new tokens."""
+        self._pin_threads()
         events = []
         for output in self.llm.llm_engine.step():
             submitted = self.inflight.get(str(output.request_id))
@@ -390,8 +457,12 @@ class VLLMEngine:
                     events.append(StepEvent(submitted.key, new, None))
                 continue
             del self.inflight[str(output.request_id)]
+            if not self._submitting:
+                self.request_keys.pop(str(output.request_id), None)
             tokens = submitted.tokens if submitted.stream else new
             row = self.row(output, submitted.max_tokens, tokens)
+            if submitted.stream:  # the last chunk without the stop token the row leaves out
+                new = new[: max(0, len(new) - (len(tokens) - row.num_tokens))]
             events.append(StepEvent(submitted.key, new if submitted.stream else row.token_ids, row))
         return events
 
@@ -406,6 +477,8 @@ class VLLMEngine:
             self.llm.llm_engine.abort_request(ids)
         for request_id in ids:
             self.inflight.pop(request_id, None)
+            if not self._submitting:
+                self.request_keys.pop(request_id, None)
 
     def row(self, output: Any, max_tokens: int, token_ids: Sequence[int] | None = None) -> RowOutput:
         """Our row for vLLM's finished output (token_ids: a streamed request's gathered tokens); abort, error and a
@@ -472,7 +545,11 @@ class VLLMEngine:
                 on_finished(index, finished[index])
 
         steps = 0
+        reset = getattr(self.scheduler(), "seqsched_reset_peak", None)
+        if reset is not None:
+            reset()
         before = self.scheduler_counters()
+        self._submitting = True
         try:
             # In priority order: vLLM breaks priority ties by arrival, so ties keep input order.
             order = sorted(range(count), key=lambda index: (0 if priorities is None else int(priorities[index]), index))
@@ -499,6 +576,8 @@ class VLLMEngine:
         except BaseException:
             self.abort()
             raise
+        finally:
+            self._submitting = False
         # vLLM mixes prefills and decodes in its steps: the time is all counted as decode.
         # Each step samples one token per running request: the tokens kept are the row-steps (preempted work aside).
         tokens = sum(item.row.num_tokens + (item.row.finish_reason is FinishReason.STOP) for item in finished.values())
@@ -576,14 +655,24 @@ class VLLMStepTimer:
         return self.engine.decode(token_ids)
 
     def _run(self, prompt_ids: Sequence[Sequence[int]], tokens: int) -> float:
+        self.engine._pin_threads()
         started = time.perf_counter()
         for index, ids in enumerate(prompt_ids):
             params = self.engine.sampling_params(GREEDY, tokens, None, ignore_eos=True)
             params.output_kind = self.engine.output_kinds.FINAL_ONLY
             request_id = f"timer-{next(self._ids)}-{index}"
             self.engine.llm.llm_engine.add_request(request_id, self.engine._engine_input(ids), params)
+        short = 0
         while self.engine.llm.llm_engine.has_unfinished_requests():
-            self.engine.llm.llm_engine.step()
+            for output in self.engine.llm.llm_engine.step():
+                if output.finished and output.outputs and len(output.outputs[0].token_ids) < tokens:
+                    short += 1
+        if short:
+            raise SeqschedError(
+                f"a step-cost probe of {len(prompt_ids)} rows ended before its {tokens} tokens (vLLM's context or KV "
+                "cache is too small for it): lower --cost.probe_tokens or the limit, or raise "
+                "--engine.vllm.max_model_len"
+            )
         return time.perf_counter() - started
 
     def generate(
