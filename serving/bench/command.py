@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from seqsched.engines.api import Batching, Engine
-from seqsched.engines.config import EngineConfig, EngineKind
+from seqsched.engines.config import COUNTING_SCHEDULER, EngineConfig, EngineKind
 from seqsched.engines.selection import build_engine, set_torch_threads, with_batching
 from seqsched.errors import SeqschedError, require, require_at_least
 from seqsched.files import check_writable, write_json, write_text
@@ -403,7 +403,11 @@ def bench(config: BenchConfig, engine: Engine | None = None) -> BenchResult:
     )
 
     def start_vllm() -> Engine:
-        return build_engine(replace(config.engine, kind=EngineKind.VLLM), config.model)
+        # vLLM's own scheduler, counting its preemptions (seqsched.engines.vllm_scheduler.CountingScheduler).
+        vllm_settings = config.engine.vllm
+        if vllm_settings.scheduler_cls is None:
+            vllm_settings = replace(vllm_settings, scheduler_cls=COUNTING_SCHEDULER)
+        return build_engine(replace(config.engine, kind=EngineKind.VLLM, vllm=vllm_settings), config.model)
 
     replay = replay_info(engine, config)
     predictions = Predictions(engine, config, requests)

@@ -228,8 +228,11 @@ def _admit(
     hold: bool,
 ) -> None:
     """Start waiting requests in order while there is a slot and, by the rule, KV room."""
-    if state.blocked_at == state.changes and waiting and waiting[0][1] == state.blocked_head:
-        return  # nothing left or joined since the head was refused: the answer is the same
+    same = state.blocked_at == state.changes and waiting and waiting[0][1] == state.blocked_head
+    if same and (hold or requests[waiting[0][1]].reserve is None):
+        # Nothing left or joined since the head was refused: by the greedy or held rule the answer is the same (by
+        # the predicted one it may change as the running requests move on toward their ends).
+        return
     free = engine.total_blocks - _used_blocks(running, engine)
     reserving = [request for request in running if request.reserve is not None]
     held = sum(_held(request, engine) for request in reserving) if hold else 0
