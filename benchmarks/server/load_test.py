@@ -124,6 +124,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_environment() -> dict[str, str]:
+    """The environment of the processes this script starts: they run where it runs (relative paths such as
+    --tracking_uri sqlite:///outputs/... mean the same to them), with this checkout first on the import path."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 @contextmanager
 def server(args: argparse.Namespace, work: Path, name: str, options: Sequence[str]) -> Iterator[str]:
     """A `seqsched server` process on the loopback for one policy; yields its base URL (no /v1)."""
@@ -138,7 +145,7 @@ def server(args: argparse.Namespace, work: Path, name: str, options: Sequence[st
     log_path = work / f"server-{name}.log"
     print(f"[{name}] starting: {' '.join(command[2:])} (log: {log_path})", flush=True)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment())
     url = f"http://{LOOPBACK}:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -375,7 +382,7 @@ def run_vllm_bench(args: argparse.Namespace, url: str, policy: str, rate: float,
     log = work / f"vllm-bench-{policy}.log"
     with log.open("wb") as handle:
         code = subprocess.run(
-            command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, timeout=args.run_timeout_s + 600
+            command, stdout=handle, stderr=subprocess.STDOUT, timeout=args.run_timeout_s + 600, env=child_environment()
         )
     saved = out.parent / name
     if code.returncode != 0 or not saved.exists():
