@@ -324,7 +324,8 @@ class VLLMEngine:
         """Run the engine on the thread count vLLM started with, on whichever thread calls: vLLM's CPU attention
         plans its work with the calling thread's OpenMP count, and torch's first parallel op on a new thread resets
         that count to torch's process-wide one (which a torch.set_num_threads elsewhere may have changed): a plan
-        for 2 threads then runs on 1 and the step fails ("metadata->thread_num == thread_num (2 vs. 1)")."""
+        for 2 threads then runs on 1 and the step fails ("metadata->thread_num == thread_num (2 vs. 1)"). A new
+        thread reports the right count until that reset, so the count is set once on each thread, whatever it reads."""
         thread = threading.get_ident()
         if thread in self._pinned and _torch_threads() == self._threads:
             return
