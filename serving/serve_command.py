@@ -27,11 +27,20 @@ from seqsched.model_specs import ModelConfig
 from seqsched.requests import InputFormat, Request
 from seqsched.tables import table
 from serving.batch_io import BatchInput, OutputFormat, read_batch_input, write_batch_output
-from serving.measure.autotune import Tuner, budget_only, cost_engine, kv_model, own_limits, prompt_lengths, tuner_for
+from serving.measure.autotune import (
+    Tuner,
+    all_at_once,
+    budget_only,
+    cost_engine,
+    kv_model,
+    own_limits,
+    prompt_lengths,
+    tuner_for,
+)
 from serving.measure.costmodel import CostConfig
 from serving.measure.memory import MemoryConfig
 from serving.policy.kv_tuning import decide_kv
-from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig
+from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
 from serving.policy.workload import TuneConfig
 from serving.predictors import (
     PredictorSource,
@@ -99,6 +108,10 @@ class ServeConfig(ScheduleConfig):
     """The step cost tuning simulates with: measured once per machine and model, then cached."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     """The KV-cache budget of a batch (static engine): rows x (prompt + cap) stays within it."""
+    always_order: bool = False
+    """On a continuous engine, order by predicted length even when every request fits at once. By default such a
+    run serves FCFS without predicting: all requests run together, so no order changes who runs when and the
+    prediction would only cost its time (the demo's oracle run sets this to show what ordering buys)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -128,13 +141,22 @@ def predict_and_run(
     options: RunOptions | None = None,
     process: Process | None = None,
     tuner: Tuner | None = None,
+    always_order: bool = False,
 ) -> RunResult:
     """Predict the lengths (timed, counted in the run), tune the schedule on them when a tuner is given (timed,
     counted too; vanilla batches when the schedule is not predicted to win) and serve the requests (see
-    serving.runner.run)."""
+    serving.runner.run). On a continuous engine where every request fits at once, FCFS serves without predicting
+    unless always_order (serving.measure.autotune.all_at_once)."""
     predicted = None
     predictor_s = 0.0
     by_quantile: dict[float, list[int]] = {}
+    extra: dict[str, Any] = {}
+    if predictor is not None and cfg.needs_predictions and engine.batching is Batching.CONTINUOUS and not always_order:
+        fallback = all_at_once(engine, prompt_lengths(engine, requests), own_limits(requests, cfg.limit))
+        if fallback is not None:  # no order to choose: the prediction would only cost its time
+            print(f"{fallback}: FCFS serves, no prediction", flush=True)
+            cfg = replace(cfg, strategy=Strategy.VANILLA, policy=Admission.FCFS, kv_admission=KVAdmission.GREEDY)
+            extra["fallback"] = fallback
     if predictor is not None and cfg.needs_predictions:
         started = time.perf_counter()
         if tuner is not None and tuner.errors_by_quantile and cfg.binned and cfg.kv_admission is not KVAdmission.AUTO:
@@ -146,7 +168,6 @@ def predict_and_run(
         predictor_s = time.perf_counter() - started
     shared = getattr(predictor, "prefill_s", 0.0) if predictor is not None and cfg.needs_predictions else 0.0
     tuning_s = 0.0
-    extra: dict[str, Any] = {}
     if cfg.kv_admission is KVAdmission.AUTO:
         model = kv_model(engine)
         if tuner is None or predicted is None or model is None:
@@ -197,8 +218,9 @@ def predict_and_run(
         release = getattr(predictor, "release", None)
         if release is not None:
             release()  # prefills a probe kept for the run's batches
+    result.extra.update(extra)
     if tuner is not None:
-        result.extra.update(extra, tuning=tuner.info)
+        result.extra.update(tuning=tuner.info)
     return result
 
 
@@ -394,7 +416,9 @@ def _serve_pending(
     serving = [requests[index] for index in todo]
     tuner = serve_tuner(config, engine, serving, predictor)
     try:
-        result = predict_and_run(engine, serving, predictor, config.schedule(), options, process, tuner)
+        result = predict_and_run(
+            engine, serving, predictor, config.schedule(), options, process, tuner, config.always_order
+        )
     except KeyboardInterrupt:
         if process.main:
             print(

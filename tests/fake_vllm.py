@@ -88,7 +88,7 @@ class FakeLLMEngine:
         )
         block = 16
         self.vllm_config = types.SimpleNamespace(
-            scheduler_config=types.SimpleNamespace(max_num_seqs=max_num_seqs),
+            scheduler_config=types.SimpleNamespace(max_num_seqs=max_num_seqs, max_num_batched_tokens=8192),
             cache_config=types.SimpleNamespace(
                 block_size=block, num_gpu_blocks=None if kv_cache_tokens is None else kv_cache_tokens // block
             ),

@@ -26,6 +26,7 @@ from serving.bench import (
     strategy_config,
     summarize,
 )
+from serving.bench.setup import Predictions
 from serving.measure.autotune import Tuner
 from serving.measure.memory import KVBudget
 from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
@@ -168,6 +169,60 @@ def test_vllm_rows_run_on_the_vllm_engine_after_ours(
     assert "speed_vs_vllm_fcfs" in markdown(result, "tiny")
     with pytest.raises(SeqschedError, match="vLLM engine"):
         run_bench(tiny_engine, requests, config)
+
+
+def test_vllm_rows_serve_fcfs_without_predicting_when_every_request_fits_at_once(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    """With room for all 16 requests at once (16 sequences, KV for each prompt and its whole limit), no order can
+    change the run: vllm-sjf and vllm-fcr serve FCFS and never call the predictor (its file is gone: a call would
+    fail); vllm-sjf-oracle still orders (the ceiling). With one block too few, vllm-sjf orders by the predictor."""
+    from seqsched.engines.vllm import VLLMEngine
+    from serving.measure.autotune import own_limits, prompt_lengths
+    from tests.fake_vllm import LLM, fake_vllm_module
+
+    needed = sum(
+        -(-(p + b) // 16) * 16
+        for p, b in zip(prompt_lengths(tiny_engine, requests), own_limits(requests, 40), strict=True)
+    )
+    oracle_file = noisy_oracle.parent / "all-fit.jsonl"
+    oracle_file.write_text(noisy_oracle.read_text())
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.VLLM_SJF_ORACLE, BenchStrategy.VLLM_SJF, BenchStrategy.VLLM_FCR)
+    config = BenchConfig(
+        predictor=f"oracle:{oracle_file}", strategies=strategies, vanilla_batch_size=6, progress=False, **POLICY
+    )
+
+    def start(kv_tokens: int) -> VLLMEngine:
+        llm = LLM(tiny_engine, max_num_seqs=len(requests), kv_cache_tokens=kv_tokens)
+        return VLLMEngine(llm, tiny_engine.tokenizer, fake_vllm_module())
+
+    predictions = Predictions(tiny_engine, config, requests)
+    oracle_file.unlink()  # a prediction would fail now
+    roomy = run_bench(tiny_engine, requests, config, predictions=predictions, vllm=lambda: start(needed + 16))
+    by_name = {item.name: item for item in roomy.runs}
+    for name in ("vllm-sjf", "vllm-fcr"):
+        item = by_name[name]
+        assert item.fallback is not None and f"all {len(requests)} requests run at once" in item.fallback, name
+        assert item.predicted is None and item.result.metrics.admission == "fcfs", name
+        assert item.result.metrics.predictor_s == 0.0 and roomy.row(name)["schedule"] == "fcfs (all fit at once)"
+        assert item.same_as_base == len(requests)
+    assert by_name["vllm-sjf-oracle"].fallback is None and by_name["vllm-sjf-oracle"].predicted is not None
+    assert "Served FCFS without predicting" in markdown(roomy, "tiny")
+
+    oracle_file.write_text(noisy_oracle.read_text())
+    tight = BenchConfig(
+        predictor=f"oracle:{oracle_file}",
+        strategies=(BenchStrategy.VANILLA, BenchStrategy.VLLM_SJF),
+        vanilla_batch_size=6,
+        progress=False,
+        **POLICY,
+    )
+    item = next(
+        run
+        for run in run_bench(tiny_engine, requests, tight, vllm=lambda: start(needed)).runs
+        if run.strategy is BenchStrategy.VLLM_SJF
+    )
+    assert item.fallback is None and item.predicted is not None and item.result.metrics.admission == "sjf"
 
 
 def test_rows_map_to_strategies_and_policies() -> None:

@@ -71,4 +71,7 @@ def test_pipeline_demo_labels_trains_registers_and_serves(
         names = [row["run"] for row in comparison["vllm"]["runs"]]
         assert names == ["vllm", "vllm + predictor (sjf)", "vllm + oracle (sjf)"]
         assert all(row["requests"] == 10 for row in comparison["vllm"]["runs"])
-        assert "on vLLM the predictor's order served" in printed
+        # 10 requests fit vLLM at once: the predictor's run serves FCFS without predicting; the oracle's orders.
+        admissions = [row["admission"] for row in comparison["vllm"]["runs"]]
+        assert admissions == ["fcfs", "fcfs", "sjf"] and comparison["vllm"]["runs"][1]["predictor_s"] == 0.0
+        assert "every request fit at once, so seqsched served FCFS without predicting" in printed

@@ -109,6 +109,31 @@ def test_serve_on_the_continuous_pool_with_each_policy(tiny_model_dir: Path, tmp
         assert metrics["latency_mean_s"] > 0 and metrics["time_to_half_s"] <= metrics["latency_p99_s"]
 
 
+def test_serve_skips_the_predictor_when_every_request_fits_in_the_pool(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """10 requests (and a broken line) on a pool of 16 rows all run at once: sjf has no order to choose, so FCFS
+    serves and the predictor is not called (no time spent predicting); the outputs are the same. With 8 rows, sjf
+    orders."""
+    batch_file(tmp_path / "in.jsonl", synthetic_prompts(10, seed=4))
+    vanilla = serve(tiny_model_dir, tmp_path, "vanilla", "--strategy", "vanilla")
+    oracle = tmp_path / "oracle.jsonl"
+    oracle.write_text("".join(json.dumps(line) + "\n" for line in vanilla if line["error"] is None))
+    capsys.readouterr()
+    pool = ["--engine.batching", "continuous", "--engine.slots", "16", "--policy", "sjf"]
+    lines = serve(tiny_model_dir, tmp_path, "roomy", *pool, "--predictor", f"oracle:{oracle}")
+    out = capsys.readouterr().out
+    assert "all 10 requests run at once (10 <= 16 sequences): FCFS serves, no prediction" in out, out
+    metrics = json.loads(metrics_path(tmp_path / "roomy.jsonl").read_text())
+    assert metrics["admission"] == "fcfs" and metrics["predictor_s"] == 0.0
+    for theirs, mine in zip(vanilla, lines, strict=True):
+        if theirs["error"] is None:
+            assert mine["response"]["body"]["choices"] == theirs["response"]["body"]["choices"]
+    serve(tiny_model_dir, tmp_path, "tight", *pool[:3], "8", *pool[4:], "--predictor", f"oracle:{oracle}")
+    assert "FCFS serves" not in capsys.readouterr().out
+    assert json.loads(metrics_path(tmp_path / "tight.jsonl").read_text())["admission"] == "sjf"
+
+
 def test_serve_policy_needs_a_continuous_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
     assert main(["serve", "--input", str(tmp_path / "in.jsonl"), "--policy", "sjf"]) == 2

@@ -111,3 +111,17 @@ def test_the_tuner_picks_the_best_safe_candidate_and_falls_back_where_nothing_wi
     drawn = decide_kv(true, prompts, caps, noisy, engine(12), per_row, BASE, by_latency)
     assert drawn.chosen["latency_mean_s"] <= drawn.baseline["latency_mean_s"]
     assert "KV admission" in tight.describe() and tight.as_dict()["candidates"]
+
+
+def test_holds_all_counts_sequences_and_whole_blocks() -> None:
+    """Every request runs at once only when there are no more than max_seqs and the cache holds each one's prompt
+    and whole budget in whole blocks (one block kept out, vLLM's null block)."""
+    prompts, budgets = [20, 40, 5], [30, 24, 11]  # 50, 64, 16 tokens: 4 + 4 + 1 blocks of 16
+    roomy = KVEngine(kv_tokens=10 * 16, max_seqs=3, block_size=16)
+    assert roomy.holds_all(prompts, budgets)
+    assert not KVEngine(kv_tokens=9 * 16, max_seqs=3, block_size=16).holds_all(prompts, budgets)
+    assert not KVEngine(kv_tokens=100 * 16, max_seqs=2, block_size=16).holds_all(prompts, budgets)
+    by_token = KVEngine(kv_tokens=130, max_seqs=3, block_size=1, null_blocks=0)
+    assert by_token.holds_all(prompts, budgets) and not by_token.holds_all(prompts, [30, 24, 12])
+    with pytest.raises(ValueError, match="one budget per prompt"):
+        roomy.holds_all(prompts, budgets[:2])

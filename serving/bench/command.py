@@ -53,7 +53,7 @@ from serving.bench.rows import (
     summarize,
 )
 from serving.bench.setup import Policies, Predictions, Sizer, bench_tuner, continuous_pool
-from serving.measure.autotune import Tuner, own_limits, prompt_lengths
+from serving.measure.autotune import Tuner, all_at_once, own_limits, prompt_lengths
 from serving.measure.costmodel import CostConfig, machine_name
 from serving.measure.memory import MemoryConfig
 from serving.policy.admission import policy_for
@@ -263,16 +263,27 @@ def run_bench(
                 assert vllm is not None
                 print("starting vLLM for the vllm-* rows", flush=True)
                 vllm_engine = vllm()
-            predicted, predictor_s, shared_prefill_s = predictions.get(
-                strategy.source, share_prefill=not strategy.continuous, vllm=strategy.vllm
-            )
-            cfg, decision = policies.for_row(row, predicted)
+            serving = vllm_engine if strategy.vllm else (pool if strategy.continuous else static)
+            assert serving is not None
+            fallback = None
+            if strategy.continuous and strategy.source is Source.PREDICTOR:
+                # Every request fits at once: no order to choose, so no prediction to pay for (the oracle rows
+                # still order, to show what ordering would have bought).
+                fallback = all_at_once(serving, prompts, limits)
+            if fallback is not None:
+                print(f"{row.name}: {fallback}: FCFS serves, no prediction", flush=True)
+                base_row = BenchStrategy.VLLM_FCFS if strategy.vllm else BenchStrategy.CB_FCFS
+                predicted, predictor_s, shared_prefill_s = None, 0.0, 0.0
+                cfg, decision = strategy_config(base_row, policy, config.vanilla_batch_size), None
+            else:
+                predicted, predictor_s, shared_prefill_s = predictions.get(
+                    strategy.source, share_prefill=not strategy.continuous, vllm=strategy.vllm
+                )
+                cfg, decision = policies.for_row(row, predicted)
             quantile = decision.details.get("quantile") if decision is not None else None
             if quantile is not None:  # risk-aware caps: lengths at the quantile the tuner chose
                 predicted = predictions.quantile_lengths[quantile]
             tuning_s = decision.tuning_s if decision is not None else 0.0
-            serving = vllm_engine if strategy.vllm else (pool if strategy.continuous else static)
-            assert serving is not None
             result = run(
                 serving,
                 requests,
@@ -293,7 +304,17 @@ def run_bench(
             same = same_as_vanilla(result, vanilla, by_length)
             same_base = same_as_vanilla(result, vllm_base) if strategy.vllm and vllm_base is not None else None
             runs.append(
-                StrategyRun(strategy, index, result, predicted, same, decision, paper=row.paper, same_as_base=same_base)
+                StrategyRun(
+                    strategy,
+                    index,
+                    result,
+                    predicted,
+                    same,
+                    decision,
+                    paper=row.paper,
+                    same_as_base=same_base,
+                    fallback=fallback,
+                )
             )
             metrics = result.metrics
             print(

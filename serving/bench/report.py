@@ -96,6 +96,7 @@ def report_dict(result: BenchResult, config: BenchConfig, requests: Sequence[Req
                 "round": item.round,
                 "config": to_dict(item.result.config),
                 "simulated": item.simulated,
+                "fallback": item.fallback,
             }
             for item in result.runs
         ],
@@ -141,6 +142,11 @@ def markdown(result: BenchResult, header: str) -> str:
             "its max_num_seqs; every request submitted at t=0; padding_share = the share of attended context that was "
             "left-padding alignment):\n\n"
             f"{table(result.continuous_rows, CONTINUOUS_COLUMNS)}\n"
+        )
+    fallbacks = {item.name: item.fallback for item in result.runs if item.fallback is not None}
+    if fallbacks:
+        text += "\nServed FCFS without predicting (no order to choose: every request ran at once):\n\n" + "".join(
+            f"- {name}: {reason}\n" for name, reason in fallbacks.items()
         )
     decisions = result.tuning.get("decisions") or {}
     if decisions:

@@ -156,6 +156,9 @@ class StrategyRun:
     """What the cost model predicts this run cost (the same plan on the true lengths)."""
     paper: bool = False
     """Run under the starting (paper's) policy while the other scheduled rows run the tuned one."""
+    fallback: str | None = None
+    """Why a continuous row served FCFS without predicting (every request fit at once), None when it ran its own
+    policy."""
 
     @property
     def name(self) -> str:
@@ -257,6 +260,8 @@ def median_runs(
 
 
 def _schedule(item: StrategyRun) -> str:
+    if item.fallback is not None:
+        return "fcfs (all fit at once)"
     if item.paper:
         return "paper"
     if item.decision is None:

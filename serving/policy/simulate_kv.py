@@ -66,6 +66,17 @@ class KVEngine:
         """Blocks requests can hold."""
         return self.kv_tokens // self.block_size - self.null_blocks
 
+    def holds_all(self, prompts: Sequence[int], budgets: Sequence[int]) -> bool:
+        """True when every request runs from the first steps to its end together with all the others: no more of
+        them than max_seqs, and the KV cache holds each one's prompt and whole budget at once. Then no order or
+        admission rule changes who runs when (only which prefill chunk goes first), and no request is preempted."""
+        if len(prompts) != len(budgets):
+            raise ValueError("one budget per prompt")
+        if len(prompts) > self.max_seqs:
+            return False
+        needed = sum(self.blocks(prompt + budget) for prompt, budget in zip(prompts, budgets, strict=True))
+        return needed <= self.total_blocks
+
 
 @dataclass
 class _Request:
