@@ -5,6 +5,7 @@ refusals reach the sink, and the predictor thread predicts arrivals together and
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 from seqsched.engines.api import RowOutput
@@ -96,6 +97,30 @@ def test_sjf_releases_the_queue_shortest_predicted_first(tiny_engine: HFEngine) 
     worker.stop()
     assert released == ["c", "d", "b", "a"]
     assert [name for kind, name in log] == released and all(kind == "done" for kind, _ in log)
+
+
+def test_has_room_only_while_nothing_waits_and_a_place_is_free(tiny_engine: HFEngine) -> None:
+    """A request that would be released at once needs no rank (the server skips its prediction): room means an
+    empty queue and fewer running than max_running."""
+    worker, _ = worker_over(tiny_engine, Admission.SJF, delay_s=0.02)
+    ids = tiny_engine.encode("repeat lamp 20 times")
+    log: list[tuple[str, str]] = []
+    assert worker.has_room()
+    done = threading.Event()
+    submit(worker, ids, "first", None, 30, log, done)
+    assert not worker.has_room(), "it waits in the queue (the thread has not started)"
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not worker._running and not done.is_set() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if not done.is_set():
+        assert not worker.has_room(), "the one place is taken"
+    assert done.wait(30)
+    deadline = time.monotonic() + 30
+    while not worker.has_room() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    assert worker.has_room() and log == [("done", "first")]
 
 
 def test_aging_releases_a_long_request_after_max_wait_under_a_stream_of_short_ones(tiny_engine: HFEngine) -> None:

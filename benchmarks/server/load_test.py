@@ -73,6 +73,8 @@ COLUMNS = (
     "tokens_per_s",
     "preemptions",
     "predictor_ms_per_request",
+    "predicted",
+    "skipped",
 )
 
 
@@ -345,6 +347,8 @@ def run_policy(
         seconds = after.get("seqsched_predictor_latency_seconds_sum", 0) - before.get(
             "seqsched_predictor_latency_seconds_sum", 0
         )
+        # Requests that found the engine with room went in unpredicted (their rank could not matter).
+        skipped = after.get("seqsched_predictor_skipped_total", 0) - before.get("seqsched_predictor_skipped_total", 0)
         row = {
             "policy": policy,
             "load": load,
@@ -353,6 +357,8 @@ def run_policy(
             "wall_s": wall,
             "preemptions": after.get("seqsched_preemptions_total", 0) - before.get("seqsched_preemptions_total", 0),
             "predictor_ms_per_request": 1000 * seconds / predicted if predicted else None,
+            "predicted": int(predicted),
+            "skipped": int(skipped),
             "server": info,
         }
         rows.append(row)

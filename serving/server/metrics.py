@@ -39,6 +39,8 @@ class ServerMetrics:
     predictor_seconds: float = 0.0
     predictor_last_s: float = 0.0
     predictor_errors: int = 0
+    predictor_skipped: int = 0
+    """Interactive requests not predicted: released at once into an engine with room (their rank cannot matter)."""
     queue_wait_seconds: float = 0.0
     queue_released: int = 0
     _recent: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
@@ -86,6 +88,11 @@ class ServerMetrics:
             self.predictor_last_s = seconds
             self.predictor_errors += failed
 
+    def skipped_prediction(self) -> None:
+        """Count a request released without a prediction (the engine had room and nothing waited)."""
+        with self._lock:
+            self.predictor_skipped += 1
+
     def render(self, gauges: Gauges) -> str:
         """Prometheus text exposition format."""
         lines: list[str] = []
@@ -99,7 +106,7 @@ class ServerMetrics:
             requests = dict(self.requests)
             totals = (self.generated_tokens, self.batch_lines_computed, self.queue_released, self.queue_wait_seconds)
             predictor = (self.predictor_calls, self.predictor_requests, self.predictor_seconds, self.predictor_last_s)
-            predictor_errors = self.predictor_errors
+            predictor_errors, predictor_skipped = self.predictor_errors, self.predictor_skipped
         depth = [('{lane="interactive"}', gauges.queue_interactive), ('{lane="batch"}', gauges.queue_batch)]
         metric("queue_depth", "gauge", "Requests waiting in the server's queue.", depth)
         metric(
@@ -148,6 +155,12 @@ class ServerMetrics:
             "counter",
             "Predictor calls that failed (requests ranked longest).",
             [("", predictor_errors)],
+        )
+        metric(
+            "predictor_skipped_total",
+            "counter",
+            "Requests not predicted: released at once into an engine with room, where a rank cannot matter.",
+            [("", predictor_skipped)],
         )
         return "\n".join(lines) + "\n"
 

@@ -130,6 +130,12 @@ class EngineWorker:
             self._condition.notify_all()
         return key
 
+    def has_room(self) -> bool:
+        """True when a request submitted now would be released into the engine at once: nothing waits and fewer
+        than max_running run (then its rank in the queue cannot matter)."""
+        with self._condition:
+            return not self._waiting and len(self._running) < self.max_running
+
     def call(self, function: Callable[[], T]) -> T:
         """Run a function on the engine thread between two steps and return its result (the predictor, on a CPU
         whose cores the engine's threads occupy: taking turns beats two thread pools fighting over them)."""
