@@ -152,7 +152,8 @@ def predict_and_run(
     by_quantile: dict[float, list[int]] = {}
     extra: dict[str, Any] = {}
     if predictor is not None and cfg.needs_predictions and engine.batching is Batching.CONTINUOUS and not always_order:
-        fallback = all_at_once(engine, prompt_lengths(engine, requests), own_limits(requests, cfg.limit))
+        stats = tuner.length_stats if tuner is not None else None
+        fallback = all_at_once(engine, prompt_lengths(engine, requests), own_limits(requests, cfg.limit), stats)
         if fallback is not None:  # no order to choose: the prediction would only cost its time
             print(f"{fallback}: FCFS serves, no prediction", flush=True)
             cfg = replace(cfg, strategy=Strategy.VANILLA, policy=Admission.FCFS, kv_admission=KVAdmission.GREEDY)

@@ -10,7 +10,7 @@ import pytest
 
 from serving.policy.kv_tuning import KVPolicy, KVTuneConfig, Objective, candidates, decide_kv, priorities_for
 from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
-from serving.policy.simulate_kv import KVEngine, Resume, simulate_kv
+from serving.policy.simulate_kv import KVEngine, LengthStats, Resume, simulate_kv
 from serving.policy.stepcost import StepCost
 from serving.policy.workload import ErrorModel
 
@@ -125,3 +125,19 @@ def test_holds_all_counts_sequences_and_whole_blocks() -> None:
     assert by_token.holds_all(prompts, budgets) and not by_token.holds_all(prompts, [30, 24, 12])
     with pytest.raises(ValueError, match="one budget per prompt"):
         roomy.holds_all(prompts, budgets[:2])
+
+
+def test_holds_all_by_held_out_lengths_when_whole_budgets_do_not_fit() -> None:
+    """256 prompts of 45 tokens with budgets of 256 need 768 blocks of 128 with whole budgets; a 600-block cache
+    does not hold that, but by held-out lengths (mean 129, sd 105: SmolLM2's usual answers) the expected final
+    contexts, half a block of rounding each and two standard deviations of the sum need ~64k of its 76.7k tokens;
+    long answers (mean 250) would need ~92k."""
+    prompts, budgets = [45] * 256, [256] * 256
+    cache = KVEngine(kv_tokens=601 * 128, max_seqs=256, block_size=128)
+    assert cache.total_blocks == 600 and not cache.holds_all(prompts, budgets)
+    usual = LengthStats(128.6, 105.2)
+    assert cache.holds_all(prompts, budgets, usual)
+    assert cache.needed_tokens(prompts, budgets, usual) == pytest.approx(256 * (45 + 128.6 + 64) + 2 * 105.2 * 16, 1)
+    assert not cache.holds_all(prompts, budgets, LengthStats(250.0, 20.0)), "long answers: the expected sum is too big"
+    assert not cache.holds_all([45] * 257, [256] * 257, usual), "more requests than sequences"
+    assert LengthStats.of([10, 30]) == LengthStats(20.0, 10.0)

@@ -269,7 +269,7 @@ def run_bench(
             if strategy.continuous and strategy.source is Source.PREDICTOR:
                 # Every request fits at once: no order to choose, so no prediction to pay for (the oracle rows
                 # still order, to show what ordering would have bought).
-                fallback = all_at_once(serving, prompts, limits)
+                fallback = all_at_once(serving, prompts, limits, tuner.length_stats if tuner is not None else None)
             if fallback is not None:
                 print(f"{row.name}: {fallback}: FCFS serves, no prediction", flush=True)
                 base_row = BenchStrategy.VLLM_FCFS if strategy.vllm else BenchStrategy.CB_FCFS

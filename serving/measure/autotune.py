@@ -20,7 +20,7 @@ from serving.measure.costmodel import CostConfig, Measured, load_or_measure
 from serving.measure.memory import KVBudget, MemoryConfig, kv_budget
 from serving.policy.scheduler import ScheduleConfig
 from serving.policy.simulate import SimResult, simulate
-from serving.policy.simulate_kv import KVEngine
+from serving.policy.simulate_kv import KVEngine, LengthStats
 from serving.policy.stepcost import CostModel, StepCost
 from serving.policy.workload import Decision, ErrorModel, TuneConfig, decide, draw_workload, vanilla_config
 from serving.predictors import RequestPredictor
@@ -75,7 +75,14 @@ def held_out_errors(
     if release is not None:
         release()  # a probe sharing the serving prefill kept the held-out prompts' caches: not needed
     errors = ErrorModel.fit(predicted, true)
-    info = {"data": source, "records": len(held_out), "errors": errors.summary(), "s": time.perf_counter() - started}
+    stats = LengthStats.of(true)
+    info = {
+        "data": source,
+        "records": len(held_out),
+        "errors": errors.summary(),
+        "lengths": {"mean": stats.mean, "stdev": stats.stdev},
+        "s": time.perf_counter() - started,
+    }
     if by_quantile:
         info["quantiles"] = {str(q): model.summary() for q, model in by_quantile.items()}
     return errors, by_quantile, info
@@ -105,6 +112,12 @@ class Tuner:
     info: dict[str, Any] = field(default_factory=dict)
     errors_by_quantile: dict[float, ErrorModel] = field(default_factory=dict)
     """Held-out errors of each quantile's lengths (tune.quantiles with a predictor that gives distributions)."""
+
+    @property
+    def length_stats(self) -> LengthStats | None:
+        """The held-out set's true lengths (mean, standard deviation), None without one."""
+        lengths = (self.info.get("held_out") or {}).get("lengths")
+        return None if lengths is None else LengthStats(float(lengths["mean"]), float(lengths["stdev"]))
 
     def apply_budget(self, cfg: ScheduleConfig) -> ScheduleConfig:
         """cfg with the run's token budget (a given one stays)."""
@@ -303,13 +316,16 @@ def kv_model(engine: Engine) -> KVEngine | None:
     return None
 
 
-def all_at_once(engine: Engine, prompts: Sequence[int], budgets: Sequence[int]) -> str | None:
+def all_at_once(
+    engine: Engine, prompts: Sequence[int], budgets: Sequence[int], lengths: LengthStats | None = None
+) -> str | None:
     """Why ordering requests by predicted length cannot change a run on this continuous engine, or None when it can:
     every request is admitted at the start and runs to its end beside all the others (no more than the engine's
-    sequences, KV for each one's prompt and whole budget at once: serving.policy.simulate_kv.KVEngine.holds_all).
-    Then a predictor only costs its time (measured: vLLM serving 256 prompts that all fit, shortest-predicted-first
-    0.94x FCFS's samples/s, the probe's 8.9 s included; with the true lengths 1.03x), so the run serves FCFS
-    without predicting. None for a static engine (its batches are what the predictions shape)."""
+    sequences, KV for every final context at once: serving.policy.simulate_kv.KVEngine.holds_all, with whole
+    budgets, or with `lengths`, a held-out set's, the expected total). Then a predictor only costs its time
+    (measured: vLLM serving 256 prompts at once, shortest-predicted-first 0.94x FCFS's samples/s, the probe's 8.9 s
+    included; with the true lengths 1.03x), so the run serves FCFS without predicting. None for a static engine
+    (its batches are what the predictions shape)."""
     if engine.batching is not Batching.CONTINUOUS or not prompts:
         return None
     model = kv_model(engine)
@@ -318,11 +334,17 @@ def all_at_once(engine: Engine, prompts: Sequence[int], budgets: Sequence[int]) 
         if slots is None:
             return None
         model = KVEngine(kv_tokens=sys.maxsize, max_seqs=int(slots), block_size=1, null_blocks=0)
-    if not model.holds_all(prompts, budgets):
+    if not model.holds_all(prompts, budgets, lengths):
         return None
-    needed = sum(model.blocks(prompt + budget) for prompt, budget in zip(prompts, budgets, strict=True))
-    kv = "" if model.kv_tokens == sys.maxsize else f", {needed * model.block_size} of {model.kv_tokens} KV tokens"
-    return f"all {len(prompts)} requests run at once ({len(prompts)} <= {model.max_seqs} sequences{kv})"
+    count = len(prompts)
+    if model.kv_tokens == sys.maxsize:
+        return f"all {count} requests run at once ({count} <= {model.max_seqs} sequences)"
+    needed = model.needed_tokens(prompts, budgets, lengths)
+    expected = "" if lengths is None else f" expected by held-out lengths (mean {lengths.mean:.0f})"
+    return (
+        f"all {count} requests run at once ({count} <= {model.max_seqs} sequences, {needed:,} KV tokens{expected} "
+        f"of {model.total_blocks * model.block_size:,})"
+    )
 
 
 def cost_engine(engine: Engine) -> Engine:

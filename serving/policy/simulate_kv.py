@@ -41,6 +41,22 @@ class Resume(enum.Enum):
 
 
 @dataclass(frozen=True)
+class LengthStats:
+    """Generated lengths of a held-out set: their mean and standard deviation (what a run's total is expected to
+    need, without predicting any one request)."""
+
+    mean: float
+    stdev: float
+
+    @classmethod
+    def of(cls, lengths: Sequence[int]) -> LengthStats:
+        """The stats of these lengths."""
+        if not lengths:
+            raise ValueError("no lengths")
+        return cls(statistics.fmean(lengths), statistics.pstdev(lengths))
+
+
+@dataclass(frozen=True)
 class KVEngine:
     """The engine the simulator assumes."""
 
@@ -66,16 +82,30 @@ class KVEngine:
         """Blocks requests can hold."""
         return self.kv_tokens // self.block_size - self.null_blocks
 
-    def holds_all(self, prompts: Sequence[int], budgets: Sequence[int]) -> bool:
-        """True when every request runs from the first steps to its end together with all the others: no more of
-        them than max_seqs, and the KV cache holds each one's prompt and whole budget at once. Then no order or
-        admission rule changes who runs when (only which prefill chunk goes first), and no request is preempted."""
+    def holds_all(self, prompts: Sequence[int], budgets: Sequence[int], lengths: LengthStats | None = None) -> bool:
+        """True when every request runs from the first steps to its end beside all the others: no more of them
+        than max_seqs, and the cache holds their final contexts at once (the peak is never above that sum). Without
+        `lengths`, each final context is its prompt plus its whole budget (certain); with a held-out set's lengths,
+        the expected sum (prompt + min(budget, mean) each, half a block of rounding each) plus two standard
+        deviations of the sum. Then no order or admission rule changes who runs when (only which prefill chunk goes
+        first), and no request is expected to be preempted."""
         if len(prompts) != len(budgets):
             raise ValueError("one budget per prompt")
         if len(prompts) > self.max_seqs:
             return False
-        needed = sum(self.blocks(prompt + budget) for prompt, budget in zip(prompts, budgets, strict=True))
-        return needed <= self.total_blocks
+        return self.needed_tokens(prompts, budgets, lengths) <= self.total_blocks * self.block_size
+
+    def needed_tokens(self, prompts: Sequence[int], budgets: Sequence[int], lengths: LengthStats | None = None) -> int:
+        """KV tokens the requests' final contexts need at once: in whole blocks with their whole budgets, or (with
+        `lengths`) the expected sum plus two standard deviations, whichever is smaller."""
+        pairs = list(zip(prompts, budgets, strict=True))
+        certain = sum(self.blocks(prompt + budget) for prompt, budget in pairs) * self.block_size
+        if lengths is None:
+            return certain
+        expected = (
+            sum(prompt + min(budget, lengths.mean) for prompt, budget in pairs) + len(pairs) * self.block_size / 2
+        )
+        return min(certain, math.ceil(expected + 2 * lengths.stdev * math.sqrt(len(pairs))))
 
 
 @dataclass
