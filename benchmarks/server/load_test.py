@@ -461,8 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = [
         f"# seqsched server under load ({report['started']})",
         "",
-        f"`{report['command']}`; capacity {capacity:.3f} req/s (FCFS, all {args.count} at once); "
-        f"{args.count} requests per run, max_tokens {args.max_tokens}.",
+        f"`{report['command']}`; capacity {capacity:.3f} req/s "
+        + ("(given by --capacity_rps); " if args.capacity_rps else f"(measured: FCFS, all {args.count} at once); ")
+        + f"{args.count} requests per run, max_tokens {args.max_tokens}.",
         "",
         table(rows, COLUMNS),
     ]
