@@ -395,9 +395,10 @@ def vllm_comparison(
         row["latency_vs_vllm"] = row["latency_mean_s"] / rows[0]["latency_mean_s"]
     columns = ["run", "requests", "samples_per_s", "tokens_per_s", "latency_mean_s", "latency_p99_s"]
     print(table(rows, [*columns, "predictor_share", "speed_vs_vllm", "latency_vs_vllm"]))
-    ordered = rows[1]["admission"] != "fcfs"
-    what = "the predictor's order served" if ordered else "every request fit at once, so seqsched served FCFS without"
-    what += "" if ordered else " predicting:"
+    if rows[1]["admission"] != "fcfs":
+        what = "the predictor's order served"
+    else:
+        what = "every request fit at once, so seqsched served FCFS without predicting:"
     print(
         f"\non vLLM {what} {rows[1]['speed_vs_vllm']:.2f}x vLLM's samples/s at {rows[1]['latency_vs_vllm']:.2f}x its "
         f"mean latency (ordering by the true lengths: {rows[2]['speed_vs_vllm']:.2f}x, "
