@@ -6,7 +6,6 @@ the schedule on the requests being served and fall back to vanilla batches when 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -328,17 +327,15 @@ def all_at_once(
     (its batches are what the predictions shape)."""
     if engine.batching is not Batching.CONTINUOUS or not prompts:
         return None
+    count = len(prompts)
     model = kv_model(engine)
-    if model is None:
+    if model is None:  # our pool without a KV budget: its slots alone bound it
         slots = getattr(engine, "slots", None)
-        if slots is None:
+        if slots is None or count > slots:
             return None
-        model = KVEngine(kv_tokens=sys.maxsize, max_seqs=int(slots), block_size=1, null_blocks=0)
+        return f"all {count} requests run at once ({count} <= {slots} sequences)"
     if not model.holds_all(prompts, budgets, lengths):
         return None
-    count = len(prompts)
-    if model.kv_tokens == sys.maxsize:
-        return f"all {count} requests run at once ({count} <= {model.max_seqs} sequences)"
     needed = model.needed_tokens(prompts, budgets, lengths)
     expected = "" if lengths is None else f" expected by held-out lengths (mean {lengths.mean:.0f})"
     return (
