@@ -160,6 +160,31 @@ def test_a_prompt_too_long_for_the_model_is_one_error_line(
     )
 
 
+def test_a_prompt_that_does_not_fit_the_pools_kv_budget_is_one_error_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Our pool with a KV budget smaller than one prompt: that request is one error line naming the option and the
+    budget it needs; the others are served, under every admission rule."""
+    inputs = tmp_path / "batch.jsonl"
+    lines = [
+        openai_line("a", "say cat 2 times", max_tokens=8),
+        openai_line("long", "apple " * 150, max_tokens=8),
+        openai_line("b", "say dog 3 times", max_tokens=8),
+    ]
+    inputs.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out.jsonl"
+    argv = ["serve", "--input", str(inputs), "--output", str(output), "--model.spec", str(tiny_model_dir)]
+    argv += ["--engine.batching", "continuous", "--engine.slots", "2", "--engine.kv_budget_tokens", "100"]
+    argv += ["--limit", "16", "--progress", "false", "--resume", "false"]
+    for rule in ("greedy", "reserve-max"):
+        assert main([*argv, "--kv_admission", rule, "--policy", "fcfs"]) == 0
+        out = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [line["custom_id"] for line in out] == ["a", "long", "b"]
+        assert out[0]["error"] is None and out[2]["error"] is None, rule
+        error = out[1]["error"]
+        assert (
+            error["code"] == "kv_budget_exceeded" and "--engine.kv_budget_tokens must be at least" in error["message"]
+        )
+
+
 @pytest.mark.parametrize(
     "target",
     ["/proc/x.jsonl", "{file}/x.jsonl", "{folder}"],
