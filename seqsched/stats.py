@@ -19,3 +19,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
     # Interpolation can step a hair outside [ordered[low], ordered[high]] in floating point.
     return min(max(value, ordered[low]), ordered[high])
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank: the smallest value with at least q% of the values at or below
+    it (what the simulators report; 0.0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]

@@ -32,14 +32,16 @@ from serving.measure.autotune import (
     all_at_once,
     budget_only,
     cost_engine,
+    engine_cost_config,
     kv_model,
     own_limits,
     prompt_lengths,
+    takes_reservations,
     tuner_for,
 )
 from serving.measure.costmodel import CostConfig
 from serving.measure.memory import MemoryConfig
-from serving.policy.kv_tuning import decide_kv
+from serving.policy.kv_tuning import KVTuneConfig, decide_kv
 from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
 from serving.policy.workload import TuneConfig
 from serving.predictors import (
@@ -177,8 +179,9 @@ def predict_and_run(
         else:
             prompts = prompt_lengths(engine, requests)
             limits = own_limits(requests, cfg.limit)
+            settings = KVTuneConfig.from_tune(tuner.tune, takes_reservations(engine))
             kv_decision = decide_kv(
-                predicted, prompts, limits, tuner.errors, model, tuner.cost, cfg, predictor_s=predictor_s
+                predicted, prompts, limits, tuner.errors, model, tuner.cost, cfg, settings, predictor_s=predictor_s
             )
             print(kv_decision.describe(), flush=True)
             tuning_s = kv_decision.tuning_s
@@ -238,9 +241,8 @@ def serve_tuner(
                 raise SeqschedError(
                     "--kv_admission auto needs a KV-bounded engine (vLLM, or --engine.kv_budget_tokens)"
                 )
-            # The step cost is timed on the serving engine: its probes must fit its KV cache (no preemption in them).
-            probe_tokens = min(config.cost.probe_tokens, model.kv_tokens // 2)
-            timed = replace(config, cost=replace(config.cost, probe_tokens=probe_tokens))
+            # The step cost is timed on the serving engine: its probes must fit its KV cache and its sequences.
+            timed = replace(config, cost=engine_cost_config(engine, config.cost))
             return tuner_for(timed, cost_engine(engine), prompt_lengths(engine, requests), predictor)
         if config.tune.held_out:
             print("--tune: a continuous-batching engine has no static batches to tune; serving as configured")

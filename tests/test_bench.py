@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +33,7 @@ from serving.measure.autotune import Tuner
 from serving.measure.memory import KVBudget
 from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.policy.stepcost import StepCost
-from serving.policy.workload import ErrorModel, TuneConfig
+from serving.policy.workload import ErrorModel, Objective, TuneConfig
 from serving.runner import run
 from tests.tiny_model import synthetic_prompts
 
@@ -74,10 +76,12 @@ def test_round_order_starts_with_vanilla_then_rotates() -> None:
 
 def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path) -> None:
     config = BenchConfig(predictor=f"oracle:{noisy_oracle}", repeats=2, vanilla_batch_size=6, progress=False, **POLICY)
-    assert config.strategies == HF_STRATEGIES, "vLLM's rows by default only where auto means vLLM (tests: hf)"
+    # vLLM's rows by default only where auto means vLLM (tests: hf); the tuned rows only when asked (--tune.data).
+    defaults = tuple(strategy for strategy in HF_STRATEGIES if not strategy.tuned)
+    assert config.strategies == defaults
     result = run_bench(tiny_engine, requests, config)
-    assert len(result.runs) == 2 * len(HF_STRATEGIES)
-    assert [row["strategy"] for row in result.rows] == [s.value for s in HF_STRATEGIES]
+    assert len(result.runs) == 2 * len(defaults)
+    assert [row["strategy"] for row in result.rows] == [s.value for s in defaults]
     for item in result.runs:
         assert item.same_as_vanilla == len(requests), f"{item.strategy.value} round {item.round}"
     fcr = result.row(BenchStrategy.FCR)
@@ -89,7 +93,7 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
     assert oracle["failed"] == 0, "the oracle's lengths are exact"
     assert oracle["effective_token_ratio"] > vanilla["effective_token_ratio"]
     # The table is built from the median round of each strategy.
-    again, _ = summarize(result.runs, list(HF_STRATEGIES))
+    again, _ = summarize(result.runs, list(defaults))
     assert again == result.rows
     # wasted_share is everything but the output tokens: padding, finished rows and FCR's thrown-away attempts.
     times = {row["strategy"]: row for row in result.time_rows}
@@ -98,18 +102,24 @@ def test_every_strategy_equals_vanilla(tiny_engine: HFEngine, requests: list[Req
     assert fcr["recompute_share"] > 0 and times["fcr"]["wasted_share"] > 0
 
 
-def test_continuous_rows_share_the_model_and_equal_vanilla(
-    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
-) -> None:
-    strategies = (BenchStrategy.VANILLA, BenchStrategy.FCR, *(s for s in BenchStrategy if s.pool))
-    config = BenchConfig(
-        predictor=f"oracle:{noisy_oracle}",
+def pool_config(oracle: Path, strategies: tuple[BenchStrategy, ...], **extra: Any) -> BenchConfig:
+    """A bench of these rows with the oracle file as predictor and a pool of 3 slots."""
+    return BenchConfig(
+        predictor=f"oracle:{oracle}",
         strategies=strategies,
         engine=EngineConfig(slots=3),
         vanilla_batch_size=6,
         progress=False,
+        **extra,
         **POLICY,
     )
+
+
+def test_continuous_rows_share_the_model_and_equal_vanilla(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path
+) -> None:
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.FCR, *(s for s in BenchStrategy if s.pool and not s.tuned))
+    config = pool_config(noisy_oracle, strategies)
     result = run_bench(tiny_engine, requests, config)
     assert result.slots == {"slots": 3, "rule": "--engine.slots"}
     for item in result.runs:
@@ -315,6 +325,51 @@ def test_tuned_rows_report_their_decision_and_simulated_time(
         # only the seconds are modelled.
         assert row["simulated_row_steps"] == row["measured_row_steps"], name
         assert row["simulated_s"] > 0 and row["error"] == pytest.approx(row["simulated_s"] / row["measured_s"] - 1)
+
+
+def test_tuned_continuous_rows_serve_the_simulated_choice_or_fcfs(
+    tiny_engine: HFEngine, requests: list[Request], noisy_oracle: Path, tmp_path: Path
+) -> None:
+    """cb-tuned and vllm-tuned choose their order by simulation on the predictions and the held-out errors (our
+    pool: the tuner's step cost; vLLM: its own, here from a file), serve it, and report it; with a gain nobody can
+    reach they serve FCFS. Outputs stay equal to the engine's base run either way; the rows need --tune.data."""
+    from seqsched.engines.vllm import VLLMEngine
+    from serving.measure.costmodel import CostConfig
+    from tests.fake_vllm import LLM, fake_vllm_module
+
+    cost_file = tmp_path / "vllm-cost.json"
+    cost_file.write_text(json.dumps({"fixed_s": 0.05, "per_row_s": 0.002, "per_context_s": 1e-5}))
+    strategies = (BenchStrategy.VANILLA, BenchStrategy.CB_FCFS, BenchStrategy.CB_TUNED, BenchStrategy.VLLM_TUNED)
+    tune = TuneConfig(data="x", objective=Objective.LATENCY)
+    config = pool_config(noisy_oracle, strategies, tune=tune, cost=CostConfig(file=str(cost_file)))
+
+    def start() -> VLLMEngine:
+        llm = LLM(tiny_engine, max_num_seqs=3, kv_cache_tokens=4096)
+        return VLLMEngine(llm, tiny_engine.tokenizer, fake_vllm_module())
+
+    by_latency = replace(tuner(), tune=TuneConfig(draws=2, min_gain=0.05, objective=Objective.LATENCY))
+    result = run_bench(tiny_engine, requests, config, by_latency, vllm=start)
+    decisions = result.tuning["kv_decisions"]
+    assert set(decisions) == {"cb-tuned", "vllm-tuned"}
+    assert result.tuning["vllm_step_cost"]["source"] == str(cost_file)
+    for name in ("cb-tuned", "vllm-tuned"):
+        item = next(run for run in result.runs if run.name == name)
+        decision = item.kv_decision
+        assert decision is not None and decisions[name]["objective"] == "latency"
+        # Neither engine here admits by KV reservations (no KV budget, vLLM's own scheduler): the order only.
+        assert {row["policy"].split("-")[0] for row in decisions[name]["candidates"]} == {"greedy"}
+        # 16 requests through 3 slots queue: shortest-predicted-first is predicted to cut the mean latency.
+        assert not decision.fallback and decision.policy.order is Admission.SJF, decision.describe()
+        assert item.result.metrics.admission == "sjf" and result.row(name)["schedule"] == "greedy-sjf"
+        assert item.same_as_vanilla == len(requests) and item.predicted is not None
+    unreachable = replace(by_latency, tune=replace(by_latency.tune, min_gain=100.0))
+    fcfs = run_bench(tiny_engine, requests, replace(config, strategies=strategies[:3]), unreachable)
+    item = next(run for run in fcfs.runs if run.name == "cb-tuned")
+    assert item.kv_decision is not None and item.kv_decision.fallback
+    assert item.result.metrics.admission == "fcfs" and fcfs.row("cb-tuned")["schedule"] == "fcfs (no gain predicted)"
+    assert "- cb-tuned: fcfs (no gain of 10000% predicted), by latency" in markdown(fcfs, "tiny")
+    with pytest.raises(SeqschedError, match=r"strategies.*--tune.data"):
+        BenchConfig(predictor=f"oracle:{noisy_oracle}", strategies=strategies[:3], **POLICY)
 
 
 def test_a_schedule_that_does_not_win_serves_vanilla_batches(

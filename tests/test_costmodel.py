@@ -96,6 +96,13 @@ def test_load_or_measure_caches_per_machine_and_model(
     again = load_or_measure(tiny_engine, model, "hf", config, max_context=40)
     assert again.reused and again.path == first.path and again.document == document
     assert not load_or_measure(tiny_engine, model, "hf", config, max_context=60).reused, "the grid must reach 60"
+    # A grid timed on an engine that ran fewer rows at once (vLLM with fewer sequences) does not serve a larger one;
+    # a larger one serves a smaller.
+    fewer = CostConfig(**{**config.__dict__, "batches": (1, 2)})
+    assert load_or_measure(tiny_engine, model, "hf", fewer, max_context=40).reused
+    larger = CostConfig(**{**config.__dict__, "batches": (1, 2, 8)})
+    assert not load_or_measure(tiny_engine, model, "hf", larger, max_context=40).reused
+    assert load_or_measure(tiny_engine, model, "hf", config, max_context=40).reused, "measured up to 8 now"
     forced = load_or_measure(tiny_engine, model, "hf", CostConfig(**{**config.__dict__, "remeasure": True}), 40)
     assert not forced.reused
     given = load_or_measure(tiny_engine, model, "hf", CostConfig(file=str(first.path)), 40)

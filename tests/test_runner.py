@@ -12,7 +12,7 @@ from seqsched.engines.api import GREEDY, Batching, BatchOutput, FinishReason, Sa
 from seqsched.engines.hf import HFEngine
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
-from seqsched.stats import percentile
+from seqsched.stats import nearest_rank, percentile
 from serving.policy.scheduler import Phase, RecomputeMode, ScheduleConfig, Strategy
 from serving.policy.simulate import simulate
 from serving.runner import RunOptions, RunResult, run
@@ -240,6 +240,9 @@ def test_percentile() -> None:
     assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
     with pytest.raises(ValueError, match="no values"):
         percentile([], 50)
+    # The simulators' nearest rank: a value that occurred, never an interpolation.
+    assert nearest_rank([1.0, 2.0], 99) == 2.0 and nearest_rank([3.0, 1.0, 2.0], 50) == 2.0
+    assert nearest_rank(list(range(1, 101)), 99) == 99 and nearest_rank([], 99) == 0.0
 
 
 @pytest.mark.parametrize("mode", list(RecomputeMode))

@@ -87,6 +87,9 @@ def test_priorities_and_candidates() -> None:
     names = [policy.name for policy in candidates(KVTuneConfig(margins=(0.0,)), True)]
     assert names[0] == "greedy-fcfs" and "predicted-lpt+0" in names and "reserve-max-fcfs" in names
     assert KVPolicy(KVAdmission.PREDICTED, Admission.SJF, 0.3).config(BASE).margin_ratio == 0.3
+    # An engine that does not admit by reservations (vLLM's own scheduler, our pool without a KV budget): the order.
+    orders_only = candidates(KVTuneConfig(margins=(0.0,), reservations=False), True)
+    assert [policy.name for policy in orders_only] == ["greedy-fcfs", "greedy-sjf", "greedy-lpt"]
 
 
 def test_the_tuner_picks_the_best_safe_candidate_and_falls_back_where_nothing_wins() -> None:

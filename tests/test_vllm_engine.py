@@ -111,6 +111,28 @@ def test_kv_limited_admission_preempts_and_outputs_stay_equal(tiny_engine: HFEng
     assert tight.kv_cache_tokens is not None and tight.kv_cache_tokens <= 3 * max(len(i) for i in ids) + 40
 
 
+def test_the_step_cost_grid_fits_the_engine(tiny_engine: HFEngine) -> None:
+    """vLLM's step-cost probes stay within half its KV cache and its sequences; the simulator sees its slots, KV
+    cache and blocks; our pool without a KV budget is bounded by its slots alone."""
+    from seqsched.engines.api import Batching
+    from seqsched.engines.selection import with_batching
+    from serving.measure.autotune import UNBOUNDED_KV_TOKENS, continuous_model, engine_cost_config
+    from serving.measure.costmodel import CostConfig
+
+    engine = VLLMEngine(
+        LLM(tiny_engine, max_num_seqs=6, kv_cache_tokens=1024), tiny_engine.tokenizer, fake_vllm_module()
+    )
+    grid = engine_cost_config(engine, CostConfig())
+    assert grid.batches == (1, 2, 4, 6) and grid.probe_tokens == 512
+    model = continuous_model(engine)
+    assert model is not None and model.max_seqs == 6 and model.kv_tokens == 1024
+    pool = with_batching(tiny_engine, Batching.CONTINUOUS, 3)
+    assert engine_cost_config(pool, CostConfig()) == CostConfig()
+    bounded = continuous_model(pool)
+    assert bounded is not None and bounded.max_seqs == 3 and bounded.kv_tokens == UNBOUNDED_KV_TOKENS
+    assert continuous_model(tiny_engine) is None
+
+
 def test_submit_checks_lengths(fake_engine: VLLMEngine) -> None:
     with pytest.raises(ValueError):
         fake_engine.submit([[1, 2]], [4, 4])

@@ -240,3 +240,44 @@ def test_engine_steps_from_another_thread_whatever_torch_was_set_to(vllm_engine)
         torch._C.set_num_threads(before)
     assert not failures, failures
     assert [event.row.token_ids for event in events if event.row is not None] == [expected.row.token_ids]
+
+
+def test_bench_vllm_tuned_row_times_vllm_and_serves_its_choice(vllm_engine, smollm2_engine, tmp_path: Path) -> None:
+    """The bench's vllm-tuned row on the real vLLM: vLLM's own step cost is timed once (a small grid, no batch above
+    its 4 sequences, probes within its KV cache) and cached, the order is chosen by simulation on the predictions and
+    held-out errors, and the outputs equal vllm-fcfs's (greedy)."""
+    from seqsched.files import write_jsonl
+    from serving.bench import BenchConfig, BenchStrategy, run_bench
+    from serving.measure.autotune import Tuner
+    from serving.measure.costmodel import CostConfig
+    from serving.measure.memory import KVBudget
+    from serving.policy.stepcost import StepCost
+    from serving.policy.workload import ErrorModel, TuneConfig
+
+    requests = spread_sample(builtin_instructions(), 10)
+    guesses = tmp_path / "guesses.jsonl"
+    write_jsonl(guesses, [{"id": r.id, "true": 8 + 4 * index} for index, r in enumerate(requests)])
+    predicted = list(range(0, 40, 2))
+    errors = ErrorModel.fit(predicted, [max(0, value + 6 * (-1) ** value) for value in predicted], bin_width=10)
+    tune = TuneConfig(data="held-out", draws=1)
+    tuner = Tuner(StepCost(fixed_s=0.05, per_row_s=0.002), KVBudget(None, "test"), tune, errors)
+    cache = tmp_path / "cost"
+    config = BenchConfig(
+        predictor=f"oracle:{guesses}",
+        strategies=(BenchStrategy.VANILLA, BenchStrategy.VLLM_TUNED),
+        limit=40,
+        vanilla_batch_size=4,
+        progress=False,
+        tune=tune,
+        cost=CostConfig(batches=(1, 2, 4, 8), contexts=2, cache_dir=str(cache)),
+        simulate=False,
+    )
+    result = run_bench(smollm2_engine, requests, config, tuner, vllm=lambda: vllm_engine)
+    item = next(run for run in result.runs if run.name == "vllm-tuned")
+    assert item.kv_decision is not None and item.same_as_base == len(requests)
+    assert item.result.metrics.admission == item.kv_decision.policy.order.value
+    candidates = result.tuning["kv_decisions"]["vllm-tuned"]["candidates"]
+    assert {row["policy"].split("-")[0] for row in candidates} == {"greedy"}, "vLLM's own scheduler: order only"
+    cached = json.loads(Path(result.tuning["vllm_step_cost"]["source"]).read_text())
+    assert {sample["batch"] for sample in cached["samples"]} == {1, 2, 4}, "no probe above vLLM's 4 sequences"
+    assert Path(result.tuning["vllm_step_cost"]["source"]).parent == cache

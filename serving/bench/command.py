@@ -53,12 +53,23 @@ from serving.bench.rows import (
     summarize,
 )
 from serving.bench.setup import Policies, Predictions, Sizer, bench_tuner, continuous_pool
-from serving.measure.autotune import Tuner, all_at_once, own_limits, prompt_lengths
-from serving.measure.costmodel import CostConfig, machine_name
+from serving.measure.autotune import (
+    Tuner,
+    all_at_once,
+    cost_engine,
+    engine_cost_config,
+    grid_max_context,
+    own_limits,
+    prompt_lengths,
+    takes_reservations,
+)
+from serving.measure.costmodel import CostConfig, load_or_measure, machine_name
 from serving.measure.memory import MemoryConfig
 from serving.policy.admission import policy_for
+from serving.policy.kv_tuning import KVPolicy, Simulator
 from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.policy.simulate_continuous import simulate_continuous
+from serving.policy.stepcost import CostModel
 from serving.policy.workload import TuneConfig
 from serving.runner import RunOptions, RunResult, run
 
@@ -87,8 +98,10 @@ __all__ = [
 
 
 def default_strategies() -> tuple[BenchStrategy, ...]:
-    """Every row; vLLM's only where `--engine.kind auto` means vLLM (installed, and not overridden)."""
-    return ALL_STRATEGIES if EngineConfig().resolved_kind() is EngineKind.VLLM else HF_STRATEGIES
+    """Every row but the tuned continuous ones (they need --tune.data); vLLM's only where `--engine.kind auto` means
+    vLLM (installed, and not overridden)."""
+    rows = ALL_STRATEGIES if EngineConfig().resolved_kind() is EngineKind.VLLM else HF_STRATEGIES
+    return tuple(row for row in rows if not row.tuned)
 
 
 @dataclass(frozen=True)
@@ -110,8 +123,10 @@ class BenchConfig(ScheduleConfig):
     """Rows to run: vanilla, seqsch, vbs, fcr, fcr-perception, fcr-oracle (static batches on our engine; vanilla always
     runs: it is the base), cb-fcfs, cb-sjf, cb-sjf-oracle, cb-sjf-fcr (our continuous pool of `--engine.slots` rows,
     or as many as the measured step cost suggests: see serving.measure.slots), vllm-fcfs, vllm-sjf, vllm-sjf-oracle,
-    vllm-fcr (the real vLLM with `--engine.vllm` settings; vllm-fcfs runs with any of them: their base). Default: all
-    (the vllm-* rows where vLLM is installed)."""
+    vllm-fcr (the real vLLM with `--engine.vllm` settings; vllm-fcfs runs with any of them: their base), cb-tuned and
+    vllm-tuned (admission rule and order chosen for the served workload by simulation on the predictor's held-out
+    errors, FCFS when nothing is predicted to beat it: need --tune.data). Default: all but the tuned rows (the vllm-*
+    rows where vLLM is installed)."""
     repeats: int = 1
     """Rounds over all strategies; each round rotates their order. The table shows each strategy's median round."""
     vanilla_batch_size: int = 16
@@ -156,6 +171,12 @@ class BenchConfig(ScheduleConfig):
         require_at_least(self, 1, "count", "repeats", "vanilla_batch_size", "torch_threads")
         require(self.budget_s is None or self.budget_s > 0, "budget_s", f"must be > 0, got {self.budget_s}")
         require(not self.paper_rows or bool(self.tune.held_out), "paper_rows", "needs --tune.data or --tune.lengths")
+        tuned = [row.value for row in self.strategies if row.tuned]
+        require(
+            not tuned or bool(self.tune.held_out),
+            "strategies",
+            f"{tuned} choose their policy from the predictor's held-out errors: give --tune.data or --tune.lengths",
+        )
         other = [row.value for row in self.paper_rows if not row.uses_policy]
         require(not other, "paper_rows", f"{other} do not use the policy's bins and VBS (vbs, fcr, fcr-*)")
         missing = [row.value for row in self.paper_rows if row not in self.strategies]
@@ -239,6 +260,9 @@ def run_bench(
         table_rows, time_rows = summarize(runs, rows)
         tuning: dict[str, Any] = dict(tuner.info) if tuner is not None else {}
         tuning["decisions"] = {strategy.value: decision.as_dict() for strategy, decision in policies.decisions.items()}
+        if policies.kv_decisions:
+            tuning["kv_decisions"] = {row.value: item.as_dict() for row, item in policies.kv_decisions.items()}
+        tuning.update(step_costs)
         vllm_slots = getattr(vllm_engine, "max_num_seqs", None)
         pool_rows = continuous_rows(runs, rows, slots.get("slots"), vllm_slots)
         return BenchResult(
@@ -255,6 +279,23 @@ def run_bench(
             sizing,
             complete,
         )
+
+    step_costs: dict[str, Any] = {}
+    measured_costs: dict[str, CostModel] = {}
+
+    def row_cost(strategy: BenchStrategy, serving: Engine) -> CostModel:
+        """The step cost a tuned row simulates: our engine's (the tuner's), or vLLM's own, timed once (cached)."""
+        if tuner is None:
+            raise SeqschedError(f"{strategy.value} needs the step cost and held-out errors: give --tune.data")
+        if not strategy.vllm:
+            return tuner.cost
+        if "vllm" not in measured_costs:
+            grid = engine_cost_config(serving, config.cost)
+            context = grid_max_context(policy.limit, prompts)
+            measured = load_or_measure(cost_engine(serving), config.model, "vllm", grid, context, progress=True)
+            measured_costs["vllm"] = measured.cost
+            step_costs["vllm_step_cost"] = {"source": str(measured.path), "model": measured.chosen}
+        return measured_costs["vllm"]
 
     for index in range(config.repeats):
         for row in round_order(rows, index):
@@ -284,6 +325,15 @@ def run_bench(
             if quantile is not None:  # risk-aware caps: lengths at the quantile the tuner chose
                 predicted = predictions.quantile_lengths[quantile]
             tuning_s = decision.tuning_s if decision is not None else 0.0
+            kv_decision = None
+            if strategy.tuned and fallback is None:
+                assert predicted is not None
+                simulator = None
+                if strategy.pool and tuner is not None and not takes_reservations(serving):
+                    simulator = pool_simulator(predicted, cfg, pool, slots, tuner, prompts)
+                cost = row_cost(strategy, serving)
+                kv_decision = policies.kv_decision(strategy, serving, predicted, cost, simulator)
+                cfg, tuning_s = kv_decision.policy.config(cfg), kv_decision.tuning_s
             result = run(
                 serving,
                 requests,
@@ -314,6 +364,7 @@ def run_bench(
                     paper=row.paper,
                     same_as_base=same_base,
                     fallback=fallback,
+                    kv_decision=kv_decision,
                 )
             )
             metrics = result.metrics
@@ -327,6 +378,25 @@ def run_bench(
             if on_run is not None:
                 on_run(result_so_far(complete=False))
     return result_so_far(complete=True)
+
+
+def pool_simulator(
+    predicted: Sequence[int],
+    cfg: ScheduleConfig,
+    pool: Engine,
+    slots: dict[str, Any],
+    tuner: Tuner,
+    prompts: Sequence[int],
+) -> Simulator:
+    """What a policy costs our pool without a KV budget (its slots, admission threshold and step cost:
+    simulate_pool), for the KV tuner: the continuous simulator models the pool's shared prefills, which the KV
+    simulator does not."""
+
+    def simulated(policy: KVPolicy, true: Sequence[int]) -> dict[str, float]:
+        summary = simulate_pool(true, predicted, policy.config(cfg), pool, slots, tuner, prompts)
+        return {key: float(value) for key, value in summary.items()}
+
+    return simulated
 
 
 def simulate_pool(

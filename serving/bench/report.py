@@ -123,6 +123,20 @@ def _decision_lines(decisions: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _kv_decision_lines(decisions: dict[str, Any]) -> str:
+    lines = []
+    for name, values in decisions.items():
+        chosen, baseline = values["simulated"], values["simulated_baseline"]
+        verdict = f"fcfs (no gain of {values['min_gain']:.0%} predicted)" if values["fallback"] else values["policy"]
+        lines.append(
+            f"- {name}: {verdict}, by {values['objective']}; simulated {chosen['time_s']:.0f} s, mean latency "
+            f"{chosen['latency_mean_s']:.0f} s, {chosen['preemptions']:.0f} preemptions (greedy-fcfs: "
+            f"{baseline['time_s']:.0f} s, {baseline['latency_mean_s']:.0f} s, {baseline['preemptions']:.0f}); tuned in "
+            f"{values['tuning_s']:.1f} s"
+        )
+    return "\n".join(lines)
+
+
 def markdown(result: BenchResult, header: str) -> str:
     """The table, the time breakdown, the continuous pool's counters, the tuning decisions and simulated vs
     measured time as markdown."""
@@ -153,6 +167,13 @@ def markdown(result: BenchResult, header: str) -> str:
         text += (
             "\nTuned on the served prompts (fcr: mean over draws of true lengths from the predictor's held-out "
             f"errors; fcr-oracle: the true lengths):\n\n{_decision_lines(decisions)}\n"
+        )
+    kv_decisions = result.tuning.get("kv_decisions") or {}
+    if kv_decisions:
+        text += (
+            "\nContinuous rows tuned on the served prompts (admission rule and order by simulation, mean over draws of "
+            f"true lengths from the predictor's held-out errors; FCFS unless a choice wins):\n\n"
+            f"{_kv_decision_lines(kv_decisions)}\n"
         )
     if result.sim_rows:
         step_cost = result.tuning.get("step_cost") or {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from seqsched.requests import Request
+from serving.policy.kv_tuning import KVDecision
 from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.policy.workload import Decision
 from serving.runner import RunResult
@@ -39,6 +40,9 @@ class BenchStrategy(enum.Enum):
     CB_SJF = "cb-sjf"
     CB_SJF_ORACLE = "cb-sjf-oracle"
     CB_SJF_FCR = "cb-sjf-fcr"
+    CB_TUNED = "cb-tuned"
+    """Our pool, admission rule and order chosen for the served workload by simulation (serving.policy.kv_tuning,
+    the predictor's held-out errors); FCFS when no choice is predicted to beat it."""
     VLLM_FCFS = "vllm-fcfs"
     """vLLM as a user runs it: every request at once, its own scheduler, its defaults."""
     VLLM_SJF = "vllm-sjf"
@@ -47,6 +51,9 @@ class BenchStrategy(enum.Enum):
     """vLLM with priority = the length vLLM itself gave in vllm-fcfs (the ceiling of ordering)."""
     VLLM_FCR = "vllm-fcr"
     """vLLM, SJF with FCR caps: each request capped at its predicted bin, the cut-short ones recomputed."""
+    VLLM_TUNED = "vllm-tuned"
+    """vLLM with the order (and, under seqsched's scheduler class, the admission rule) chosen like cb-tuned's, on
+    vLLM's own measured step cost; vLLM's defaults (vllm-fcfs) when nothing is predicted to beat them."""
 
     @property
     def pool(self) -> bool:
@@ -70,11 +77,17 @@ class BenchStrategy(enum.Enum):
         return BenchStrategy.VLLM_FCFS if self.vllm else BenchStrategy.VANILLA
 
     @property
+    def tuned(self) -> bool:
+        """True for the continuous rows whose policy is chosen per workload by simulation (cb-tuned, vllm-tuned)."""
+        return self in (BenchStrategy.CB_TUNED, BenchStrategy.VLLM_TUNED)
+
+    @property
     def admission(self) -> Admission:
-        """The admission policy of a continuous row (auto for the static rows)."""
+        """The admission policy of a continuous row (auto for the static rows; a tuned row's starting point, FCFS,
+        which its decision replaces)."""
         if not self.continuous:
             return Admission.AUTO
-        if self in (BenchStrategy.CB_FCFS, BenchStrategy.VLLM_FCFS):
+        if self in (BenchStrategy.CB_FCFS, BenchStrategy.VLLM_FCFS) or self.tuned:
             return Admission.FCFS
         return Admission.SJF_FCR if self in (BenchStrategy.CB_SJF_FCR, BenchStrategy.VLLM_FCR) else Admission.SJF
 
@@ -159,6 +172,8 @@ class StrategyRun:
     fallback: str | None = None
     """Why a continuous row served FCFS without predicting (every request fit at once), None when it ran its own
     policy."""
+    kv_decision: KVDecision | None = None
+    """A tuned continuous row's (cb-tuned, vllm-tuned) admission rule and order, None for the other rows."""
 
     @property
     def name(self) -> str:
@@ -262,6 +277,8 @@ def median_runs(
 def _schedule(item: StrategyRun) -> str:
     if item.fallback is not None:
         return "fcfs (all fit at once)"
+    if item.kv_decision is not None:
+        return "fcfs (no gain predicted)" if item.kv_decision.fallback else item.kv_decision.policy.name
     if item.paper:
         return "paper"
     if item.decision is None:

@@ -16,7 +16,16 @@ from seqsched.engines.selection import with_batching
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
 from serving.bench.rows import BenchRow, BenchStrategy, Source, strategy_config
-from serving.measure.autotune import Tuner, budget_only, own_limits, prompt_lengths, tuner_for
+from serving.measure.autotune import (
+    Tuner,
+    budget_only,
+    continuous_model,
+    own_limits,
+    prompt_lengths,
+    takes_reservations,
+    tuner_for,
+)
+from serving.policy.kv_tuning import KVDecision, KVTuneConfig, Simulator, decide_kv
 from serving.policy.scheduler import ScheduleConfig
 from serving.policy.simulate import simulate
 from serving.policy.stepcost import CostModel
@@ -128,6 +137,8 @@ class Policies:
         self.config, self.policy, self.predictions, self.tuner = config, policy, predictions, tuner
         self.prompts, self.limits = prompts, limits
         self.decisions: dict[BenchStrategy, Decision] = {}
+        self.kv_decisions: dict[BenchStrategy, KVDecision] = {}
+        """The tuned continuous rows' decisions (cb-tuned, vllm-tuned)."""
 
     @property
     def tunes(self) -> bool:
@@ -159,6 +170,39 @@ class Policies:
             )
         print(f"{strategy.value}: {decision.describe()}", flush=True)
         self.decisions[strategy] = decision
+        return decision
+
+    def kv_decision(
+        self,
+        strategy: BenchStrategy,
+        engine: Engine,
+        predicted: Sequence[int],
+        cost: CostModel,
+        simulator: Simulator | None = None,
+    ) -> KVDecision:
+        """A tuned continuous row's admission rule and order (serving.policy.kv_tuning) for this engine and its step
+        cost, on the served prompts' predictions with true lengths drawn from the held-out errors (the tuner's draws,
+        seed, objective and min_gain); greedy FCFS when nothing is predicted to beat it. The predictions are made
+        before deciding, so their time is spent either way and no candidate is charged it. simulator: the engine's
+        own simulator when the KV simulator does not model it (our pool without a KV budget)."""
+        if strategy in self.kv_decisions:
+            return self.kv_decisions[strategy]
+        model = continuous_model(engine)
+        if self.tuner is None or self.tuner.errors is None or model is None:
+            raise SeqschedError(
+                f"{strategy.value} chooses its policy from the predictor's held-out errors on a continuous engine: "
+                "give --tune.data (or --tune.lengths) and a --predictor"
+            )
+        errors = self.tuner.errors
+        if self.predictions is not None and self.predictions.quantile_lengths:
+            errors = self.tuner.errors_by_quantile.get(self.predictions.quantiles[0], errors)
+        settings = KVTuneConfig.from_tune(self.tuner.tune, takes_reservations(engine))
+        base = strategy_config(strategy, self.policy, self.config.vanilla_batch_size)
+        decision = decide_kv(
+            predicted, self.prompts, self.limits, errors, model, cost, base, settings, simulator=simulator
+        )
+        print(f"{strategy.value}: {decision.describe()}", flush=True)
+        self.kv_decisions[strategy] = decision
         return decision
 
     def for_row(self, row: BenchRow, predicted: Sequence[int] | None) -> tuple[ScheduleConfig, Decision | None]:

@@ -279,14 +279,20 @@ def budget_only(config: Any) -> Tuner:
 
 
 __all__ = [
+    "UNBOUNDED_KV_TOKENS",
     "Tuner",
+    "all_at_once",
     "budget_only",
+    "continuous_model",
+    "cost_engine",
+    "engine_cost_config",
     "grid_max_context",
     "held_out_errors",
     "own_limits",
     "prepare_tuner",
     "prompt_lengths",
     "supports_quantiles",
+    "takes_reservations",
     "tuner_for",
 ]
 
@@ -342,6 +348,48 @@ def all_at_once(
         f"all {count} requests run at once ({count} <= {model.max_seqs} sequences, {needed:,} KV tokens{expected} "
         f"of {model.total_blocks * model.block_size:,})"
     )
+
+
+UNBOUNDED_KV_TOKENS = 1 << 40
+"""The KV cache the simulator gives our pool without a KV budget (its slots alone bound it)."""
+
+
+def continuous_model(engine: Engine) -> KVEngine | None:
+    """What the KV simulator assumes of a continuous engine: kv_model's, or for our pool without a KV budget its
+    slots alone (by the token, whole prefills, restart on resume); None for a static engine."""
+    from serving.policy.simulate_kv import Resume
+
+    model = kv_model(engine)
+    slots = getattr(engine, "slots", None)
+    if model is not None or engine.batching is not Batching.CONTINUOUS or slots is None:
+        return model
+    return KVEngine(
+        kv_tokens=UNBOUNDED_KV_TOKENS,
+        max_seqs=int(slots),
+        block_size=1,
+        max_batched_tokens=None,
+        null_blocks=0,
+        resume=Resume.SCRATCH,
+    )
+
+
+def takes_reservations(engine: Engine) -> bool:
+    """True when the engine admits by KV reservations (seqsched's vLLM scheduler class, our pool with a KV budget):
+    reserve-max and predicted admission can run on it; otherwise only the order is ours to choose."""
+    return bool(getattr(engine, "takes_reservations", False))
+
+
+def engine_cost_config(engine: Engine, cost: CostConfig) -> CostConfig:
+    """The step-cost grid a KV-bounded engine can time: probes within half its KV cache (none preempted) and, on
+    vLLM, no larger batch than it runs at once (max_num_seqs); the grid as configured elsewhere."""
+    model = kv_model(engine)
+    if model is None:
+        return cost
+    cost = replace(cost, probe_tokens=min(cost.probe_tokens, model.kv_tokens // 2))
+    if getattr(engine, "engine_kind", "hf") != "vllm" or max(cost.batches) <= model.max_seqs:
+        return cost
+    batches = tuple(batch for batch in cost.batches if batch < model.max_seqs)
+    return replace(cost, batches=(*batches, model.max_seqs))
 
 
 def cost_engine(engine: Engine) -> Engine:

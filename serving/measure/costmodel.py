@@ -397,12 +397,16 @@ def cache_path(identity: dict[str, Any], cache_dir: str | Path | None = None) ->
     return root / f"{model}-{identity['device']}-{identity['dtype']}-t{identity['torch_threads']}-{digest}.json"
 
 
-def _read_cache(path: Path, identity: dict[str, Any], max_context: int) -> dict[str, Any] | None:
+def _read_cache(path: Path, identity: dict[str, Any], max_context: int, max_batch: int) -> dict[str, Any] | None:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if document.get("identity") != identity:
+        return None
+    measured = max((int(sample.get("batch", 0)) for sample in document.get("samples", [])), default=0)
+    if measured < max_batch:  # measured on an engine that ran fewer rows at once (vLLM's max_num_seqs)
+        log.info("cached step cost %s stops at batch %d < %d: measuring again", path, measured, max_batch)
         return None
     if int(document.get("max_context", 0)) * REACH < max_context:
         log.info(
@@ -436,7 +440,10 @@ def load_or_measure(
         return Measured(load_cost_file(config.file), {"file": config.file}, Path(config.file), True)
     identity = cache_identity(model, engine_kind)
     path = cache_path(identity, config.cache_dir)
-    document = None if config.remeasure else _read_cache(path, identity, max_context)
+    # The largest batch this grid would time: a cache measured on an engine that ran fewer rows at once is not enough.
+    contexts = grid_contexts(config.min_context, max_context, config.contexts)
+    max_batch = max((batch for batch, _ in grid_probes(config.batches, contexts, config.probe_tokens)), default=0)
+    document = None if config.remeasure else _read_cache(path, identity, max_context, max_batch)
     if document is not None:
         return Measured(cost_from_dict(document, str(path)), document, path, True)
     print(f"measuring the step cost over batch sizes x contexts up to {max_context} tokens (once; cached in {path})")

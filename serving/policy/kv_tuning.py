@@ -12,11 +12,10 @@ baseline by `min_gain` on the objective is not worth the risk, and the baseline 
 
 from __future__ import annotations
 
-import enum
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,16 +24,7 @@ from serving.policy.admission import reservations
 from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, adjusted_length
 from serving.policy.simulate_kv import KVEngine, simulate_kv
 from serving.policy.stepcost import CostModel
-from serving.policy.workload import ErrorModel
-
-
-class Objective(enum.Enum):
-    """What the KV tuner minimises."""
-
-    THROUGHPUT = "throughput"
-    """The run's total time (an offline job)."""
-    LATENCY = "latency"
-    """The mean completion time."""
+from serving.policy.workload import ErrorModel, Objective, TuneConfig
 
 
 @dataclass(frozen=True)
@@ -50,12 +40,20 @@ class KVTuneConfig:
     seed: int = 0
     min_gain: float = 0.03
     """The winner must beat the baseline by this share on the objective (else the baseline serves)."""
+    reservations: bool = True
+    """Try reserve-max and predicted admission (an engine that admits by KV reservations: seqsched's vLLM scheduler
+    class, our pool with a KV budget); False: greedy admission in each order only (vLLM's own scheduler)."""
 
     def __post_init__(self) -> None:
         require(self.draws >= 1, "draws", f"must be >= 1, got {self.draws}")
         require(bool(self.margins) and min(self.margins) >= 0, "margins", f"must be >= 0, got {self.margins}")
         bad = [order.value for order in self.orders if order not in (Admission.FCFS, Admission.SJF, Admission.LPT)]
         require(not bad, "orders", f"take fcfs, sjf or lpt, got {bad}")
+
+    @classmethod
+    def from_tune(cls, tune: TuneConfig, reservations: bool = True) -> KVTuneConfig:
+        """The search a command's --tune options ask for (objective, draws, seed, min_gain)."""
+        return cls(tune.objective, draws=tune.draws, seed=tune.seed, min_gain=tune.min_gain, reservations=reservations)
 
 
 @dataclass(frozen=True)
@@ -93,13 +91,17 @@ def priorities_for(order: Admission, predicted: Sequence[int] | None, cfg: Sched
 
 
 def candidates(config: KVTuneConfig, has_predictions: bool) -> list[KVPolicy]:
-    """The baseline first (greedy, arrival order), then reserve-max and predicted admission in each order."""
-    policies = [KVPolicy(), KVPolicy(KVAdmission.RESERVE_MAX)]
+    """The baseline first (greedy, arrival order), then reserve-max and predicted admission in each order (greedy
+    admission in each order only, without config.reservations)."""
+    policies = [KVPolicy()]
+    if config.reservations:
+        policies.append(KVPolicy(KVAdmission.RESERVE_MAX))
     if has_predictions:
         for order in config.orders:
             if order is not Admission.FCFS:
                 policies.append(KVPolicy(KVAdmission.GREEDY, order))
-            policies += [KVPolicy(KVAdmission.PREDICTED, order, margin) for margin in config.margins]
+            if config.reservations:
+                policies += [KVPolicy(KVAdmission.PREDICTED, order, margin) for margin in config.margins]
     return policies
 
 
@@ -114,6 +116,8 @@ class KVDecision:
     fallback: bool = False
     tuning_s: float = 0.0
     objective: Objective = Objective.THROUGHPUT
+    min_gain: float = 0.0
+    """The share the winner had to beat the baseline by."""
 
     def describe(self) -> str:
         """One line for logs."""
@@ -134,6 +138,7 @@ class KVDecision:
             "margin_ratio": self.policy.margin_ratio,
             "fallback": self.fallback,
             "objective": self.objective.value,
+            "min_gain": self.min_gain,
             "simulated": self.chosen,
             "simulated_baseline": self.baseline,
             "tuning_s": self.tuning_s,
@@ -159,6 +164,10 @@ def simulate_policy(
     return simulate_kv(true, prompts, caps, engine, cost, priorities, reserves, hold).summary()
 
 
+Simulator = Callable[[KVPolicy, Sequence[int]], dict[str, float]]
+"""One policy's simulated figures on one draw of true lengths."""
+
+
 def decide_kv(
     predicted: Sequence[int] | None,
     prompts: Sequence[int],
@@ -169,10 +178,14 @@ def decide_kv(
     base: ScheduleConfig,
     config: KVTuneConfig | None = None,
     predictor_s: float = 0.0,
+    simulator: Simulator | None = None,
 ) -> KVDecision:
     """The KV admission rule and order for these requests (see the module docstring). errors: the predictor's
     held-out errors (ErrorModel.exact() for an oracle); predictor_s: what predicting these requests costs, added to
-    every candidate that reads the predictions (greedy-fcfs and reserve-max need none)."""
+    every candidate that reads the predictions (greedy-fcfs and reserve-max need none). simulator: what one policy
+    costs on one draw of true lengths, when another simulator than serving.policy.simulate_kv models the engine
+    better (our pool without a KV budget: serving.policy.simulate_continuous); its figures need time_s,
+    latency_mean_s, latency_p99_s and preemptions."""
     config = config or KVTuneConfig()
     started = time.perf_counter()
     rng = random.Random(config.seed)
@@ -183,7 +196,10 @@ def decide_kv(
     draws = [[min(value, cap) for value, cap in zip(draw, caps, strict=True)] for draw in draws]
     results: list[tuple[KVPolicy, dict[str, float]]] = []
     for policy in candidates(config, True):
-        runs = [simulate_policy(policy, true, predicted, prompts, caps, engine, cost, base) for true in draws]
+        if simulator is None:
+            runs = [simulate_policy(policy, true, predicted, prompts, caps, engine, cost, base) for true in draws]
+        else:
+            runs = [simulator(policy, true) for true in draws]
         mean = {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
         if policy.needs_predictions:  # the predictor runs before the first request starts
             mean["time_s"] += predictor_s
@@ -203,7 +219,18 @@ def decide_kv(
     if fallback:
         policy, chosen = results[0]
     table = [{"policy": item.name, **{name: round(value, 3) for name, value in mean.items()}} for item, mean in results]
-    return KVDecision(policy, baseline, chosen, table, fallback, time.perf_counter() - started, config.objective)
+    return KVDecision(
+        policy, baseline, chosen, table, fallback, time.perf_counter() - started, config.objective, config.min_gain
+    )
 
 
-__all__ = ["KVDecision", "KVPolicy", "KVTuneConfig", "Objective", "candidates", "decide_kv", "priorities_for"]
+__all__ = [
+    "KVDecision",
+    "KVPolicy",
+    "KVTuneConfig",
+    "Objective",
+    "Simulator",
+    "candidates",
+    "decide_kv",
+    "priorities_for",
+]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.pool_rules import admits, compacts, default_admit_min
+from seqsched.stats import nearest_rank
 from serving.policy.admission import AdmissionPolicy, Pass
 from serving.policy.scheduler import ScheduleConfig
 from serving.policy.simulate import StepCost
@@ -49,6 +50,8 @@ class ContinuousSim:
             "samples_per_s": count / self.time_s if self.time_s else 0.0,
             "latency_mean_s": sum(ordered) / count if count else 0.0,
             "latency_p50_s": ordered[(count - 1) // 2] if count else 0.0,
+            "latency_p99_s": nearest_rank(ordered, 99),
+            "preemptions": 0,
             "time_to_half_s": ordered[max(1, -(-count // 2)) - 1] if count else 0.0,
             "steps": self.steps,
             "row_steps": self.row_steps,

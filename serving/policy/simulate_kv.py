@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from seqsched.engines.pool_rules import reservations_fit
+from seqsched.stats import nearest_rank
 from serving.policy.stepcost import CostModel
 
 
@@ -157,10 +158,7 @@ class KVRun:
     @property
     def latency_p99_s(self) -> float:
         """99th percentile completion time."""
-        if not self.completion_s:
-            return 0.0
-        ordered = sorted(self.completion_s)
-        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        return nearest_rank(self.completion_s, 99)
 
     def summary(self) -> dict[str, float]:
         """The figures the bench and the tuner compare."""

@@ -12,6 +12,7 @@ draws with the served prompts, so padding, the token budget and the served lengt
 from __future__ import annotations
 
 import bisect
+import enum
 import math
 import random
 import statistics
@@ -24,6 +25,15 @@ from seqsched.errors import require
 from serving.policy.scheduler import ScheduleConfig, Strategy
 from serving.policy.stepcost import CostModel
 from serving.policy.tuning import BATCH_SIZES, Workload, clip_to_budget, tune_margin, tune_vbs
+
+
+class Objective(enum.Enum):
+    """What tuning a continuous engine's admission and order minimises (serving.policy.kv_tuning)."""
+
+    THROUGHPUT = "throughput"
+    """The run's total time (an offline job)."""
+    LATENCY = "latency"
+    """The mean completion time."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,10 @@ class TuneConfig:
     """With a predictor that gives a length distribution (the probe): each request's length is the q-quantile of
     its distribution for each q given here (risk-aware FCR caps: an uncertain request gets a higher cap), each q
     is tuned on its own held-out errors, and the fastest is served. Empty: the predictor's own point."""
+    objective: Objective = Objective.THROUGHPUT
+    """On a continuous engine (`--kv_admission auto`, bench's cb-tuned and vllm-tuned rows): what the chosen
+    admission rule and order minimise, the run's total time (`throughput`) or the mean completion time (`latency`);
+    either way the choice must be predicted no slower and no later on mean than FCFS."""
 
     def __post_init__(self) -> None:
         require(self.draws >= 1, "draws", f"must be >= 1, got {self.draws}")
@@ -256,4 +270,4 @@ def decide(
     )
 
 
-__all__ = ["Decision", "ErrorModel", "TuneConfig", "decide", "draw_workload", "vanilla_config"]
+__all__ = ["Decision", "ErrorModel", "Objective", "TuneConfig", "decide", "draw_workload", "vanilla_config"]
