@@ -188,6 +188,8 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
     """Load a model spec for inference: eval mode, on the chosen device and dtype."""
     from transformers import AutoModelForCausalLM
 
+    from seqsched.engines.attention import use_grouped_attention
+
     if isinstance(config, str):
         config = ModelConfig(spec=config)
     path = resolve_model_path(config.spec, config.cache_dir)
@@ -196,12 +198,14 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
         return _load_random(config, path, device)
     model = _from_pretrained(AutoModelForCausalLM, path, dtype=pick_dtype(config.dtype, device))
     model.to(device).eval()
+    use_grouped_attention(model)
     tokenizer = load_tokenizer(path)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=config.spec, path=path, device=device)
 
 
 def _load_random(config: ModelConfig, tokenizer_path: str, device: Any) -> LoadedModel:
     """A random-weight model of a preset or config.json, with the spec's tokenizer (and the preset's chat format)."""
+    from seqsched.engines.attention import use_grouped_attention
     from seqsched.random_models import build_random_model, random_model
 
     assert config.random_init is not None
@@ -210,6 +214,7 @@ def _load_random(config: ModelConfig, tokenizer_path: str, device: Any) -> Loade
     if preset.chat_template is not None:
         tokenizer.chat_template = preset.chat_template
     model = build_random_model(preset, device, pick_dtype(config.dtype, device))
+    use_grouped_attention(model)
     log.info("random-weight %s model on %s (timing faithful, text not)", preset.name, device)
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=config.spec, path=tokenizer_path, device=device, random_init=preset.name
