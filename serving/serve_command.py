@@ -19,7 +19,7 @@ from typing import Any
 
 from seqsched.config import to_dict
 from seqsched.distributed import Process, current_process, gather, pin_device
-from seqsched.engines.api import Batching, Engine, FinishReason
+from seqsched.engines.api import Batching, Engine, FinishReason, takes_reservations
 from seqsched.engines.config import EngineConfig
 from seqsched.errors import SeqschedError, require
 from seqsched.files import check_writable, exclusive_lock, write_json
@@ -36,7 +36,6 @@ from serving.measure.autotune import (
     kv_model,
     own_limits,
     prompt_lengths,
-    takes_reservations,
     tuner_for,
 )
 from serving.measure.costmodel import CostConfig

@@ -169,6 +169,13 @@ def context_length(engine: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def takes_reservations(engine: Any) -> bool:
+    """True when the engine admits by KV reservations (seqsched's vLLM scheduler class, our pool with a KV budget:
+    its optional `takes_reservations` attribute): reserve-max and predicted admission can run on it; otherwise only
+    the order is ours to choose."""
+    return bool(getattr(engine, "takes_reservations", False))
+
+
 class Engine(Protocol):
     """Batched generation: prompts in, token ids and costs out. Every engine can run a static batch
     (`generate`, what the label sampler and the step-cost probe use); `batching` says how it serves a run.

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from seqsched.engines.api import Batching, Engine
+from seqsched.engines.api import Batching, Engine, takes_reservations
 from seqsched.engines.config import COUNTING_SCHEDULER, EngineConfig, EngineKind
 from seqsched.engines.selection import build_engine, set_torch_threads, with_batching
 from seqsched.errors import SeqschedError, require, require_at_least
@@ -61,7 +61,6 @@ from serving.measure.autotune import (
     grid_max_context,
     own_limits,
     prompt_lengths,
-    takes_reservations,
 )
 from serving.measure.costmodel import CostConfig, load_or_measure, machine_name
 from serving.measure.memory import MemoryConfig

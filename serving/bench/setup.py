@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from seqsched.engines.api import Batching, Engine
+from seqsched.engines.api import Batching, Engine, takes_reservations
 from seqsched.engines.selection import with_batching
 from seqsched.errors import SeqschedError
 from seqsched.requests import Request
@@ -22,7 +22,6 @@ from serving.measure.autotune import (
     continuous_model,
     own_limits,
     prompt_lengths,
-    takes_reservations,
     tuner_for,
 )
 from serving.policy.kv_tuning import KVDecision, KVTuneConfig, Simulator, decide_kv

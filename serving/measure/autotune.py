@@ -292,7 +292,6 @@ __all__ = [
     "prepare_tuner",
     "prompt_lengths",
     "supports_quantiles",
-    "takes_reservations",
     "tuner_for",
 ]
 
@@ -371,12 +370,6 @@ def continuous_model(engine: Engine) -> KVEngine | None:
         null_blocks=0,
         resume=Resume.SCRATCH,
     )
-
-
-def takes_reservations(engine: Engine) -> bool:
-    """True when the engine admits by KV reservations (seqsched's vLLM scheduler class, our pool with a KV budget):
-    reserve-max and predicted admission can run on it; otherwise only the order is ours to choose."""
-    return bool(getattr(engine, "takes_reservations", False))
 
 
 def engine_cost_config(engine: Engine, cost: CostConfig) -> CostConfig:

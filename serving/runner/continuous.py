@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 
-from seqsched.engines.api import ContinuousEngine, SamplingParams
+from seqsched.engines.api import ContinuousEngine, SamplingParams, takes_reservations
 from seqsched.errors import SeqschedError
 from serving.policy.admission import Pass, policy_for, with_reservations
 from serving.policy.scheduler import KVAdmission, Phase
@@ -38,7 +38,7 @@ class ContinuousRun(RunState):
         seeds = [self.seed(index) for index in ids]
         extra = {}
         if submission.reserves is not None:
-            if not getattr(self.engine, "takes_reservations", False):
+            if not takes_reservations(self.engine):
                 raise SeqschedError(
                     f"--kv_admission {self.cfg.kv_admission.value} needs an engine that admits by KV reservations: "
                     "vLLM (seqsched's scheduler class) or our pool with --engine.kv_budget_tokens"
