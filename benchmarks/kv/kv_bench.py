@@ -15,7 +15,7 @@ Rows (--rows):
   (greedy-fcfs when it predicts no gain), simulated on this machine's measured vLLM step cost.
 - vllm-oracle-sjf / -lpt: predicted admission with vLLM's own greedy lengths (from the roomy vllm-default run).
 - cb-greedy / cb-reserve-max / cb-predicted: our pool with --engine.kv_budget_tokens and the same rules (its
-  --pool_budgets only: it is ~2x slower than vLLM here).
+  --pool_budgets only: it is slower than vLLM here, 0.78x its samples/s at best; 2026-12-05).
 
     python benchmarks/kv/kv_bench.py --workload usual --out benchmarks/kv/usual
 
