@@ -139,13 +139,14 @@ def server(args: argparse.Namespace, work: Path, name: str, options: Sequence[st
     port = free_port()
     data_dir = work / f"data-{name}"
     shutil.rmtree(data_dir, ignore_errors=True)
+    # -P: not the working directory first on sys.path, so a PYTHONPATH snapshot of the code is what the server runs
     command = [
-        sys.executable, "-m", "seqsched_cli", "server", "--config", args.config, "--host", LOOPBACK,
+        sys.executable, "-P", "-m", "seqsched_cli", "server", "--config", args.config, "--host", LOOPBACK,
         "--port", str(port), "--data_dir", str(data_dir), "--tracking_uri", args.tracking_uri,
         "--limit", str(args.max_tokens), *options, *args.server_args.split(),
     ]  # fmt: skip
     log_path = work / f"server-{name}.log"
-    print(f"[{name}] starting: {' '.join(command[2:])} (log: {log_path})", flush=True)
+    print(f"[{name}] starting: {' '.join(command[3:])} (log: {log_path})", flush=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment())
     url = f"http://{LOOPBACK}:{port}"
