@@ -144,3 +144,45 @@ def test_holds_all_by_held_out_lengths_when_whole_budgets_do_not_fit() -> None:
     assert not cache.holds_all(prompts, budgets, LengthStats(250.0, 20.0)), "long answers: the expected sum is too big"
     assert not cache.holds_all([45] * 257, [256] * 257, usual), "more requests than sequences"
     assert LengthStats.of([10, 30]) == LengthStats(20.0, 10.0)
+
+
+def test_padded_pool_makes_the_continuous_simulators_steps() -> None:
+    """Our pool's layout (KVEngine.pool) without a KV bound, equal prompts and a step cost blind to the context:
+    the same completion times as serving.policy.simulate_continuous (newcomers wait for admit_min free slots and
+    share one prefill, finished rows are computed until the pool compacts)."""
+    from serving.policy.admission import Pass
+    from serving.policy.simulate_continuous import simulate_pass
+
+    rng = random.Random(5)
+    # (No request done by its prefill's token: the engine then decodes before it admits again, as this simulator
+    # does, where simulate_continuous admits again at once.)
+    true = [rng.choice([1, 3, 40, 120, LIMIT]) for _ in range(70)]
+    caps = [LIMIT] * len(true)
+    cost = StepCost(fixed_s=0.02, per_row_s=0.001, per_context_s=0.0, prefill_fixed_s=0.05, prefill_token_s=1e-4)
+    pool = KVEngine.pool(1 << 40, 16)
+    assert pool.admit_min == 2
+    padded = simulate_kv(true, [32] * len(true), caps, pool, cost)
+    continuous, _ = simulate_pass(true, Pass(None, caps), 16, cost, prompt_tokens=32, admit_min=pool.admit_min)
+    assert padded.completion_s == pytest.approx(continuous.completion_s)
+    assert padded.time_s == pytest.approx(continuous.time_s)
+
+
+def test_padded_pool_pays_for_its_width_and_its_prefills() -> None:
+    """Where a step costs by the context, the padded pool pays the longest context of every row (finished ones
+    until it compacts) and prefills padded to the longest prompt: slower than the paged engine's mean context on
+    the same KV rule, and the same requests preempted and restarted under a tight budget."""
+    true, prompts, caps = workload(64)
+    prompts = [value * 4 if index % 8 == 0 else value for index, value in enumerate(prompts)]  # a few long prompts
+    cost = StepCost(per_context_s=2e-5, prefill_token_s=5e-4)
+    tokens = 12 * (40 + LIMIT)
+    paged = KVEngine(kv_tokens=tokens, max_seqs=32, block_size=1, max_batched_tokens=None, null_blocks=0)
+    paged = KVEngine(**{**paged.__dict__, "resume": Resume.SCRATCH, "admit_min": 4})
+    pool = KVEngine.pool(tokens, 32)
+    for reserves in (None, caps):
+        on_pool = simulate_kv(true, prompts, caps, pool, cost, reserves=reserves)
+        on_paged = simulate_kv(true, prompts, caps, paged, cost, reserves=reserves)
+        assert on_pool.requests == on_paged.requests == len(true)
+        assert on_pool.time_s > on_paged.time_s
+    greedy = simulate_kv(true, prompts, caps, pool, cost)
+    assert greedy.preemptions > 0 and greedy.recomputed_tokens > 0
+    assert simulate_kv(true, prompts, caps, pool, cost, reserves=caps, hold=True).preemptions == 0

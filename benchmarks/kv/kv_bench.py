@@ -137,11 +137,11 @@ def main() -> int:
     from seqsched.engines.vllm_scheduler import COUNTING, LENGTH_AWARE
     from seqsched.files import write_json
     from seqsched.model_specs import Device, DType, ModelConfig
-    from serving.measure.autotune import kv_model
+    from serving.measure.autotune import grid_max_context, kv_model
     from serving.measure.costmodel import CostConfig, load_or_measure, machine_name
     from serving.policy.kv_tuning import KVPolicy, KVTuneConfig, Objective, decide_kv, simulate_policy
     from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
-    from serving.policy.simulate_kv import Resume
+    from serving.policy.simulate_kv import KVEngine
     from serving.predictors import resolve_predictor
     from serving.runner import RunOptions, run
 
@@ -190,6 +190,15 @@ def main() -> int:
     base_run = run(roomy, requests, None, base, options)
     oracle = [record.num_tokens for record in base_run.records]
     report["oracle_from"] = "vllm-default at the roomy budget"
+    pool_costs: list[Any] = []
+
+    def pool_cost() -> Any:
+        """Our pool's step cost (this machine's cached measurement of the HF engine, measured once if none)."""
+        if not pool_costs:
+            reach = grid_max_context(args.limit, prompts)
+            pool_costs.append(load_or_measure(hf, model, "hf", CostConfig(), reach).cost)
+        return pool_costs[0]
+
     roomy_model = kv_model(roomy)
     assert roomy_model is not None
     # Engines stay alive to the end: a vLLM engine torn down in-process takes the distributed state of the ones
@@ -242,12 +251,10 @@ def main() -> int:
             row["policy"] = policy.name
             row["same_as_oracle"] = sum(r.num_tokens == o for r, o in zip(result.records, oracle, strict=True))
             if name.startswith("vllm-"):
-                sim_engine = kv_engine
-            else:  # our pool: KV by the token, whole prefills, a preempted request restarts
-                scratch = Resume.SCRATCH
-                sim_engine = replace(kv_engine, block_size=1, max_batched_tokens=None, null_blocks=0, resume=scratch)
-                sim_engine = replace(sim_engine, max_seqs=args.pool_slots)
-            simulated = simulate_policy(policy, oracle, source, prompts, caps, sim_engine, cost, base)
+                simulated = simulate_policy(policy, oracle, source, prompts, caps, kv_engine, cost, base)
+            else:  # our pool, on its own step cost
+                pool_model = KVEngine.pool(capacity, args.pool_slots)
+                simulated = simulate_policy(policy, oracle, source, prompts, caps, pool_model, pool_cost(), base)
             row["simulated_time_s"] = simulated["time_s"]
             row["simulated_preemptions"] = simulated["preemptions"]
             if name == "vllm-tuned":

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from seqsched.engines.api import Batching, Engine, takes_reservations
+from seqsched.engines.api import Batching, Engine
 from seqsched.engines.config import COUNTING_SCHEDULER, EngineConfig, EngineKind
 from seqsched.engines.selection import build_engine, set_torch_threads, with_batching
 from seqsched.errors import SeqschedError, require, require_at_least
@@ -54,6 +54,7 @@ from serving.bench.rows import (
 )
 from serving.bench.setup import Policies, Predictions, Sizer, bench_tuner, continuous_pool
 from serving.measure.autotune import (
+    UNBOUNDED_KV_TOKENS,
     Tuner,
     all_at_once,
     cost_engine,
@@ -65,9 +66,9 @@ from serving.measure.autotune import (
 from serving.measure.costmodel import CostConfig, load_or_measure, machine_name
 from serving.measure.memory import MemoryConfig
 from serving.policy.admission import policy_for
-from serving.policy.kv_tuning import KVPolicy, Simulator
 from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.policy.simulate_continuous import simulate_continuous
+from serving.policy.simulate_kv import KVEngine, simulate_kv
 from serving.policy.stepcost import CostModel
 from serving.policy.workload import TuneConfig
 from serving.runner import RunOptions, RunResult, run
@@ -327,11 +328,8 @@ def run_bench(
             kv_decision = None
             if strategy.tuned and fallback is None:
                 assert predicted is not None
-                simulator = None
-                if strategy.pool and tuner is not None and not takes_reservations(serving):
-                    simulator = pool_simulator(predicted, cfg, pool, slots, tuner, prompts)
                 cost = row_cost(strategy, serving)
-                kv_decision = policies.kv_decision(strategy, serving, predicted, cost, simulator)
+                kv_decision = policies.kv_decision(strategy, serving, predicted, cost)
                 cfg, tuning_s = kv_decision.policy.config(cfg), kv_decision.tuning_s
             result = run(
                 serving,
@@ -379,25 +377,6 @@ def run_bench(
     return result_so_far(complete=True)
 
 
-def pool_simulator(
-    predicted: Sequence[int],
-    cfg: ScheduleConfig,
-    pool: Engine,
-    slots: dict[str, Any],
-    tuner: Tuner,
-    prompts: Sequence[int],
-) -> Simulator:
-    """What a policy costs our pool without a KV budget (its slots, admission threshold and step cost:
-    simulate_pool), for the KV tuner: the continuous simulator models the pool's shared prefills, which the KV
-    simulator does not."""
-
-    def simulated(policy: KVPolicy, true: Sequence[int]) -> dict[str, float]:
-        summary = simulate_pool(true, predicted, policy.config(cfg), pool, slots, tuner, prompts)
-        return {key: float(value) for key, value in summary.items()}
-
-    return simulated
-
-
 def simulate_pool(
     true: Sequence[int],
     predicted: Sequence[int] | None,
@@ -407,9 +386,19 @@ def simulate_pool(
     tuner: Tuner,
     prompts: Sequence[int],
 ) -> dict[str, float | int]:
-    """What serving.policy.simulate_continuous predicts a continuous row costs: its policy, the pool's slots and
-    admission threshold, the step cost, the mean prompt. row_steps as the run's records count them: every token
-    sampled, the first of each admission (from its prefill) included, and no retired row."""
+    """What a continuous row is predicted to cost on our pool: its policy's order on the pool's own model in
+    serving.policy.simulate_kv (KVEngine.pool: the served prompts, padded prefills and steps, admit_min, the step
+    cost), or with FCR caps (a recompute pass) serving.policy.simulate_continuous (the mean prompt). row_steps as the
+    run's records count them: every token sampled, the first of each admission (from its prefill) included, and no
+    retired row."""
+    limits = [cfg.limit] * len(true)
+    submission = policy_for(cfg).first(predicted, limits, cfg)
+    admit_min = getattr(pool, "admit_min", None)
+    if submission.caps == limits:
+        model = KVEngine.pool(UNBOUNDED_KV_TOKENS, int(slots["slots"]), admit_min)
+        lengths = [min(length, cfg.limit) for length in true]
+        kv_run = simulate_kv(lengths, prompts, limits, model, tuner.cost, submission.priorities)
+        return dict(kv_run.summary())
     run = simulate_continuous(
         true,
         predicted,
@@ -418,7 +407,7 @@ def simulate_pool(
         int(slots["slots"]),
         tuner.cost,  # type: ignore[arg-type]
         round(sum(prompts) / len(prompts)) if prompts else 64,
-        getattr(pool, "admit_min", None),
+        admit_min,
     )
     sim = run.summary()
     sim["row_steps"] = run.row_steps - run.retired_row_steps + len(true) + len(run.failed)

@@ -24,7 +24,7 @@ from serving.measure.autotune import (
     prompt_lengths,
     tuner_for,
 )
-from serving.policy.kv_tuning import KVDecision, KVTuneConfig, Simulator, decide_kv
+from serving.policy.kv_tuning import KVDecision, KVTuneConfig, decide_kv
 from serving.policy.scheduler import ScheduleConfig
 from serving.policy.simulate import simulate
 from serving.policy.stepcost import CostModel
@@ -177,13 +177,11 @@ class Policies:
         engine: Engine,
         predicted: Sequence[int],
         cost: CostModel,
-        simulator: Simulator | None = None,
     ) -> KVDecision:
         """A tuned continuous row's admission rule and order (serving.policy.kv_tuning) for this engine and its step
         cost, on the served prompts' predictions with true lengths drawn from the held-out errors (the tuner's draws,
         seed, objective and min_gain); greedy FCFS when nothing is predicted to beat it. The predictions are made
-        before deciding, so their time is spent either way and no candidate is charged it. simulator: the engine's
-        own simulator when the KV simulator does not model it (our pool without a KV budget)."""
+        before deciding, so their time is spent either way and no candidate is charged it."""
         if strategy in self.kv_decisions:
             return self.kv_decisions[strategy]
         model = continuous_model(engine)
@@ -197,9 +195,7 @@ class Policies:
             errors = self.tuner.errors_by_quantile.get(self.predictions.quantiles[0], errors)
         settings = KVTuneConfig.from_tune(self.tuner.tune, takes_reservations(engine))
         base = strategy_config(strategy, self.policy, self.config.vanilla_batch_size)
-        decision = decide_kv(
-            predicted, self.prompts, self.limits, errors, model, cost, base, settings, simulator=simulator
-        )
+        decision = decide_kv(predicted, self.prompts, self.limits, errors, model, cost, base, settings)
         print(f"{strategy.value}: {decision.describe()}", flush=True)
         self.kv_decisions[strategy] = decision
         return decision

@@ -298,9 +298,8 @@ __all__ = [
 
 def kv_model(engine: Engine) -> KVEngine | None:
     """What the KV simulator assumes of a continuous engine with a bounded KV cache: vLLM (paged, chunked prefill,
-    recompute on resume) or our pool with a KV budget (by the token, whole prefills, restart on resume); None for
-    an engine without a KV bound."""
-    from serving.policy.simulate_kv import KVEngine, Resume
+    recompute on resume) or our pool with a KV budget (KVEngine.pool: by the token, padded prefills and steps,
+    restart on resume); None for an engine without a KV bound."""
 
     tokens = getattr(engine, "kv_cache_tokens", None)
     if tokens is not None:  # vLLM
@@ -313,10 +312,7 @@ def kv_model(engine: Engine) -> KVEngine | None:
         )
     budget = getattr(engine, "kv_budget_tokens", None)
     if budget is not None:  # our pool
-        slots = int(engine.slots)  # type: ignore[attr-defined]
-        return KVEngine(
-            kv_tokens=int(budget), max_seqs=slots, block_size=1, max_batched_tokens=None, resume=Resume.SCRATCH
-        )
+        return KVEngine.pool(int(budget), int(engine.slots), getattr(engine, "admit_min", None))  # type: ignore[attr-defined]
     return None
 
 
@@ -355,21 +351,12 @@ UNBOUNDED_KV_TOKENS = 1 << 40
 
 def continuous_model(engine: Engine) -> KVEngine | None:
     """What the KV simulator assumes of a continuous engine: kv_model's, or for our pool without a KV budget its
-    slots alone (by the token, whole prefills, restart on resume); None for a static engine."""
-    from serving.policy.simulate_kv import Resume
-
+    slots alone (KVEngine.pool); None for a static engine."""
     model = kv_model(engine)
     slots = getattr(engine, "slots", None)
     if model is not None or engine.batching is not Batching.CONTINUOUS or slots is None:
         return model
-    return KVEngine(
-        kv_tokens=UNBOUNDED_KV_TOKENS,
-        max_seqs=int(slots),
-        block_size=1,
-        max_batched_tokens=None,
-        null_blocks=0,
-        resume=Resume.SCRATCH,
-    )
+    return KVEngine.pool(UNBOUNDED_KV_TOKENS, int(slots), getattr(engine, "admit_min", None))
 
 
 def engine_cost_config(engine: Engine, cost: CostConfig) -> CostConfig:

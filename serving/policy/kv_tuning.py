@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -164,10 +164,6 @@ def simulate_policy(
     return simulate_kv(true, prompts, caps, engine, cost, priorities, reserves, hold).summary()
 
 
-Simulator = Callable[[KVPolicy, Sequence[int]], dict[str, float]]
-"""One policy's simulated figures on one draw of true lengths."""
-
-
 def decide_kv(
     predicted: Sequence[int] | None,
     prompts: Sequence[int],
@@ -178,14 +174,10 @@ def decide_kv(
     base: ScheduleConfig,
     config: KVTuneConfig | None = None,
     predictor_s: float = 0.0,
-    simulator: Simulator | None = None,
 ) -> KVDecision:
     """The KV admission rule and order for these requests (see the module docstring). errors: the predictor's
     held-out errors (ErrorModel.exact() for an oracle); predictor_s: what predicting these requests costs, added to
-    every candidate that reads the predictions (greedy-fcfs and reserve-max need none). simulator: what one policy
-    costs on one draw of true lengths, when another simulator than serving.policy.simulate_kv models the engine
-    better (our pool without a KV budget: serving.policy.simulate_continuous); its figures need time_s,
-    latency_mean_s, latency_p99_s and preemptions."""
+    every candidate that reads the predictions (greedy-fcfs and reserve-max need none)."""
     config = config or KVTuneConfig()
     started = time.perf_counter()
     rng = random.Random(config.seed)
@@ -196,10 +188,7 @@ def decide_kv(
     draws = [[min(value, cap) for value, cap in zip(draw, caps, strict=True)] for draw in draws]
     results: list[tuple[KVPolicy, dict[str, float]]] = []
     for policy in candidates(config, True):
-        if simulator is None:
-            runs = [simulate_policy(policy, true, predicted, prompts, caps, engine, cost, base) for true in draws]
-        else:
-            runs = [simulator(policy, true) for true in draws]
+        runs = [simulate_policy(policy, true, predicted, prompts, caps, engine, cost, base) for true in draws]
         mean = {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
         if policy.needs_predictions:  # the predictor runs before the first request starts
             mean["time_s"] += predictor_s
@@ -229,7 +218,6 @@ __all__ = [
     "KVPolicy",
     "KVTuneConfig",
     "Objective",
-    "Simulator",
     "candidates",
     "decide_kv",
     "priorities_for",

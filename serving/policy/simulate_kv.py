@@ -16,6 +16,14 @@ The model (stated so the bench can check it, simulated beside measured):
   the lowest priority (latest arrival on ties) is preempted: its blocks are freed and it waits again, to resume by
   prefilling its prompt and the tokens it had generated (vLLM's recompute) or, `scratch`, from its prompt (our pool).
 - A request finishes after its true length plus the stop token, or at its cap.
+
+Our pool (`Layout.PADDED`, KVEngine.pool) differs in how steps are made and what they cost, as
+seqsched.engines.hf_continuous does them (their shared rules: seqsched.engines.pool_rules): waiting requests are
+admitted only once `admit_min` slots are free (or none runs), and the newcomers share one prefill of their contexts
+padded to the longest (its logits give each its first token); a decode step computes every row in the cache, finished
+rows included until the pool compacts (at an admission, or once admit_min have finished, or they outnumber a quarter
+of the running), each over the cache's width: the longest context in it (left-padding alignment). KV is counted by the
+token and a preempted request restarts from its prompt.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from seqsched.engines.pool_rules import reservations_fit
+from seqsched.engines.pool_rules import admits, compacts, default_admit_min, reservations_fit
 from seqsched.stats import nearest_rank
 from serving.policy.stepcost import CostModel
 
@@ -39,6 +47,16 @@ class Resume(enum.Enum):
     """Prefill its prompt and the tokens it had generated, then go on (vLLM)."""
     SCRATCH = "scratch"
     """Start again from its prompt (our pool; greedy outputs are the same)."""
+
+
+class Layout(enum.Enum):
+    """How the engine lays out its KV cache, and so how its steps are made and what they cost."""
+
+    PAGED = "paged"
+    """vLLM: blocks per request, chunked prefill within max_batched_tokens, a decode step at the rows' mean context."""
+    PADDED = "padded"
+    """Our pool: rows left-padded to one width, newcomers in one padded prefill once admit_min slots are free,
+    finished rows computed until the pool compacts (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,24 @@ class KVEngine:
     max_batched_tokens: int | None = 4096
     """Tokens one step may compute (decodes plus prefill chunks); None: no bound (a step prefills all newcomers)."""
     resume: Resume = Resume.RECOMPUTE
+    layout: Layout = Layout.PAGED
+    admit_min: int = 1
+    """Free slots a padded engine waits for before it admits (Layout.PADDED only)."""
+
+    @classmethod
+    def pool(cls, kv_tokens: int, slots: int, admit_min: int | None = None) -> KVEngine:
+        """Our continuous pool (seqsched.engines.hf_continuous) with a KV budget of kv_tokens: KV by the token, no
+        null block, padded layout, a preempted request restarts; admit_min as the engine's (default: slots // 8)."""
+        return cls(
+            kv_tokens=kv_tokens,
+            max_seqs=slots,
+            block_size=1,
+            max_batched_tokens=None,
+            null_blocks=0,
+            resume=Resume.SCRATCH,
+            layout=Layout.PADDED,
+            admit_min=default_admit_min(slots) if admit_min is None else min(admit_min, slots),
+        )
 
     def blocks(self, tokens: int) -> int:
         """Whole blocks holding `tokens`."""
@@ -139,6 +175,10 @@ class KVRun:
     max_running: int = 0
     running_steps: int = 0
     """Sum over steps of the requests running (mean batch = this / steps)."""
+    prefill_s: float = 0.0
+    """The part of time_s spent prefilling (padded prefills; on a paged engine the prefill part of its steps)."""
+    sampled_tokens: int = 0
+    """Tokens sampled, recomputed ones included (each request's first from its prefill; no finished row's)."""
 
     @property
     def requests(self) -> int:
@@ -172,6 +212,9 @@ class KVRun:
             "recomputed_tokens": float(self.recomputed_tokens),
             "max_running": float(self.max_running),
             "mean_running": self.running_steps / self.steps if self.steps else 0.0,
+            "prefill_s": self.prefill_s,
+            "decode_s": self.time_s - self.prefill_s,
+            "row_steps": float(self.sampled_tokens),
         }
 
 
@@ -210,12 +253,35 @@ def simulate_kv(
     clock = 0.0
     finished = 0
     state = _AdmitState()
+    padded = engine.layout is Layout.PADDED
+    retired = _Retired()
     while finished < count:
-        _admit(waiting, running, requests, engine, state, hold)
+        if not padded:
+            _admit(waiting, running, requests, engine, state, hold)
+        elif waiting and admits(len(running), engine.max_seqs, len(waiting), engine.admit_min):
+            newcomers = _admit(waiting, running, requests, engine, state, hold)
+            if newcomers:
+                retired.clear()  # the pool compacts before newcomers join
+                prefill_s = _padded_prefill(newcomers, cost)
+                clock += prefill_s
+                run.prefill_s += prefill_s
+                run.sampled_tokens += len(newcomers)
+                for request in newcomers:
+                    if request.generated >= request.steps:  # done with the prefill's token: never joins the pool
+                        run.completion_s[request.index] = clock
+                        running.remove(request)
+                        finished += 1
+                        state.changes += 1
         before = run.preemptions
         _make_room(running, waiting, engine, run)
         state.changes += run.preemptions - before
-        step_s, done = _step(running, engine, cost)
+        generated = sum(request.generated for request in running)
+        if padded:
+            step_s, done = _padded_step(running, retired, cost)
+        else:
+            step_s, prefill_s, done = _step(running, engine, cost)
+            run.prefill_s += prefill_s
+        run.sampled_tokens += sum(request.generated for request in running) - generated
         clock += step_s
         run.steps += 1
         run.running_steps += len(running)
@@ -225,8 +291,28 @@ def simulate_kv(
             running.remove(request)
             finished += 1
             state.changes += 1
+            if padded:
+                retired.add(request.context)
+        if padded and compacts(len(running), retired.rows, engine.admit_min):
+            retired.clear()
     run.time_s = clock
     return run
+
+
+@dataclass
+class _Retired:
+    """A padded pool's finished rows still in its cache: how many, and the longest context among them (they are
+    computed, one token a step, until the pool compacts)."""
+
+    rows: int = 0
+    width: int = 0
+
+    def add(self, context: int) -> None:
+        self.rows += 1
+        self.width = max(self.width, context)
+
+    def clear(self) -> None:
+        self.rows, self.width = 0, 0
 
 
 def _used_blocks(running: Sequence[_Request], engine: KVEngine) -> int:
@@ -265,24 +351,25 @@ def _admit(
     engine: KVEngine,
     state: _AdmitState,
     hold: bool,
-) -> None:
-    """Start waiting requests in order while there is a slot and, by the rule, KV room."""
+) -> list[_Request]:
+    """Start waiting requests in order while there is a slot and, by the rule, KV room; the ones started."""
     same = state.blocked_at == state.changes and waiting and waiting[0][1] == state.blocked_head
     if same and (hold or requests[waiting[0][1]].reserve is None):
         # Nothing left or joined since the head was refused: by the greedy or held rule the answer is the same (by
         # the predicted one it may change as the running requests move on toward their ends).
-        return
+        return []
     free = engine.total_blocks - _used_blocks(running, engine)
     reserving = [request for request in running if request.reserve is not None]
     held = sum(_held(request, engine) for request in reserving) if hold else 0
     expected = [] if hold else [_expected(request) for request in reserving]
+    started: list[_Request] = []
     while waiting and len(running) < engine.max_seqs:
         request = requests[waiting[0][1]]
         need = engine.blocks(request.context + 1)
         if request.reserve is None:
             if need > free and running:
                 state.refused(waiting[0][1])
-                return
+                return started
         else:
             if hold:
                 fits = held + _held(request, engine) <= engine.total_blocks
@@ -290,7 +377,7 @@ def _admit(
                 fits = reservations_fit([*expected, _expected(request)], engine.total_blocks, engine.block_size)
             if not (fits or not running):
                 state.refused(waiting[0][1])
-                return
+                return started
             if hold:
                 held += _held(request, engine)
             else:
@@ -299,7 +386,9 @@ def _admit(
         free -= need
         request.prefilled, request.prefill_target = 0, request.context
         running.append(request)
+        started.append(request)
         state.changes += 1
+    return started
 
 
 def _make_room(running: list[_Request], waiting: list, engine: KVEngine, run: KVRun) -> None:
@@ -314,8 +403,9 @@ def _make_room(running: list[_Request], waiting: list, engine: KVEngine, run: KV
         heapq.heappush(waiting, (victim.rank, victim.index))
 
 
-def _step(running: Sequence[_Request], engine: KVEngine, cost: CostModel) -> tuple[float, list[_Request]]:
-    """One engine step: decodes first, then prefill chunks within the token budget; its seconds and who finished."""
+def _step(running: Sequence[_Request], engine: KVEngine, cost: CostModel) -> tuple[float, float, list[_Request]]:
+    """One engine step: decodes first, then prefill chunks within the token budget; its seconds, the prefill's part
+    of them and who finished."""
     decoding = [request for request in running if request.prefilled >= request.prefill_target]
     pending = [request for request in running if request.prefilled < request.prefill_target]
     budget = None if engine.max_batched_tokens is None else max(0, engine.max_batched_tokens - len(decoding))
@@ -338,9 +428,33 @@ def _step(running: Sequence[_Request], engine: KVEngine, cost: CostModel) -> tup
             if request.generated >= request.steps:
                 done.append(request)
     seconds = cost.step_s(len(decoding), context) if decoding else 0.0
-    if prefill_tokens:
-        seconds += cost.prefill_s(1, prefill_tokens)
+    prefill_s = cost.prefill_s(1, prefill_tokens) if prefill_tokens else 0.0
+    return seconds + prefill_s, prefill_s, done
+
+
+def _padded_prefill(newcomers: Sequence[_Request], cost: CostModel) -> float:
+    """The newcomers' one prefill, padded to the longest context; it samples each one's first token."""
+    seconds = cost.prefill_s(len(newcomers), max(request.context for request in newcomers))
+    for request in newcomers:
+        request.prefilled = request.prefill_target
+        request.generated += 1
+    return seconds
+
+
+def _padded_step(running: Sequence[_Request], retired: _Retired, cost: CostModel) -> tuple[float, list[_Request]]:
+    """One decode step of a padded pool: every row in the cache (finished ones too) at the longest context."""
+    if not running:
+        return 0.0, []
+    width = max(retired.width, max(request.context for request in running))
+    seconds = cost.step_s(len(running) + retired.rows, width)
+    if retired.rows:
+        retired.width += 1
+    done: list[_Request] = []
+    for request in running:
+        request.generated += 1
+        if request.generated >= request.steps:
+            done.append(request)
     return seconds, done
 
 
-__all__ = ["KVEngine", "KVRun", "Resume", "simulate_kv"]
+__all__ = ["KVEngine", "KVRun", "Layout", "Resume", "simulate_kv"]
