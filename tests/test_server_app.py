@@ -388,7 +388,7 @@ def test_sjf_server_predicts_every_request_and_batch_line(
     """With --policy sjf and an oracle predictor: /v1/models names both; chat requests that find the engine idle
     are released at once without a prediction (counted as skipped); batch lines are predicted by their custom_id
     (one the oracle lacks is still served, ranked longest, the failure counted); the predictor's calls and latency
-    show in /metrics."""
+    show in /metrics, and so do the engine's steps."""
     prompts = synthetic_prompts(5, seed=17)
     oracle = tmp_path / "oracle.jsonl"
     lengths = {f"req-{index}": 10 - index for index in range(4)} | {"chat-1": 3}
@@ -413,3 +413,8 @@ def test_sjf_server_predicts_every_request_and_batch_line(
     assert float(values["seqsched_predictor_requests_total"]) >= 5
     assert float(values["seqsched_predictor_errors_total"]) >= 1, "req-4 is not in the oracle"
     assert float(values["seqsched_batch_lines_computed_total"]) == 5
+    # The engine's pace: every step ran at least one request (one place here), and took time.
+    steps = float(values["seqsched_engine_steps_total"])
+    assert steps >= float(values["seqsched_generated_tokens_total"]) > 0
+    assert float(values["seqsched_engine_step_rows_sum"]) == steps
+    assert float(values["seqsched_engine_step_seconds_sum"]) > 0

@@ -75,6 +75,8 @@ COLUMNS = (
     "predictor_ms_per_request",
     "predicted",
     "skipped",
+    "ms_per_step",
+    "mean_rows",
 )
 
 
@@ -350,6 +352,11 @@ def run_policy(
         )
         # Requests that found the engine with room went in unpredicted (their rank could not matter).
         skipped = after.get("seqsched_predictor_skipped_total", 0) - before.get("seqsched_predictor_skipped_total", 0)
+        # How fast the engine stepped in this run: live runs with the same arrivals differ mostly by this.
+        steps, step_s, step_rows = (
+            after.get(f"seqsched_{name}", 0) - before.get(f"seqsched_{name}", 0)
+            for name in ("engine_steps_total", "engine_step_seconds_sum", "engine_step_rows_sum")
+        )
         row = {
             "policy": policy,
             "load": load,
@@ -360,6 +367,8 @@ def run_policy(
             "predictor_ms_per_request": 1000 * seconds / predicted if predicted else None,
             "predicted": int(predicted),
             "skipped": int(skipped),
+            "ms_per_step": 1000 * step_s / steps if steps else None,
+            "mean_rows": step_rows / steps if steps else None,
             "server": info,
         }
         rows.append(row)

@@ -43,6 +43,10 @@ class ServerMetrics:
     """Interactive requests not predicted: released at once into an engine with room (their rank cannot matter)."""
     queue_wait_seconds: float = 0.0
     queue_released: int = 0
+    engine_steps: int = 0
+    engine_step_seconds: float = 0.0
+    engine_step_rows: int = 0
+    """Requests inside the engine, summed over its steps (mean batch = this / engine_steps)."""
     _recent: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,6 +92,14 @@ class ServerMetrics:
             self.predictor_last_s = seconds
             self.predictor_errors += failed
 
+    def stepped(self, seconds: float, rows: int) -> None:
+        """Count one engine step of `rows` requests that took `seconds` (how fast the engine ran: load tests tell
+        a slower machine from a worse order by it)."""
+        with self._lock:
+            self.engine_steps += 1
+            self.engine_step_seconds += seconds
+            self.engine_step_rows += rows
+
     def skipped_prediction(self) -> None:
         """Count a request released without a prediction (the engine had room and nothing waited)."""
         with self._lock:
@@ -107,6 +119,7 @@ class ServerMetrics:
             totals = (self.generated_tokens, self.batch_lines_computed, self.queue_released, self.queue_wait_seconds)
             predictor = (self.predictor_calls, self.predictor_requests, self.predictor_seconds, self.predictor_last_s)
             predictor_errors, predictor_skipped = self.predictor_errors, self.predictor_skipped
+            steps = (self.engine_steps, self.engine_step_seconds, self.engine_step_rows)
         depth = [('{lane="interactive"}', gauges.queue_interactive), ('{lane="batch"}', gauges.queue_batch)]
         metric("queue_depth", "gauge", "Requests waiting in the server's queue.", depth)
         metric(
@@ -162,6 +175,10 @@ class ServerMetrics:
             "Requests not predicted: released at once into an engine with room, where a rank cannot matter.",
             [("", predictor_skipped)],
         )
+        metric("engine_steps_total", "counter", "Engine steps taken.", [("", steps[0])])
+        metric("engine_step_seconds_sum", "counter", "Seconds spent in engine steps.", [("", steps[1])])
+        rows_help = "Requests inside the engine, summed over its steps."
+        metric("engine_step_rows_sum", "counter", rows_help, [("", steps[2])])
         return "\n".join(lines) + "\n"
 
 

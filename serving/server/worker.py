@@ -262,8 +262,10 @@ class EngineWorker:
             self._notify(work, lambda work=work: work.sink.failed("The request was cancelled.", CANCELLED, 499))
 
     def _step(self) -> None:
+        started = time.perf_counter()
         try:
             events = self.engine.step()
+            self.metrics.stepped(time.perf_counter() - started, len(self._running))
         except Exception as error:  # one failed step must not take the server down: fail what was running
             log.exception("engine step failed")
             message = f"The engine failed: {error}"
