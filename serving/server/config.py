@@ -57,8 +57,8 @@ class ServerConfig:
     """Aging bound of interactive requests: once one has waited this long in the queue it is released ahead of
     every request with a later deadline (arrival + its lane's bound), whatever their predicted lengths. Shorter
     bounds trade SJF's mean latency for its tail: SmolLM2 on 2 CPU cores at 0.9x capacity, simulated over 50
-    arrival draws, 30 s gave 0.94x FCFS's mean at 1.37x its p99, 15 s 0.95x at 1.14x (live, one draw: p99 1.16x);
-    benchmarks/RESULTS.md. Scale it with the service time of a long answer on your hardware."""
+    arrival draws, 30 s gave 0.94x FCFS's mean at 1.37x its p99, 15 s 0.95x at 1.14x (two live draws: p99 1.16x and
+    1.28x); benchmarks/RESULTS.md. Scale it with the service time of a long answer on your hardware."""
     batch_max_wait_s: float = 3600.0
     """Aging bound of batch-job lines (they yield to interactive requests until then)."""
     interactive_first: bool = True
