@@ -54,9 +54,9 @@ from serving.bench.rows import (
 )
 from serving.bench.setup import Policies, Predictions, Sizer, bench_tuner, continuous_pool
 from serving.measure.autotune import (
-    UNBOUNDED_KV_TOKENS,
     Tuner,
     all_at_once,
+    continuous_model,
     cost_engine,
     engine_cost_config,
     grid_max_context,
@@ -68,7 +68,7 @@ from serving.measure.memory import MemoryConfig
 from serving.policy.admission import policy_for
 from serving.policy.scheduler import Admission, ScheduleConfig, Strategy
 from serving.policy.simulate_continuous import simulate_continuous
-from serving.policy.simulate_kv import KVEngine, simulate_kv
+from serving.policy.simulate_kv import simulate_kv
 from serving.policy.stepcost import CostModel
 from serving.policy.workload import TuneConfig
 from serving.runner import RunOptions, RunResult, run
@@ -386,28 +386,29 @@ def simulate_pool(
     tuner: Tuner,
     prompts: Sequence[int],
 ) -> dict[str, float | int]:
-    """What a continuous row is predicted to cost on our pool: its policy's order on the pool's own model in
-    serving.policy.simulate_kv (KVEngine.pool: the served prompts, padded prefills and steps, admit_min, the step
-    cost), or with FCR caps (a recompute pass) serving.policy.simulate_continuous (the mean prompt). row_steps as the
-    run's records count them: every token sampled, the first of each admission (from its prefill) included, and no
-    retired row."""
+    """What a continuous row is predicted to cost on our pool: its policy's order (and KV reservations) on the
+    pool's own model in serving.policy.simulate_kv (continuous_model: its KV budget if any, the served prompts, padded
+    prefills and steps, admit_min, the step cost), or with FCR caps (a recompute pass)
+    serving.policy.simulate_continuous (the mean prompt). row_steps as the run's records count them: every token
+    sampled, the first of each admission (from its prefill) included, and no retired row."""
     limits = [cfg.limit] * len(true)
-    submission = policy_for(cfg).first(predicted, limits, cfg)
-    admit_min = getattr(pool, "admit_min", None)
-    if submission.caps == limits:
-        model = KVEngine.pool(UNBOUNDED_KV_TOKENS, int(slots["slots"]), admit_min)
-        lengths = [min(length, cfg.limit) for length in true]
-        kv_run = simulate_kv(lengths, prompts, limits, model, tuner.cost, submission.priorities)
+    policy = policy_for(cfg)
+    submission = policy.first(predicted, limits, cfg)
+    model = continuous_model(pool)
+    if submission.caps == limits and model is not None:
+        kv_run = simulate_kv(
+            true, prompts, limits, model, tuner.cost, submission.priorities, submission.reserves, submission.hold
+        )
         return dict(kv_run.summary())
     run = simulate_continuous(
         true,
         predicted,
-        policy_for(cfg),
+        policy,
         cfg,
         int(slots["slots"]),
         tuner.cost,  # type: ignore[arg-type]
         round(sum(prompts) / len(prompts)) if prompts else 64,
-        admit_min,
+        getattr(pool, "admit_min", None),
     )
     sim = run.summary()
     sim["row_steps"] = run.row_steps - run.retired_row_steps + len(true) + len(run.failed)
