@@ -11,37 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 SHAPES = ((1, 200), (16, 200), (64, 200), (96, 300), (128, 300))
-
-
-def step_seconds(model, rows: int, context: int, steps: int, in_place: bool) -> float:
-    """Median seconds of one decode step over `steps` steps after a prefill of rows x context tokens."""
-    import torch
-    from transformers import DynamicCache
-
-    from seqsched.engines.hf import cache_argument
-    from seqsched.engines.kv_cache import slack_cache
-
-    generator = torch.Generator().manual_seed(rows * 1000 + context)
-    ids = torch.randint(0, 1000, (rows, context), generator=generator)
-    cache = slack_cache(model.config, steps + 1) if in_place else DynamicCache(config=model.config)
-    argument = {cache_argument(model): cache}
-    times = []
-    with torch.inference_mode():
-        mask = torch.ones(rows, context, dtype=torch.long)
-        model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **argument)
-        token = ids[:, -1:]
-        for step in range(steps):
-            mask = torch.ones(rows, context + step + 1, dtype=torch.long)
-            positions = torch.full((rows, 1), context + step)
-            started = time.perf_counter()
-            model(input_ids=token, attention_mask=mask, position_ids=positions, use_cache=True, **argument)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -53,7 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from transformers import DynamicCache
 
+    from seqsched.engines.timing import decode_step_seconds
     from seqsched.model_specs import shared_model
     from seqsched.tables import table
 
@@ -61,8 +36,8 @@ def main() -> None:
     model = shared_model(args.model).model
     rows = []
     for batch, context in SHAPES:
-        dynamic = step_seconds(model, batch, context, args.steps, in_place=False)
-        in_place = step_seconds(model, batch, context, args.steps, in_place=True)
+        dynamic = decode_step_seconds(model, batch, context, args.steps, cache=DynamicCache(config=model.config))
+        in_place = decode_step_seconds(model, batch, context, args.steps)
         rows.append(
             {
                 "rows": batch,

@@ -57,10 +57,12 @@ def test_the_pure_rules() -> None:
     assert peak_blocks([]) == 0
 
 
+@pytest.mark.parametrize("admit_min", [1, 4])
 def test_greedy_preempts_and_outputs_stay_equal(
-    tiny_engine: HFEngine, prompt_ids: list[list[int]], reference: list[list[int]]
+    tiny_engine: HFEngine, prompt_ids: list[list[int]], reference: list[list[int]], admit_min: int
 ) -> None:
-    engine = HFContinuousEngine(tiny_engine, 12, admit_min=1, kv_budget_tokens=budget_for(prompt_ids, 3))
+    """admit_min 4: preempted rows stay in the cache, computed and ignored, until the pool compacts."""
+    engine = HFContinuousEngine(tiny_engine, 12, admit_min=admit_min, kv_budget_tokens=budget_for(prompt_ids, 3))
     timed = engine.submit(prompt_ids, [LIMIT] * len(prompt_ids))
     assert [item.row.token_ids for item in timed] == reference
     stats = engine.last_stats

@@ -186,3 +186,30 @@ def test_padded_pool_pays_for_its_width_and_its_prefills() -> None:
     greedy = simulate_kv(true, prompts, caps, pool, cost)
     assert greedy.preemptions > 0 and greedy.recomputed_tokens > 0
     assert simulate_kv(true, prompts, caps, pool, cost, reserves=caps, hold=True).preemptions == 0
+
+
+def test_padded_pool_prices_its_cache_copies() -> None:
+    """With a free step and a copy cost of 1 s per row and column, a run's time is its copies: no copy when the
+    first rows join an empty pool; a compaction gathers the kept rows over the buffer's columns (prompt + first
+    token + the 64 spare); a join copies every row at the wider width plus the spare; the last rows leave free."""
+    free = StepCost(fixed_s=0, per_row_s=0, per_context_s=0, prefill_fixed_s=0, prefill_token_s=0)
+    pool = KVEngine.pool(1 << 40, 4, admit_min=1, copy_slot_s=1.0)
+    run = simulate_kv([2, 5, 5, 5, 5], [10] * 5, [100] * 5, pool, free)
+    # 3 kept x (11 + 64) at the first compaction, 4 x (13 + 64) at the join, 1 x 77 when three finish together.
+    assert run.copy_s == run.time_s == 3 * 75 + 4 * 77 + 77
+    # A buffer without a spare column grows to twice its filled width (one request: 11 + 2 columns, full after two
+    # steps, 13 + 13 then).
+    alone = simulate_kv([5], [10], [100], KVEngine.pool(1 << 40, 1, copy_slot_s=1.0, reserve=2), free)
+    assert alone.copy_s == 26
+    # Copies do not change the schedule: the same steps and completions, later by the copies before them.
+    true, prompts, caps = workload(48)
+    cost = StepCost()
+    tokens = 10 * (40 + LIMIT)
+    for reserves in (None, caps):
+        base = simulate_kv(true, prompts, caps, KVEngine.pool(tokens, 16), cost, reserves=reserves)
+        priced = simulate_kv(true, prompts, caps, KVEngine.pool(tokens, 16, copy_slot_s=1e-6), cost, reserves=reserves)
+        assert priced.steps == base.steps and priced.preemptions == base.preemptions
+        assert priced.copy_s > 0 and priced.time_s == pytest.approx(base.time_s + priced.copy_s)
+        assert priced.summary()["copy_s"] == priced.copy_s
+    with pytest.raises(ValueError, match="copy_slot_s"):
+        KVEngine.pool(tokens, 16, copy_slot_s=-1.0)

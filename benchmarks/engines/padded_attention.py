@@ -13,38 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 SHAPES = ((16, 200, 0.0), (16, 200, 0.4), (72, 150, 0.0), (72, 150, 0.4), (72, 350, 0.0), (72, 350, 0.4))
-
-
-def step_seconds(model, rows: int, columns: int, padding: float, steps: int) -> float:
-    """Median seconds of one decode step over `steps` steps after a prefill of rows x columns tokens, the first
-    `padding` share of the columns masked out."""
-    import torch
-
-    from seqsched.engines.hf import cache_argument
-    from seqsched.engines.kv_cache import slack_cache
-
-    generator = torch.Generator().manual_seed(rows * 1000 + columns)
-    ids = torch.randint(0, 1000, (rows, columns), generator=generator)
-    cache = slack_cache(model.config, steps + 1)
-    argument = {cache_argument(model): cache}
-    times = []
-    with torch.inference_mode():
-        model(input_ids=ids, use_cache=True, logits_to_keep=1, **argument)  # the cache's contents do not matter
-        mask = torch.ones(rows, columns, dtype=torch.long)
-        mask[:, : int(padding * columns)] = 0
-        token = ids[:, -1:]
-        for step in range(steps):
-            mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], dim=-1)
-            positions = torch.full((rows, 1), columns + step)
-            started = time.perf_counter()
-            model(input_ids=token, attention_mask=mask, position_ids=positions, use_cache=True, **argument)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,6 +30,7 @@ def main() -> None:
     import torch
 
     from seqsched.engines.attention import ATTENTION
+    from seqsched.engines.timing import decode_step_seconds
     from seqsched.model_specs import shared_model
     from seqsched.tables import table
 
@@ -68,7 +41,7 @@ def main() -> None:
         times = {}
         for attention in ("sdpa", ATTENTION):
             model.set_attn_implementation(attention)
-            times[attention] = step_seconds(model, batch, columns, padding, args.steps)
+            times[attention] = decode_step_seconds(model, batch, columns, args.steps, padding=padding)
         rows.append(
             {
                 "rows": batch,

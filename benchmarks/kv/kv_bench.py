@@ -137,11 +137,10 @@ def main() -> int:
     from seqsched.engines.vllm_scheduler import COUNTING, LENGTH_AWARE
     from seqsched.files import write_json
     from seqsched.model_specs import Device, DType, ModelConfig
-    from serving.measure.autotune import grid_max_context, kv_model
+    from serving.measure.autotune import grid_max_context, kv_model, pool_model
     from serving.measure.costmodel import CostConfig, load_or_measure, machine_name
     from serving.policy.kv_tuning import KVPolicy, KVTuneConfig, Objective, decide_kv, simulate_policy
     from serving.policy.scheduler import Admission, KVAdmission, ScheduleConfig, Strategy
-    from serving.policy.simulate_kv import KVEngine
     from serving.predictors import resolve_predictor
     from serving.runner import RunOptions, run
 
@@ -178,6 +177,9 @@ def main() -> int:
         "full_length_tokens": full_length,
         "predictor": args.predictor,
         "predictor_s": predictor_s,
+        "pool_slots": args.pool_slots,
+        "prompt_tokens": prompts,
+        "predicted": [int(value) for value in predicted],
         "rows": [],
     }
     out = Path(args.out)
@@ -249,12 +251,15 @@ def main() -> int:
             result = run(engine, requests, source, cfg, options, predictor_s=predictor_s if source is predicted else 0)
             row = measured_row(name, label, tokens, result, time.perf_counter() - began)
             row["policy"] = policy.name
+            row["lengths"] = [record.num_tokens for record in result.records]
             row["same_as_oracle"] = sum(r.num_tokens == o for r, o in zip(result.records, oracle, strict=True))
             if name.startswith("vllm-"):
                 simulated = simulate_policy(policy, oracle, source, prompts, caps, kv_engine, cost, base)
             else:  # our pool, on its own step cost
-                pool_model = KVEngine.pool(capacity, args.pool_slots)
-                simulated = simulate_policy(policy, oracle, source, prompts, caps, pool_model, pool_cost(), base)
+                report["pool_copy_slot_s"] = engine.copy_slot_s
+                simulated = simulate_policy(
+                    policy, oracle, source, prompts, caps, pool_model(engine, capacity), pool_cost(), base
+                )
             row["simulated_time_s"] = simulated["time_s"]
             row["simulated_preemptions"] = simulated["preemptions"]
             if name == "vllm-tuned":

@@ -7,8 +7,9 @@ one column in place; transformers' own layer copied the whole cache at every ste
 cache's last column. The newcomers' prefilled cache is padded on the left to the pool's width (or the pool's to
 theirs) and joined along the batch in one copy; the attention mask hides the padding and positions are per row, so a
 row's keys carry the same rotary positions as in a batch of its own and greedy outputs equal a one-request run.
-Finished rows leave in groups, because each removal copies the cache: at the next admission, or once admit_min of
-them (or a fifth of the pool) have finished; until then they are computed and ignored. When rows leave, the leading
+Finished rows (and rows preempted under a KV budget) leave in groups, because each removal copies the cache: at the
+next admission, or once admit_min of them have retired or they outnumber a quarter of the live rows; until then they
+are computed and ignored. When rows leave, the leading
 columns no remaining row uses are cut (a view, no copy), so the width follows the longest running context rather
 than the longest the pool has seen. What the layout costs: each forward attends over rows x width instead of each
 row's own context (SubmitStats.padded_context_tokens vs context_tokens). A paged layout would not pay it: transformers'
@@ -19,6 +20,7 @@ reproducible labels) and admits first in, first out; this pool keeps the static 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +46,7 @@ from seqsched.engines.config import EngineConfig
 from seqsched.engines.hf import HFEngine
 from seqsched.engines.kv_cache import DEFAULT_RESERVE, join_left_padded, slack_cache, trim_front
 from seqsched.engines.pool_rules import admits, compacts, default_admit_min, reservations_fit
+from seqsched.engines.timing import cache_copy_seconds
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 
@@ -59,12 +62,16 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
 
 
+COPY_PROBE = (16, 256)
+"""Rows and columns of the cache buffer whose copy HFContinuousEngine.copy_slot_s times."""
+
+
 class _Pool:
     """Rows in the cache and their joint state, all in cache order: KV cache, attention mask (1 = real token), each
-    row's next position and the token it feeds next (sampled, not yet in the cache). A row that finished stays in
-    the cache as a retired row (computed, its tokens ignored) until the next compaction: removing a row copies the
-    whole cache, so rows leave in groups (at the next admission, once `admit_min` have retired, or once the retired
-    outnumber a quarter of the live rows)."""
+    row's next position and the token it feeds next (sampled, not yet in the cache). A row that finished (or was
+    preempted) stays in the cache as a retired row (computed, its tokens ignored) until the next compaction:
+    removing a row copies the whole cache, so rows leave in groups (at the next admission, once `admit_min` have
+    retired, or once the retired outnumber a quarter of the live rows)."""
 
     def __init__(
         self,
@@ -195,6 +202,14 @@ class HFContinuousEngine:
         if config.slots is None:
             raise SeqschedError("--engine.slots is required to build a continuous HF engine here")
         return cls(HFEngine.from_spec(model, config), config.slots, config.admit_min, config.kv_budget_tokens)
+
+    @functools.cached_property
+    def copy_slot_s(self) -> float:
+        """Seconds per row and column of a cache buffer the pool copies into (at each join and compaction), measured
+        once on a buffer of COPY_PROBE rows x columns of this model (a memory-bound copy: linear in its size)."""
+        rows, columns = COPY_PROBE
+        seconds = cache_copy_seconds(self.model.config, rows, columns, dtype=self.model.dtype)
+        return seconds / ((rows - 1) * columns)
 
     @property
     def takes_reservations(self) -> bool:
@@ -335,7 +350,9 @@ class _Budget:
         self, pool: _Pool, waiting: list[tuple[int, int]], rank: list[tuple[int, int]], stats: SubmitStats
     ) -> None:
         """Before a decode step: while the live rows' contexts plus one token each exceed the budget, the running
-        request of the lowest priority (latest on ties) leaves the pool and waits again (its work is recomputed)."""
+        request of the lowest priority (latest on ties) leaves the pool and waits again (its work is recomputed).
+        Its row stays in the cache as a retired one until the pool compacts: dropping it at once would copy the
+        whole cache for every victim."""
         if self.tokens is None:
             return
         while pool.live > 1:
@@ -347,7 +364,7 @@ class _Budget:
             row = pool.rows[victim]
             stats.preemptions += 1
             stats.recomputed_tokens += self.prompts[row.index] + len(row.tokens)
-            pool.keep([slot != victim for slot in range(len(pool))])
+            pool.retire([victim], [False])
             heapq.heappush(waiting, rank[row.index])
 
 

@@ -289,6 +289,7 @@ __all__ = [
     "grid_max_context",
     "held_out_errors",
     "own_limits",
+    "pool_model",
     "prepare_tuner",
     "prompt_lengths",
     "supports_quantiles",
@@ -312,7 +313,7 @@ def kv_model(engine: Engine) -> KVEngine | None:
         )
     budget = getattr(engine, "kv_budget_tokens", None)
     if budget is not None:  # our pool
-        return KVEngine.pool(int(budget), int(engine.slots), getattr(engine, "admit_min", None))  # type: ignore[attr-defined]
+        return pool_model(engine, int(budget))
     return None
 
 
@@ -356,7 +357,19 @@ def continuous_model(engine: Engine) -> KVEngine | None:
     slots = getattr(engine, "slots", None)
     if model is not None or engine.batching is not Batching.CONTINUOUS or slots is None:
         return model
-    return KVEngine.pool(UNBOUNDED_KV_TOKENS, int(slots), getattr(engine, "admit_min", None))
+    return pool_model(engine, UNBOUNDED_KV_TOKENS)
+
+
+def pool_model(engine: Engine, kv_tokens: int) -> KVEngine:
+    """Our pool as the KV simulator models it (KVEngine.pool): the engine's slots, admit_min, spare columns and
+    measured cost of copying its cache."""
+    return KVEngine.pool(
+        kv_tokens,
+        int(engine.slots),  # type: ignore[attr-defined]
+        getattr(engine, "admit_min", None),
+        float(getattr(engine, "copy_slot_s", 0.0)),
+        int(getattr(engine, "reserve", 64)),
+    )
 
 
 def engine_cost_config(engine: Engine, cost: CostConfig) -> CostConfig:

@@ -23,7 +23,11 @@ admitted only once `admit_min` slots are free (or none runs), and the newcomers 
 padded to the longest (its logits give each its first token); a decode step computes every row in the cache, finished
 rows included until the pool compacts (at an admission, or once admit_min have finished, or they outnumber a quarter
 of the running), each over the cache's width: the longest context in it (left-padding alignment). KV is counted by the
-token and a preempted request restarts from its prompt.
+token and a preempted request restarts from its prompt; until the pool compacts, its row stays in the cache like a
+finished one. And the pool copies its cache (`KVEngine.copy_slot_s` a row-column of the new buffer): when newcomers
+join (one buffer of every row at the wider width plus `reserve` spare columns), when it compacts (the kept rows over
+the buffer's every column, spare and trimmed ones included) and when a step finds no spare column (the rows at twice
+the width).
 """
 
 from __future__ import annotations
@@ -91,11 +95,20 @@ class KVEngine:
     layout: Layout = Layout.PAGED
     admit_min: int = 1
     """Free slots a padded engine waits for before it admits (Layout.PADDED only)."""
+    copy_slot_s: float = 0.0
+    """Seconds per row and column of a cache buffer a padded engine copies into (Layout.PADDED only; 0: copies free)."""
+    reserve: int = 64
+    """Spare columns a padded engine's buffer gets at each join (Layout.PADDED only)."""
 
     @classmethod
-    def pool(cls, kv_tokens: int, slots: int, admit_min: int | None = None) -> KVEngine:
+    def pool(
+        cls, kv_tokens: int, slots: int, admit_min: int | None = None, copy_slot_s: float = 0.0, reserve: int = 64
+    ) -> KVEngine:
         """Our continuous pool (seqsched.engines.hf_continuous) with a KV budget of kv_tokens: KV by the token, no
-        null block, padded layout, a preempted request restarts; admit_min as the engine's (default: slots // 8)."""
+        null block, padded layout, a preempted request restarts; admit_min as the engine's (default: slots // 8),
+        copy_slot_s and reserve as measured and set there."""
+        if copy_slot_s < 0 or reserve < 1:
+            raise ValueError(f"copy_slot_s must be >= 0 and reserve >= 1, got {copy_slot_s}, {reserve}")
         return cls(
             kv_tokens=kv_tokens,
             max_seqs=slots,
@@ -105,6 +118,8 @@ class KVEngine:
             resume=Resume.SCRATCH,
             layout=Layout.PADDED,
             admit_min=default_admit_min(slots) if admit_min is None else min(admit_min, slots),
+            copy_slot_s=copy_slot_s,
+            reserve=reserve,
         )
 
     def blocks(self, tokens: int) -> int:
@@ -179,6 +194,8 @@ class KVRun:
     """The part of time_s spent prefilling (padded prefills; on a paged engine the prefill part of its steps)."""
     sampled_tokens: int = 0
     """Tokens sampled, recomputed ones included (each request's first from its prefill; no finished row's)."""
+    copy_s: float = 0.0
+    """The part of time_s spent copying a padded pool's cache (joins, compactions, growth)."""
 
     @property
     def requests(self) -> int:
@@ -213,7 +230,8 @@ class KVRun:
             "max_running": float(self.max_running),
             "mean_running": self.running_steps / self.steps if self.steps else 0.0,
             "prefill_s": self.prefill_s,
-            "decode_s": self.time_s - self.prefill_s,
+            "decode_s": self.time_s - self.prefill_s - self.copy_s,
+            "copy_s": self.copy_s,
             "row_steps": float(self.sampled_tokens),
         }
 
@@ -255,28 +273,41 @@ def simulate_kv(
     state = _AdmitState()
     padded = engine.layout is Layout.PADDED
     retired = _Retired()
+    buffer = _Buffer(engine)
     while finished < count:
         if not padded:
             _admit(waiting, running, requests, engine, state, hold)
         elif waiting and admits(len(running), engine.max_seqs, len(waiting), engine.admit_min):
+            old = list(running)
             newcomers = _admit(waiting, running, requests, engine, state, hold)
             if newcomers:
-                retired.clear()  # the pool compacts before newcomers join
+                copy_s = buffer.keep(len(old)) if retired.rows else 0.0  # the pool compacts before newcomers join
+                retired.clear()
                 prefill_s = _padded_prefill(newcomers, cost)
                 clock += prefill_s
                 run.prefill_s += prefill_s
                 run.sampled_tokens += len(newcomers)
+                joining = [request for request in newcomers if request.generated < request.steps]
+                if len(joining) < len(newcomers) and joining:  # the prefill's pool drops those done at once
+                    copy_s += engine.copy_slot_s * len(joining) * (_widest(newcomers) + engine.reserve)
                 for request in newcomers:
                     if request.generated >= request.steps:  # done with the prefill's token: never joins the pool
                         run.completion_s[request.index] = clock
                         running.remove(request)
                         finished += 1
                         state.changes += 1
+                if joining:
+                    copy_s += buffer.join(len(old), len(joining), _widest(running))
+                clock += copy_s
+                run.copy_s += copy_s
         before = run.preemptions
-        _make_room(running, waiting, engine, run)
+        _make_room(running, waiting, engine, run, retired if padded else None)
         state.changes += run.preemptions - before
         generated = sum(request.generated for request in running)
         if padded:
+            copy_s = buffer.step(len(running) + retired.rows, max(retired.width, _widest(running)))
+            clock += copy_s
+            run.copy_s += copy_s
             step_s, done = _padded_step(running, retired, cost)
         else:
             step_s, prefill_s, done = _step(running, engine, cost)
@@ -294,6 +325,10 @@ def simulate_kv(
             if padded:
                 retired.add(request.context)
         if padded and compacts(len(running), retired.rows, engine.admit_min):
+            if retired.rows:
+                copy_s = buffer.keep(len(running))
+                clock += copy_s
+                run.copy_s += copy_s
             retired.clear()
     run.time_s = clock
     return run
@@ -313,6 +348,46 @@ class _Retired:
 
     def clear(self) -> None:
         self.rows, self.width = 0, 0
+
+
+@dataclass
+class _Buffer:
+    """A padded pool's cache buffer: its columns (filled, spare and trimmed ones) and the spare ones left; each
+    method returns the seconds of the copy it makes."""
+
+    engine: KVEngine
+    columns: int = 0
+    spare: int = 0
+
+    def keep(self, rows: int) -> float:
+        """Rows dropped: the kept rows are gathered over every column of the buffer (none kept: the buffer goes)."""
+        if not rows:
+            self.columns = self.spare = 0
+            return 0.0
+        return self.engine.copy_slot_s * rows * self.columns
+
+    def join(self, old: int, new: int, width: int) -> float:
+        """Newcomers' rows added to `old` rows: one buffer of them all at `width` plus the reserve (the prefill's
+        own buffer, no copy, when the pool was empty)."""
+        self.columns, self.spare = width + self.engine.reserve, self.engine.reserve
+        return self.engine.copy_slot_s * (old + new) * self.columns if old else 0.0
+
+    def step(self, rows: int, width: int) -> float:
+        """One decode step writes a column: without a spare one, the buffer grows to twice its filled width."""
+        if not rows:
+            return 0.0
+        seconds = 0.0
+        if self.spare <= 0:
+            grown = max(self.engine.reserve, width)
+            self.columns, self.spare = width + grown, grown
+            seconds = self.engine.copy_slot_s * rows * self.columns
+        self.spare -= 1
+        return seconds
+
+
+def _widest(requests: Sequence[_Request]) -> int:
+    """The longest context among these requests (0 for none)."""
+    return max((request.context for request in requests), default=0)
 
 
 def _used_blocks(running: Sequence[_Request], engine: KVEngine) -> int:
@@ -391,13 +466,18 @@ def _admit(
     return started
 
 
-def _make_room(running: list[_Request], waiting: list, engine: KVEngine, run: KVRun) -> None:
-    """Preempt the lowest-priority running requests until every running request's next token fits."""
+def _make_room(
+    running: list[_Request], waiting: list, engine: KVEngine, run: KVRun, retired: _Retired | None = None
+) -> None:
+    """Preempt the lowest-priority running requests until every running request's next token fits (a padded
+    pool's victims stay in its cache, `retired`, until it compacts)."""
     while len(running) > 1 and _used_blocks(running, engine) > engine.total_blocks:
         victim = max(running, key=lambda request: request.rank)
         running.remove(victim)
         run.preemptions += 1
         run.recomputed_tokens += victim.context
+        if retired is not None:
+            retired.add(victim.context)
         if engine.resume is Resume.SCRATCH:
             victim.generated = 0
         heapq.heappush(waiting, (victim.rank, victim.index))
