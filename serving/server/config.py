@@ -53,12 +53,13 @@ class ServerConfig:
     policy: Admission = Admission.AUTO
     """Release order of queued requests: fcfs (arrival), sjf (shortest predicted first); auto: sjf with a predictor,
     fcfs without. Both age: see max_wait_s."""
-    max_wait_s: float = 15.0
+    max_wait_s: float = 10.0
     """Aging bound of interactive requests: once one has waited this long in the queue it is released ahead of
     every request with a later deadline (arrival + its lane's bound), whatever their predicted lengths. Shorter
     bounds trade SJF's mean latency for its tail: SmolLM2 on 2 CPU cores at 0.9x capacity, simulated over 50
-    arrival draws, 30 s gave 0.94x FCFS's mean at 1.37x its p99, 15 s 0.95x at 1.14x (two live draws: p99 1.16x and
-    1.28x); benchmarks/RESULTS.md. Scale it with the service time of a long answer on your hardware."""
+    arrival draws, 30 s gave 0.94x FCFS's mean at 1.37x its p99, 15 s 0.95x at 1.14x, 10 s 0.97x at 1.05x; live at
+    0.9x of the capacity measured that hour, 15 s 0.96x at 1.23x, 10 s 0.97x at 1.00x (benchmarks/RESULTS.md).
+    About the service time of a long answer (256 tokens here): scale it with that on your hardware."""
     batch_max_wait_s: float = 3600.0
     """Aging bound of batch-job lines (they yield to interactive requests until then)."""
     interactive_first: bool = True

@@ -44,7 +44,7 @@ class QueueConfig:
 
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """The policy (schedule.policy: fcfs or sjf) and what its rank reads (limit, margins)."""
-    max_wait_s: float = 15.0
+    max_wait_s: float = 10.0
     """Interactive items become overdue after waiting this long."""
     batch_max_wait_s: float = 3600.0
     """Batch lines become overdue after waiting this long."""
