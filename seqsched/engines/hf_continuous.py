@@ -9,13 +9,13 @@ theirs) and joined along the batch in one copy; the attention mask hides the pad
 row's keys carry the same rotary positions as in a batch of its own and greedy outputs equal a one-request run.
 Finished rows (and rows preempted under a KV budget) leave in groups, because each removal copies the cache: at the
 next admission, or once admit_min of them have retired or they outnumber a quarter of the live rows; until then they
-are computed and ignored. When rows leave, the leading
-columns no remaining row uses are cut (a view, no copy), so the width follows the longest running context rather
-than the longest the pool has seen. What the layout costs: each forward attends over rows x width instead of each
-row's own context (SubmitStats.padded_context_tokens vs context_tokens). A paged layout would not pay it: transformers'
-own paged `generate_batch` (sdpa) runs about as fast on this CPU once its cache is sized to the workload
-(benchmarks/continuous_engine.py), but it draws every sample from one generator (no per-request seeds, so no
-reproducible labels) and admits first in, first out; this pool keeps the static engine's sampling and order.
+are computed and ignored. When rows leave, the leading columns no remaining row uses are cut (a view, no copy), so
+the width follows the longest running context rather than the longest the pool has seen. What the layout costs:
+each forward attends over rows x width instead of each row's own context (SubmitStats.padded_context_tokens vs
+context_tokens). A paged layout would not pay it: transformers' own paged `generate_batch` (sdpa) runs about as fast
+on this CPU once its cache is sized to the workload (benchmarks/continuous_engine.py), but it draws every sample from
+one generator (no per-request seeds, so no reproducible labels) and admits first in, first out; this pool keeps the
+static engine's sampling and order.
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-DEFAULT_RESERVE = 64
-"""Spare columns allocated beyond the filled ones when nothing better is known."""
+from seqsched.engines.pool_rules import DEFAULT_RESERVE
 
 
 class SlackLayer(DynamicLayer):

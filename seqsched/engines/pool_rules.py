@@ -8,6 +8,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+DEFAULT_RESERVE = 64
+"""Spare cache columns allocated beyond the filled ones when nothing better is known (the pool's buffer gets them at
+each join; seqsched.engines.kv_cache)."""
+
 
 def default_admit_min(slots: int) -> int:
     """Admit once an eighth of the pool is free (at least one slot): on a CPU a prefill call costs a fixed ~50 ms

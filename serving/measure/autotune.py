@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqsched.engines.api import Batching, Engine
+from seqsched.engines.pool_rules import DEFAULT_RESERVE
 from seqsched.errors import SeqschedError
 from seqsched.model_specs import ModelConfig
 from seqsched.requests import Request
@@ -368,7 +369,7 @@ def pool_model(engine: Engine, kv_tokens: int) -> KVEngine:
         int(engine.slots),  # type: ignore[attr-defined]
         getattr(engine, "admit_min", None),
         float(getattr(engine, "copy_slot_s", 0.0)),
-        int(getattr(engine, "reserve", 64)),
+        int(getattr(engine, "reserve", DEFAULT_RESERVE)),
     )
 
 

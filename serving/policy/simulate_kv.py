@@ -39,7 +39,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from seqsched.engines.pool_rules import admits, compacts, default_admit_min, reservations_fit
+from seqsched.engines.pool_rules import DEFAULT_RESERVE, admits, compacts, default_admit_min, reservations_fit
 from seqsched.stats import nearest_rank
 from serving.policy.stepcost import CostModel
 
@@ -97,12 +97,17 @@ class KVEngine:
     """Free slots a padded engine waits for before it admits (Layout.PADDED only)."""
     copy_slot_s: float = 0.0
     """Seconds per row and column of a cache buffer a padded engine copies into (Layout.PADDED only; 0: copies free)."""
-    reserve: int = 64
+    reserve: int = DEFAULT_RESERVE
     """Spare columns a padded engine's buffer gets at each join (Layout.PADDED only)."""
 
     @classmethod
     def pool(
-        cls, kv_tokens: int, slots: int, admit_min: int | None = None, copy_slot_s: float = 0.0, reserve: int = 64
+        cls,
+        kv_tokens: int,
+        slots: int,
+        admit_min: int | None = None,
+        copy_slot_s: float = 0.0,
+        reserve: int = DEFAULT_RESERVE,
     ) -> KVEngine:
         """Our continuous pool (seqsched.engines.hf_continuous) with a KV budget of kv_tokens: KV by the token, no
         null block, padded layout, a preempted request restarts; admit_min as the engine's (default: slots // 8),
@@ -278,10 +283,10 @@ def simulate_kv(
         if not padded:
             _admit(waiting, running, requests, engine, state, hold)
         elif waiting and admits(len(running), engine.max_seqs, len(waiting), engine.admit_min):
-            old = list(running)
+            old = len(running)
             newcomers = _admit(waiting, running, requests, engine, state, hold)
             if newcomers:
-                copy_s = buffer.keep(len(old)) if retired.rows else 0.0  # the pool compacts before newcomers join
+                copy_s = buffer.keep(old) if retired.rows else 0.0  # the pool compacts before newcomers join
                 retired.clear()
                 prefill_s = _padded_prefill(newcomers, cost)
                 clock += prefill_s
@@ -297,7 +302,7 @@ def simulate_kv(
                         finished += 1
                         state.changes += 1
                 if joining:
-                    copy_s += buffer.join(len(old), len(joining), _widest(running))
+                    copy_s += buffer.join(old, len(joining), _widest(running))
                 clock += copy_s
                 run.copy_s += copy_s
         before = run.preemptions
